@@ -1,0 +1,150 @@
+//! PID 1 of the jail — the shim's main process. The supervisor cloned it with the jail's
+//! namespaces; it finishes them (hostname, `lo`), builds the root, forks the tool straight
+//! into the job's cgroup, then reaps and forwards signals until the tool exits — and then
+//! exits itself, which makes the kernel SIGKILL every other process of the pid namespace:
+//! a job is over when its main process is, daemons and double-forks included.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use toolbox_spec::{control, CgroupJoin, JailSpec, Network, Status};
+
+use crate::error::SetupError;
+use crate::{mounts, report, sys, tool};
+
+/// Signals PID 1 handles; all blocked and read from a signalfd.
+const HANDLED: [Signal; 5] = [
+    Signal::SIGCHLD,
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+];
+
+pub fn run(spec: &JailSpec, lifeline: OwnedFd) -> Result<i32, SetupError> {
+    // Signals from the supervisor's namespace reach PID 1 only where it has a handler; the
+    // handlers never run (the signals stay blocked and are read from the signalfd).
+    let mut handled = SigSet::empty();
+    for signal in HANDLED {
+        handled.add(signal);
+        if signal != Signal::SIGCHLD {
+            sys::install_noop_handler(signal).map_err(SetupError::Signals)?;
+        }
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&handled), None)
+        .map_err(SetupError::Signals)?;
+    let signals = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(SetupError::Signals)?;
+    // Leave the caller's session and process group: a Ctrl-C on the caller's terminal goes
+    // to the supervisor alone, which decides what the job gets.
+    nix::unistd::setsid().map_err(SetupError::Setsid)?;
+    // If the supervisor dies, so does the jail (the lifeline below covers a supervisor
+    // that is multi-threaded, where this fires only when the spawning thread ends).
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(SetupError::Signals)?;
+
+    nix::unistd::sethostname(&spec.hostname).map_err(SetupError::Hostname)?;
+    if spec.network == Network::Isolated {
+        sys::interface_up("lo").map_err(SetupError::Loopback)?;
+    }
+    // The job's cgroup, opened while the host's view is still ours.
+    let cgroup = open_cgroup(&spec.cgroup)?;
+    mounts::build_root(spec)?;
+
+    let into_cgroup = match spec.cgroup {
+        CgroupJoin::V2Dir { .. } => cgroup.first().map(AsFd::as_fd),
+        _ => None,
+    };
+    let tool = match sys::fork_into(into_cgroup).map_err(SetupError::Fork)? {
+        Some(pid) => pid,
+        None => {
+            drop(signals);
+            drop(lifeline);
+            tool::run(spec, &cgroup)
+        }
+    };
+    // Only the tool's own process joins the cgroup: the job's cgroup holds exactly the
+    // tool's processes.
+    drop(cgroup);
+    supervise(tool, &signals, lifeline)
+}
+
+fn open_cgroup(join: &CgroupJoin) -> Result<Vec<OwnedFd>, SetupError> {
+    let open = |path: &str, flags: OFlag| {
+        nix::fcntl::open(path, flags | OFlag::O_CLOEXEC, Mode::empty()).map_err(|errno| {
+            SetupError::CgroupJoin {
+                path: path.to_string(),
+                errno,
+            }
+        })
+    };
+    match join {
+        CgroupJoin::None => Ok(Vec::new()),
+        CgroupJoin::V1Tasks { tasks } => tasks
+            .iter()
+            .map(|path| open(path, OFlag::O_WRONLY))
+            .collect(),
+        CgroupJoin::V2Dir { dir } => Ok(vec![open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY)?]),
+    }
+}
+
+fn supervise(tool: Pid, signals: &SignalFd, lifeline: OwnedFd) -> Result<i32, SetupError> {
+    loop {
+        let mut fds = [
+            PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(lifeline.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(errno) => return Err(SetupError::Wait(errno)),
+        }
+        if fds[1].revents().is_some_and(|events| !events.is_empty()) {
+            // The supervisor is gone (its end of the lifeline closed): nobody is left to
+            // report to. Exiting as PID 1 kills every process of the jail.
+            return Ok(128 + Signal::SIGKILL as i32);
+        }
+        while let Some(info) = signals.read_signal().map_err(SetupError::Wait)? {
+            let signal = info.ssi_signo as i32;
+            if signal == Signal::SIGCHLD as i32 {
+                if let Some(code) = reap(tool)? {
+                    return Ok(code);
+                }
+            } else if signal == control::TERMINATE_ALL {
+                // The timeout or a cancel: SIGTERM to every process of the jail but us.
+                let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+            } else if let Ok(signal) = Signal::try_from(signal) {
+                // SIGINT, SIGTERM, SIGHUP go to the tool's process group, as a terminal would
+                // send them; if the group is gone, to the tool alone.
+                if kill(Pid::from_raw(-tool.as_raw()), signal).is_err() {
+                    let _ = kill(tool, signal);
+                }
+            }
+        }
+    }
+}
+
+/// Reap every child that has exited; report and return once the tool is among them.
+fn reap(tool: Pid) -> Result<Option<i32>, SetupError> {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == tool => {
+                report::send(&Status::ToolExited { code });
+                return Ok(Some(code));
+            }
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == tool => {
+                report::send(&Status::ToolSignaled {
+                    signal: signal as i32,
+                });
+                return Ok(Some(128 + signal as i32));
+            }
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return Ok(None),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(errno) => return Err(SetupError::Wait(errno)),
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Landlock for the tool: filesystem access only beneath the view's paths, no TCP when the
+//! job has no network, signals and abstract unix sockets scoped to the job.
+//!
+//! The floor is the policy's `min_abi` (ABI 1 — filesystem rights — by default); anything
+//! newer (TCP from ABI 4, ioctl on devices from 5, scoping from 6) is taken best-effort, and
+//! what the kernel really enforced is reported back.
+
+use landlock::{
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+};
+use toolbox_spec::FsAccess;
+
+use crate::error::SetupError;
+use crate::sys;
+
+/// The newest ABI whose rights we have tested; newer kernels get these rights, not more.
+const TARGET: ABI = ABI::V6;
+
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub abi: Option<u32>,
+    pub fs: bool,
+    pub tcp: bool,
+    pub scoped: bool,
+}
+
+pub fn restrict(spec: &toolbox_spec::Landlock) -> Result<Outcome, SetupError> {
+    let abi = sys::landlock_abi();
+    if abi < spec.min_abi {
+        return Err(SetupError::LandlockAbi {
+            found: abi,
+            required: spec.min_abi,
+        });
+    }
+    if abi == 0 {
+        return Ok(Outcome::default());
+    }
+    let err = |e: landlock::RulesetError| SetupError::Landlock(e.to_string());
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(TARGET))
+        .map_err(err)?;
+    if spec.deny_tcp {
+        ruleset = ruleset
+            .handle_access(AccessNet::from_all(TARGET))
+            .map_err(err)?;
+    }
+    if spec.scoped {
+        ruleset = ruleset.scope(Scope::from_all(TARGET)).map_err(err)?;
+    }
+    // no_new_privs comes later in the recipe, after the capabilities are gone; as root we
+    // may restrict ourselves without it.
+    let mut ruleset = ruleset.create().map_err(err)?.no_new_privs(false);
+    for rule in &spec.rules {
+        let fd = PathFd::new(&rule.path)
+            .map_err(|e| SetupError::Landlock(format!("open {}: {e}", rule.path)))?;
+        let is_dir = std::fs::metadata(&rule.path)
+            .map(|m| m.is_dir())
+            .unwrap_or(true);
+        let mut access = rights(rule.access);
+        if !is_dir {
+            access &= AccessFs::from_file(TARGET);
+        }
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(fd, access))
+            .map_err(err)?;
+    }
+    let status = ruleset.restrict_self().map_err(err)?;
+    let fs = status.ruleset != RulesetStatus::NotEnforced;
+    Ok(Outcome {
+        abi: Some(abi),
+        fs,
+        tcp: fs && spec.deny_tcp && abi >= 4,
+        scoped: fs && spec.scoped && abi >= 6,
+    })
+}
+
+fn rights(access: FsAccess) -> BitFlags<AccessFs> {
+    let read = AccessFs::ReadFile | AccessFs::ReadDir;
+    match access {
+        FsAccess::List => AccessFs::ReadDir.into(),
+        FsAccess::Read => read,
+        FsAccess::ReadExec => read | AccessFs::Execute,
+        // Everything but creating device nodes, which a tool without capabilities could
+        // not do anyway.
+        FsAccess::ReadWrite => {
+            AccessFs::from_all(TARGET) & !(AccessFs::MakeChar | AccessFs::MakeBlock)
+        }
+        FsAccess::Device => read | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev,
+    }
+}

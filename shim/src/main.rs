@@ -1,0 +1,80 @@
+//! `toolbox-shim`: builds one jail and execs one tool in it.
+//!
+//! The supervisor starts this binary with a pipe that will carry the job's spec on fd 3 and
+//! a status pipe on fd 4 (see `toolbox_spec::fds`). It is single-threaded, has no async runtime and never unwinds:
+//! a panic is reported over the status pipe and the process exits.
+//!
+//! The supervisor starts the shim as PID 1 of the job's new namespaces. Two processes, each
+//! with one job:
+//! - [`init`] — PID 1: builds the root ([`mounts`]), brings up `lo`, forks the tool, reaps,
+//!   forwards signals, and ends the whole jail when the tool ends;
+//! - [`tool`] — its child: joins the job's cgroup, then rlimits, landlock, ids and
+//!   capabilities, no_new_privs, seccomp, exec.
+#![deny(unsafe_code)]
+
+mod error;
+mod init;
+mod landlock;
+mod mounts;
+mod report;
+mod sys;
+mod tool;
+
+use std::io::Read;
+use std::os::fd::AsFd;
+
+use toolbox_spec::{fds, JailSpec};
+
+use error::SetupError;
+
+/// What the shim exits with when it failed itself (the supervisor reads the reason from the
+/// status pipe; this code only matters to someone running the shim by hand).
+const SHIM_FAILED: i32 = 125;
+
+fn main() {
+    std::panic::set_hook(Box::new(|info| {
+        report::send(&toolbox_spec::Status::SetupFailed {
+            step: "panic".into(),
+            error: info.to_string(),
+        });
+        sys::exit_now(SHIM_FAILED);
+    }));
+    let code = match run() {
+        Ok(code) => code,
+        Err(err) => {
+            report::setup_failed(&err);
+            SHIM_FAILED
+        }
+    };
+    sys::exit_now(code);
+}
+
+fn run() -> Result<i32, SetupError> {
+    // Step one of the recipe: nothing we did not ask for survives into the jail, and what
+    // we did ask for is close-on-exec, so the tool never inherits it.
+    sys::close_fds_from(fds::LIFELINE + 1).map_err(SetupError::CloseFds)?;
+    set_cloexec(sys::status_fd())?;
+    let lifeline = sys::inherited_fd(fds::LIFELINE).map_err(SetupError::CloseFds)?;
+    set_cloexec(&lifeline)?;
+    let spec = read_spec()?;
+    init::run(&spec, lifeline)
+}
+
+/// Wait for the spec: the supervisor writes it once it has planned the job, and closes.
+fn read_spec() -> Result<JailSpec, SetupError> {
+    let fd = sys::inherited_fd(fds::SPEC).map_err(|e| SetupError::Spec(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(16 * 1024);
+    std::fs::File::from(fd)
+        .read_to_end(&mut bytes)
+        .map_err(|e| SetupError::Spec(e.to_string()))?;
+    JailSpec::decode(&bytes).map_err(|e| SetupError::Spec(e.to_string()))
+}
+
+fn set_cloexec(fd: impl AsFd) -> Result<(), SetupError> {
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map(drop)
+    .map_err(SetupError::CloseFds)
+}

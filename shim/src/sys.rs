@@ -1,0 +1,365 @@
+//! Every raw system call the shim makes that `nix` does not wrap: one small safe function
+//! each, with the `unsafe` confined to a single block that says why it is sound.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+/// `struct clone_args` (linux/sched.h), as far as CLONE_ARGS_SIZE_VER2.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `fork(2)`, optionally straight into a cgroup v2 directory. Returns `None` in the child.
+///
+/// Only call while the process is single-threaded (the shim always is): the child is a
+/// copy of this address space, exactly as after `fork(2)`.
+pub fn fork_into(cgroup: Option<BorrowedFd<'_>>) -> Result<Option<Pid>, Errno> {
+    let mut args = CloneArgs {
+        flags: if cgroup.is_some() {
+            CLONE_INTO_CGROUP
+        } else {
+            0
+        },
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM or CLONE_THREAD duplicates the (single-threaded)
+    // caller like fork(2); `args` is a valid clone_args of the size we pass and outlives the
+    // call. No stack is given, so the child runs on a copy of ours.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    let ret = match Errno::result(ret) {
+        // A seccomp filter around us that hides clone3 (as ours does): fork(2) is enough
+        // when no cgroup is to be picked.
+        Err(Errno::ENOSYS) if cgroup.is_none() => {
+            // SAFETY: plain fork in a single-threaded process.
+            Errno::result(unsafe { libc::fork() } as libc::c_long)?
+        }
+        other => other?,
+    };
+    Ok(if ret == 0 {
+        None
+    } else {
+        Some(Pid::from_raw(ret as i32))
+    })
+}
+
+/// Close every descriptor from `first` up.
+pub fn close_fds_from(first: RawFd) -> Result<(), Errno> {
+    // SAFETY: close_range only closes descriptors; no memory is involved. The caller owns
+    // every descriptor at or above `first` (none are held by Rust objects).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            0,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// Take ownership of a descriptor inherited at a fixed number.
+pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd, Errno> {
+    // Check it is open before wrapping it.
+    nix::fcntl::fcntl(
+        // SAFETY: only borrowed for the duration of this fcntl(F_GETFD) probe.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )?;
+    // SAFETY: the supervisor placed this descriptor here for us alone (see
+    // toolbox_spec::fds); nothing else in this process refers to it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The status pipe (see `toolbox_spec::fds::STATUS`), open for the life of every shim
+/// process and close-on-exec, so the tool never holds it.
+pub fn status_fd() -> BorrowedFd<'static> {
+    // SAFETY: the supervisor opens fd 4 for us and no shim code ever closes it, so it
+    // stays valid for the rest of the process.
+    unsafe { BorrowedFd::borrow_raw(toolbox_spec::fds::STATUS) }
+}
+
+/// `open_tree(2)`: a detached copy of the mount tree at `path`.
+pub fn open_tree_clone(path: &str) -> Result<OwnedFd, Errno> {
+    let path = cstring(path)?;
+    let flags =
+        libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as libc::c_uint;
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call; the
+    // returned value is a new descriptor we take ownership of.
+    let ret = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    owned(ret)
+}
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(2)` on the mount tree at `fd`, recursively when asked.
+pub fn mount_setattr(fd: BorrowedFd<'_>, attr_set: u64, recursive: bool) -> Result<(), Errno> {
+    let mut attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_EMPTY_PATH as libc::c_uint
+        | if recursive {
+            libc::AT_RECURSIVE as libc::c_uint
+        } else {
+            0
+        };
+    // SAFETY: `attr` is a valid mount_attr of the size passed, alive for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &mut attr as *mut MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// `move_mount(2)`: attach the detached tree `from` on top of the path open at `to`.
+pub fn move_mount(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> Result<(), Errno> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+    const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+    // SAFETY: two valid descriptors and empty NUL-terminated paths; no memory is written.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            c"".as_ptr(),
+            to.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// A new, detached filesystem mount (`fsopen` + `fsconfig` + `fsmount`).
+pub fn new_fs_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> Result<OwnedFd, Errno> {
+    const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
+    let fstype = cstring(fstype)?;
+    // SAFETY: `fstype` is a valid NUL-terminated string; returns a new descriptor.
+    let fs = owned(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
+    for (key, value) in options {
+        let (key, value) = (cstring(key)?, cstring(value)?);
+        // SAFETY: valid descriptor and NUL-terminated key/value strings alive for the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        };
+        Errno::result(ret)?;
+    }
+    // SAFETY: valid descriptor; no pointers.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    Errno::result(ret)?;
+    // SAFETY: valid descriptor; returns a new descriptor for the mount.
+    owned(unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) })
+}
+
+/// `openat2(2)` with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS: open
+/// `path` strictly inside `dir`, following no symlink at all.
+pub fn open_beneath(
+    dir: BorrowedFd<'_>,
+    path: &str,
+    flags: libc::c_int,
+    mode: u32,
+) -> Result<OwnedFd, Errno> {
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+    const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+    const RESOLVE_BENEATH: u64 = 0x08;
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let path = cstring(path)?;
+    let mut how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: if flags & libc::O_CREAT != 0 {
+            mode as u64
+        } else {
+            0
+        },
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: valid descriptor, NUL-terminated path and an open_how of the size passed,
+    // all alive for the call; returns a new descriptor.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &mut how as *mut OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    owned(ret)
+}
+
+/// `pivot_root(".", ".")`: the new root stacks on the old one, which the caller detaches.
+pub fn pivot_root_here() -> Result<(), Errno> {
+    // SAFETY: two valid NUL-terminated path strings; no memory is written.
+    let ret = unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) };
+    Errno::result(ret).map(drop)
+}
+
+/// Set IFF_UP on a network interface (needs CAP_NET_ADMIN in its network namespace).
+pub fn interface_up(name: &str) -> Result<(), Errno> {
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() {
+        return Err(Errno::EINVAL);
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS reads `req.ifr_name` and writes the flags into the ifreq union,
+    // which is large enough; the socket descriptor is valid.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
+    // SAFETY: the kernel just filled ifru_flags, so reading that union member is defined.
+    unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS only reads the ifreq we own.
+    Errno::result(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) })?;
+    Ok(())
+}
+
+/// Install a handler that does nothing. PID 1 of a pid namespace only receives signals from
+/// its ancestor namespace for which it has a handler; we collect them with a signalfd.
+pub fn install_noop_handler(signal: nix::sys::signal::Signal) -> Result<(), Errno> {
+    extern "C" fn noop(_: libc::c_int) {}
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(noop),
+        nix::sys::signal::SaFlags::SA_RESTART,
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: the handler is async-signal-safe (it does nothing) and stays valid forever.
+    unsafe { nix::sys::signal::sigaction(signal, &action) }.map(drop)
+}
+
+/// Restore a signal's default disposition (for the tool, before exec).
+pub fn default_handler(signal: nix::sys::signal::Signal) -> Result<(), Errno> {
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::SigDfl,
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    // SAFETY: SIG_DFL installs no code of ours.
+    unsafe { nix::sys::signal::sigaction(signal, &action) }.map(drop)
+}
+
+/// Install a compiled seccomp BPF program on the calling thread.
+pub fn install_seccomp(program: &[libc::sock_filter]) -> Result<(), Errno> {
+    let prog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| Errno::E2BIG)?,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `program`, which outlives the call; the kernel copies the
+    // filter and does not write through the pointer.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// Leave the process immediately, without running destructors or atexit handlers — the
+/// right exit for the forked children of the shim.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit never returns and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+fn owned(ret: libc::c_long) -> Result<OwnedFd, Errno> {
+    let fd = Errno::result(ret)? as RawFd;
+    // SAFETY: the kernel just returned this new descriptor to us; nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn cstring(s: &str) -> Result<CString, Errno> {
+    CString::new(s).map_err(|_| Errno::EINVAL)
+}
+
+/// The kernel's Landlock ABI version, or 0 when Landlock is not built in or not enabled.
+pub fn landlock_abi() -> u32 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag, the kernel only
+    // returns a number; no memory is read or written.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    u32::try_from(ret).unwrap_or(0)
+}

@@ -1,0 +1,201 @@
+//! The tool's own process, from fork to exec. The recipe, in order: the job's cgroup and a
+//! cgroup namespace → a session of its own → rlimits → landlock → ids and capabilities →
+//! no_new_privs → seccomp (last, so nothing of ours runs under it but the report and the
+//! exec) → exec.
+
+use std::ffi::CString;
+
+use caps::CapSet;
+use nix::errno::Errno;
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{SigSet, SigmaskHow};
+use nix::unistd::{Gid, Uid};
+use std::os::fd::OwnedFd;
+
+use toolbox_spec::{CgroupJoin, Enforced, JailSpec, Network, RlimitKind, Status};
+
+use crate::error::SetupError;
+use crate::{landlock, report, sys};
+
+/// Exit statuses when the tool cannot be started, as a shell reports them.
+const NOT_FOUND: i32 = 127;
+const NOT_EXECUTABLE: i32 = 126;
+
+pub fn run(spec: &JailSpec, cgroup: &[OwnedFd]) -> ! {
+    let enforced = match prepare(spec, cgroup) {
+        Ok(enforced) => enforced,
+        Err(err) => {
+            report::setup_failed(&err);
+            sys::exit_now(crate::SHIM_FAILED);
+        }
+    };
+    report::send(&Status::Enforced(enforced));
+    let errno = exec(spec);
+    report::send(&Status::ExecFailed {
+        errno: errno as i32,
+        error: spec.argv.first().cloned().unwrap_or_default(),
+    });
+    sys::exit_now(if errno == Errno::ENOENT {
+        NOT_FOUND
+    } else {
+        NOT_EXECUTABLE
+    })
+}
+
+fn prepare(spec: &JailSpec, cgroup: &[OwnedFd]) -> Result<Enforced, SetupError> {
+    // Into the job's cgroup before anything else: on v2 we were cloned into it; on v1,
+    // writing 0 to `tasks` moves only the calling thread — all of us, single-threaded — and
+    // takes no global lock, unlike `cgroup.procs` (an RCU grace period, ~15 ms).
+    if let CgroupJoin::V1Tasks { tasks } = &spec.cgroup {
+        for (path, fd) in tasks.iter().zip(cgroup) {
+            nix::unistd::write(fd, b"0").map_err(|errno| SetupError::CgroupJoin {
+                path: path.clone(),
+                errno,
+            })?;
+        }
+    }
+    // A cgroup namespace rooted at the job's cgroup: the tool sees itself at "/".
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .map_err(SetupError::CgroupNamespace)?;
+    // A session of its own: no controlling terminal to push keystrokes into (TIOCSTI), and
+    // a process group PID 1 can signal as a whole.
+    nix::unistd::setsid().map_err(SetupError::Setsid)?;
+    // Every signal back to its default: the shim is a Rust program, whose runtime ignores
+    // SIGPIPE — and an ignored signal stays ignored across exec.
+    for signal in nix::sys::signal::Signal::iterator() {
+        if !matches!(
+            signal,
+            nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP
+        ) {
+            sys::default_handler(signal).map_err(SetupError::Signals)?;
+        }
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(SetupError::Signals)?;
+
+    for limit in &spec.rlimits {
+        let resource = match limit.resource {
+            RlimitKind::Core => Resource::RLIMIT_CORE,
+            RlimitKind::Fsize => Resource::RLIMIT_FSIZE,
+            RlimitKind::Nofile => Resource::RLIMIT_NOFILE,
+        };
+        setrlimit(resource, limit.soft, limit.hard).map_err(|errno| SetupError::Rlimit {
+            resource: limit.resource,
+            soft: limit.soft,
+            hard: limit.hard,
+            errno,
+        })?;
+    }
+
+    let landlock = landlock::restrict(&spec.landlock)?;
+    drop_privileges(spec.uid, spec.gid)?;
+    nix::sys::prctl::set_no_new_privs().map_err(SetupError::NoNewPrivs)?;
+    // After the switch of ids, so the workspace is entered with the tool's own rights.
+    nix::unistd::chdir(spec.cwd.as_str()).map_err(|errno| SetupError::Cwd {
+        path: spec.cwd.clone(),
+        uid: spec.uid,
+        errno,
+    })?;
+    let program: Vec<libc::sock_filter> = spec
+        .seccomp
+        .iter()
+        .map(|insn| libc::sock_filter {
+            code: insn.code,
+            jt: insn.jt,
+            jf: insn.jf,
+            k: insn.k,
+        })
+        .collect();
+    sys::install_seccomp(&program).map_err(SetupError::Seccomp)?;
+
+    let mut namespaces = vec!["pid", "mount", "ipc", "uts", "cgroup"];
+    if spec.network == Network::Isolated {
+        namespaces.push("net");
+    }
+    Ok(Enforced {
+        namespaces: namespaces.into_iter().map(String::from).collect(),
+        landlock_abi: landlock.abi,
+        landlock_fs: landlock.fs,
+        landlock_tcp: landlock.tcp,
+        landlock_scoped: landlock.scoped,
+        seccomp: !program.is_empty(),
+        no_new_privs: true,
+        capabilities_dropped: true,
+        uid: spec.uid,
+        gid: spec.gid,
+    })
+}
+
+/// Become `uid`/`gid` with no capability in any set, the bounding set included.
+fn drop_privileges(uid: u32, gid: u32) -> Result<(), SetupError> {
+    let caps_err = |e: caps::errors::CapsError| SetupError::Capabilities(e.to_string());
+    // The bounding set can only shrink while we still hold CAP_SETPCAP. Each drop that
+    // succeeds is final, so the set needs no second reading.
+    for cap in caps::runtime::procfs_all_supported(None).map_err(caps_err)? {
+        caps::drop(None, CapSet::Bounding, cap).map_err(caps_err)?;
+    }
+    caps::clear(None, CapSet::Ambient).map_err(caps_err)?;
+    caps::clear(None, CapSet::Inheritable).map_err(caps_err)?;
+
+    let ids_err = |errno| SetupError::Ids { uid, gid, errno };
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
+    nix::unistd::setgroups(&[gid]).map_err(ids_err)?;
+    nix::unistd::setresgid(gid, gid, gid).map_err(ids_err)?;
+    // Leaving uid 0 for good clears the permitted and effective sets (no SECBIT_KEEP_CAPS).
+    nix::unistd::setresuid(uid, uid, uid).map_err(ids_err)?;
+    for set in [CapSet::Effective, CapSet::Permitted] {
+        let left = caps::read(None, set).map_err(caps_err)?;
+        if !left.is_empty() {
+            return Err(SetupError::Capabilities(format!(
+                "{set:?} still holds {left:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `execvpe`, with the jail's PATH: returns only on failure, with the errno that matters
+/// (a permission problem found on the way beats "not found").
+fn exec(spec: &JailSpec) -> Errno {
+    let Some(program) = spec.argv.first() else {
+        return Errno::ENOENT;
+    };
+    let to_c = |s: &str| CString::new(s).map_err(|_| Errno::EINVAL);
+    let args: Result<Vec<CString>, Errno> = spec.argv.iter().map(|a| to_c(a)).collect();
+    let env: Result<Vec<CString>, Errno> = spec
+        .env
+        .iter()
+        .map(|(k, v)| to_c(&format!("{k}={v}")))
+        .collect();
+    let (args, env) = match (args, env) {
+        (Ok(args), Ok(env)) => (args, env),
+        (Err(errno), _) | (_, Err(errno)) => return errno,
+    };
+    let try_exec = |path: &str| -> Errno {
+        match to_c(path) {
+            Ok(path) => match nix::unistd::execve::<CString, CString>(&path, &args, &env) {
+                Ok(never) => match never {},
+                Err(errno) => errno,
+            },
+            Err(errno) => errno,
+        }
+    };
+    if program.contains('/') {
+        return try_exec(program);
+    }
+    let path = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or("/usr/local/bin:/usr/bin:/bin", |(_, v)| v.as_str());
+    let mut found = Errno::ENOENT;
+    for dir in path.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        match try_exec(&format!("{dir}/{program}")) {
+            Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG => {}
+            Errno::EACCES => found = Errno::EACCES,
+            other => return other,
+        }
+    }
+    found
+}

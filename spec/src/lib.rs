@@ -1,0 +1,385 @@
+//! The contract between the toolbox supervisor and its exec shim.
+//!
+//! The supervisor validates a job once and turns it into a [`JailSpec`]: plain data, every
+//! path absolute and every limit a number. The shim trusts it and only applies it. While it
+//! works, the shim reports back over a status pipe with [`Status`] lines; the supervisor
+//! never guesses what happened from an exit code.
+#![deny(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+
+/// The file descriptors the shim is started with (stdin, stdout, stderr are 0, 1, 2).
+pub mod fds {
+    /// A pipe carrying the JSON-encoded [`super::JailSpec`], read to EOF. The shim is started
+    /// before its spec is ready and waits on this pipe: its own start-up overlaps the
+    /// supervisor's planning.
+    pub const SPEC: i32 = 3;
+    /// Write end of the status pipe: one JSON [`super::Status`] per line.
+    pub const STATUS: i32 = 4;
+    /// Read end of a pipe whose write end only the supervisor holds: EOF means the
+    /// supervisor is gone, and the job must die with it.
+    pub const LIFELINE: i32 = 5;
+}
+
+/// Signals the supervisor sends the shim (PID 1 of the jail), and what each means.
+pub mod control {
+    /// SIGTERM to every process of the job (the timeout and cancel path): SIGUSR1.
+    pub const TERMINATE_ALL: i32 = 10;
+    /// SIGKILL to every process of the job (after the grace period): SIGKILL to PID 1,
+    /// which takes its whole pid namespace with it.
+    pub const KILL_ALL: i32 = 9;
+    // SIGINT, SIGTERM and SIGHUP are forwarded to the tool's process group.
+}
+
+/// Everything the shim needs to build one jail and exec one tool in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailSpec {
+    pub job_id: String,
+    /// `argv[0]` is looked up on the jail's `PATH` when it has no slash.
+    pub argv: Vec<String>,
+    /// The tool's whole environment, already filtered.
+    pub env: Vec<(String, String)>,
+    /// Absolute path inside the jail; the tool starts there.
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub hostname: String,
+    pub network: Network,
+    /// Applied in order; a mount's parent is always mounted before it.
+    pub mounts: Vec<Mount>,
+    pub landlock: Landlock,
+    /// A complete, already-compiled seccomp BPF program (hex on the wire: a few hundred
+    /// instructions as JSON objects cost the shim more to parse than the rest of the spec).
+    #[serde(with = "bpf_hex")]
+    pub seccomp: Vec<SockFilter>,
+    pub rlimits: Vec<Rlimit>,
+    pub cgroup: CgroupJoin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Network {
+    /// A new network namespace with only `lo`, brought up.
+    Isolated,
+    /// The host's network namespace.
+    Host,
+}
+
+/// One piece of the jail's filesystem view. Paths are absolute; `src` is a host path,
+/// `dst` a path inside the jail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Mount {
+    /// A recursive bind mount; read-only ones are also nosuid and nodev, recursively.
+    Bind {
+        src: String,
+        dst: String,
+        writable: bool,
+    },
+    /// A fresh tmpfs (nosuid, nodev).
+    Tmpfs { dst: String, size: u64, mode: u32 },
+    /// A copy of a small host file, made in the jail's own (read-only) root: cheaper than a
+    /// bind mount, and nothing the tool does can reach the original.
+    Copy { src: String, dst: String, mode: u32 },
+    /// A fresh procfs for the jail's pid namespace.
+    Proc { dst: String },
+    /// A minimal `/dev`: null, zero, full, random, urandom, tty, the fd symlinks and a
+    /// tmpfs `shm`.
+    Dev { dst: String },
+    /// A symlink, as the host lays one out (`/bin -> usr/bin`).
+    Symlink { target: String, dst: String },
+}
+
+impl Mount {
+    pub fn dst(&self) -> &str {
+        match self {
+            Mount::Bind { dst, .. }
+            | Mount::Tmpfs { dst, .. }
+            | Mount::Copy { dst, .. }
+            | Mount::Proc { dst }
+            | Mount::Dev { dst }
+            | Mount::Symlink { dst, .. } => dst,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Landlock {
+    pub rules: Vec<LandlockRule>,
+    /// Handle TCP bind and connect, and allow no port: the job gets no TCP at all.
+    pub deny_tcp: bool,
+    /// Scope signals and abstract unix sockets to the job's own domain.
+    pub scoped: bool,
+    /// Refuse to start the job below this ABI (0: run without Landlock if it is missing).
+    pub min_abi: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LandlockRule {
+    /// A path inside the jail.
+    pub path: String,
+    pub access: FsAccess,
+}
+
+/// The classes of filesystem access a view grants beneath a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsAccess {
+    /// List directories, nothing else (the jail's root).
+    List,
+    /// List directories and read files.
+    Read,
+    /// Read, and execute files.
+    ReadExec,
+    /// Everything a workspace needs: read, write, create, remove, rename, execute.
+    ReadWrite,
+    /// Read, write and ioctl on device files (the `/dev` nodes).
+    Device,
+}
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SockFilter {
+    pub code: u16,
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rlimit {
+    pub resource: RlimitKind,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RlimitKind {
+    Core,
+    Fsize,
+    Nofile,
+}
+
+/// How the tool's process gets into the job's cgroup before it runs a single instruction
+/// of the tool. The shim opens these paths itself, before `pivot_root`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CgroupJoin {
+    /// No cgroup (only for tests of the shim itself).
+    None,
+    /// cgroup v1: the `tasks` file of the job's cgroup in each hierarchy. The tool's
+    /// process, while single-threaded, writes `0` to each: moving only the calling thread
+    /// skips the global threadgroup lock that a `cgroup.procs` write takes, and with it an
+    /// RCU grace period (~15 ms measured).
+    V1Tasks { tasks: Vec<String> },
+    /// cgroup v2: the job's cgroup directory; the shim forks the tool into it with
+    /// `clone3(CLONE_INTO_CGROUP)`.
+    V2Dir { dir: String },
+}
+
+/// `Vec<SockFilter>` as one hex string, 16 digits an instruction (code, jt, jf, k).
+mod bpf_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::SockFilter;
+
+    pub fn serialize<S: Serializer>(
+        program: &[SockFilter],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut text = Vec::with_capacity(program.len() * 16);
+        for insn in program {
+            let word = (u64::from(insn.code) << 48)
+                | (u64::from(insn.jt) << 40)
+                | (u64::from(insn.jf) << 32)
+                | u64::from(insn.k);
+            for shift in (0..16).rev() {
+                text.push(DIGITS[((word >> (shift * 4)) & 0xf) as usize]);
+            }
+        }
+        serializer.serialize_str(std::str::from_utf8(&text).map_err(serde::ser::Error::custom)?)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<SockFilter>, D::Error> {
+        let text = <&str>::deserialize(deserializer)?;
+        if text.len() % 16 != 0 {
+            return Err(serde::de::Error::custom(
+                "seccomp program: not a whole number of instructions",
+            ));
+        }
+        text.as_bytes()
+            .chunks_exact(16)
+            .map(|chunk| {
+                let mut word = 0u64;
+                for &digit in chunk {
+                    let value = match digit {
+                        b'0'..=b'9' => digit - b'0',
+                        b'a'..=b'f' => digit - b'a' + 10,
+                        _ => {
+                            return Err(serde::de::Error::custom("seccomp program: bad hex digit"))
+                        }
+                    };
+                    word = (word << 4) | u64::from(value);
+                }
+                Ok(SockFilter {
+                    code: (word >> 48) as u16,
+                    jt: (word >> 40) as u8,
+                    jf: (word >> 32) as u8,
+                    k: word as u32,
+                })
+            })
+            .collect()
+    }
+}
+
+/// One line on the status pipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Status {
+    /// A jail setup step failed; the tool never ran.
+    SetupFailed { step: String, error: String },
+    /// Every restriction is in place; the tool is about to be exec'd.
+    Enforced(Enforced),
+    /// `execve` of the tool failed with this errno.
+    ExecFailed { errno: i32, error: String },
+    /// The tool (the jail's main process) exited.
+    ToolExited { code: i32 },
+    /// The tool was killed by a signal.
+    ToolSignaled { signal: i32 },
+}
+
+/// What the shim really put in place, reported by the tool's own process just before exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enforced {
+    pub namespaces: Vec<String>,
+    /// The kernel's Landlock ABI, or `None` when Landlock is unavailable.
+    pub landlock_abi: Option<u32>,
+    pub landlock_fs: bool,
+    pub landlock_tcp: bool,
+    pub landlock_scoped: bool,
+    pub seccomp: bool,
+    pub no_new_privs: bool,
+    pub capabilities_dropped: bool,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Status {
+    /// One line, newline-terminated, short enough to be written atomically to a pipe.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut status = self.clone();
+        // PIPE_BUF is 4096: keep every line under it so concurrent writers never interleave.
+        match &mut status {
+            Status::SetupFailed { step, error } => {
+                truncate_utf8(step, 256);
+                truncate_utf8(error, 2048);
+            }
+            Status::ExecFailed { error, .. } => truncate_utf8(error, 2048),
+            _ => {}
+        }
+        let mut line = serde_json::to_vec(&status).unwrap_or_else(|_| b"{}".to_vec());
+        line.push(b'\n');
+        line
+    }
+
+    pub fn from_line(line: &[u8]) -> Result<Status, serde_json::Error> {
+        serde_json::from_slice(line)
+    }
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+impl JailSpec {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<JailSpec, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_round_trip_and_stay_short() {
+        let long = Status::SetupFailed {
+            step: "mount".into(),
+            error: "é".repeat(5000),
+        };
+        let line = long.to_line();
+        assert!(line.len() < 4096, "{} bytes", line.len());
+        assert_eq!(line.last(), Some(&b'\n'));
+        match Status::from_line(&line[..line.len() - 1]).expect("parses") {
+            Status::SetupFailed { step, error } => {
+                assert_eq!(step, "mount");
+                assert!(error.chars().all(|c| c == 'é'));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn seccomp_programs_round_trip_as_hex() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Wrapper {
+            #[serde(with = "bpf_hex")]
+            program: Vec<SockFilter>,
+        }
+        let w = Wrapper {
+            program: vec![
+                SockFilter {
+                    code: 0x20,
+                    jt: 0,
+                    jf: 0,
+                    k: 4,
+                },
+                SockFilter {
+                    code: 0x15,
+                    jt: 1,
+                    jf: 255,
+                    k: 0xc000_003e,
+                },
+                SockFilter {
+                    code: 0x06,
+                    jt: 0,
+                    jf: 0,
+                    k: 0x7fff_0000,
+                },
+            ],
+        };
+        let json = serde_json::to_string(&w).expect("encode");
+        assert_eq!(
+            json,
+            r#"{"program":"0020000000000004001501ffc000003e000600007fff0000"}"#
+        );
+        assert_eq!(serde_json::from_str::<Wrapper>(&json).expect("decode"), w);
+        assert!(serde_json::from_str::<Wrapper>(r#"{"program":"0020"}"#).is_err());
+        assert!(serde_json::from_str::<Wrapper>(r#"{"program":"zz20000000000004"}"#).is_err());
+    }
+
+    #[test]
+    fn spec_refuses_unknown_fields() {
+        let err = JailSpec::decode(br#"{"job_id":"x","bogus":1}"#).expect_err("refused");
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

@@ -1,0 +1,238 @@
+//! Reading the host's cgroup layout, and the small file operations both backends share.
+//! Cgroup control files are written, never created: a missing file is an error.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::CgroupError;
+
+/// One line of `/proc/self/mountinfo`, as far as cgroups care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    /// The path inside the filesystem that is mounted (`/` unless a subtree is bound).
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    pub super_options: Vec<String>,
+}
+
+/// One line of `/proc/self/cgroup`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcCgroup {
+    pub id: u32,
+    /// Controllers of a v1 hierarchy (`name=systemd` too); empty for the v2 line.
+    pub controllers: Vec<String>,
+    pub path: PathBuf,
+}
+
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        // Only cgroup filesystems matter; most lines are not.
+        .filter(|line| line.contains(" - cgroup"))
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let mut right = right.split(' ');
+            let fstype = right.next()?.to_string();
+            let _source = right.next()?;
+            let super_options = right
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .map(str::to_string)
+                .collect();
+            Some(MountEntry {
+                root: PathBuf::from(unescape(left.get(3)?)),
+                mount_point: PathBuf::from(unescape(left.get(4)?)),
+                fstype,
+                super_options,
+            })
+        })
+        .collect()
+}
+
+pub fn parse_proc_cgroup(text: &str) -> Vec<ProcCgroup> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let id = parts.next()?.parse().ok()?;
+            let controllers = parts.next()?;
+            let path = PathBuf::from(parts.next()?);
+            Some(ProcCgroup {
+                id,
+                controllers: controllers
+                    .split(',')
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                path,
+            })
+        })
+        .collect()
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value = bytes[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            out.push(value as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The directory of `own` (a cgroup path as `/proc/self/cgroup` gives it) inside a cgroupfs
+/// mounted at `mount` (showing the hierarchy's subtree `mount.root`), beneath `root`.
+pub fn cgroup_dir(root: &Path, mount: &MountEntry, own: &Path) -> PathBuf {
+    let relative = own.strip_prefix(&mount.root).unwrap_or(own);
+    beneath(root, &mount.mount_point).join(relative.strip_prefix("/").unwrap_or(relative))
+}
+
+/// `path` (absolute) re-rooted beneath `root`.
+pub fn beneath(root: &Path, path: &Path) -> PathBuf {
+    root.join(path.strip_prefix("/").unwrap_or(path))
+}
+
+pub fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    let err = |source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(err)?;
+    file.write_all(value.as_bytes()).map_err(err)
+}
+
+pub fn read(path: &Path) -> Result<String, CgroupError> {
+    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A file holding one number; `None` when it is missing or unreadable (an older kernel).
+pub fn read_u64(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The value of `key` in a flat keyed file (`key value` per line: memory.events, cpu.stat).
+pub fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+pub fn read_pids(procs: &Path) -> Result<Vec<i32>, CgroupError> {
+    Ok(read(procs)?
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect())
+}
+
+/// SIGKILL every process listed in `procs` until it lists none.
+///
+/// A pid read from the file may die and be reused by an unrelated process before we signal
+/// it, so each is pinned with a pidfd first and checked to be still in the cgroup
+/// (`/proc/PID/cgroup` names `member_path`) before the signal goes through that pidfd.
+pub fn kill_until_empty(procs: &Path, member_path: &Path, dir: &Path) -> Result<(), CgroupError> {
+    let mut pids = read_pids(procs)?;
+    for attempt in 0u32..200 {
+        if pids.is_empty() {
+            return Ok(());
+        }
+        for pid in &pids {
+            crate::sys::kill_if_member(*pid, member_path);
+        }
+        std::thread::sleep(Duration::from_millis(u64::from(attempt.min(20)) + 1));
+        pids = read_pids(procs)?;
+    }
+    Err(CgroupError::NotEmpty {
+        path: dir.to_path_buf(),
+        pids,
+    })
+}
+
+/// `rmdir` a cgroup, retrying briefly while the kernel finishes tearing down its last tasks.
+pub fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
+    let mut last = None;
+    for attempt in 0u32..50 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
+                last = Some(err);
+                std::thread::sleep(Duration::from_millis(u64::from(attempt.min(10)) + 1));
+            }
+            Err(source) => {
+                return Err(CgroupError::Remove {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+    Err(CgroupError::Remove {
+        path: dir.to_path_buf(),
+        source: last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EBUSY)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+50 31 0:40 /kubepods/x /sys/fs/cgroup/my\\040cpu rw - cgroup cgroup rw,cpu,cpuacct";
+
+    #[test]
+    fn mountinfo_lines_parse_with_escapes_and_subtree_roots() {
+        let mounts = parse_mountinfo(MOUNTINFO);
+        assert_eq!(mounts.len(), 4);
+        assert_eq!(mounts[0].fstype, "cgroup");
+        assert!(mounts[0].super_options.contains(&"memory".to_string()));
+        assert_eq!(mounts[2].fstype, "cgroup2");
+        assert_eq!(mounts[3].mount_point, Path::new("/sys/fs/cgroup/my cpu"));
+        assert_eq!(mounts[3].root, Path::new("/kubepods/x"));
+        let dir = cgroup_dir(Path::new("/fake"), &mounts[3], Path::new("/kubepods/x/job"));
+        assert_eq!(dir, Path::new("/fake/sys/fs/cgroup/my cpu/job"));
+    }
+
+    #[test]
+    fn proc_cgroup_lines_parse() {
+        let own = parse_proc_cgroup(
+            "4:memory:/process_api/abc\n1:cpu,cpuacct:/\n0::/user.slice/x.scope\n",
+        );
+        assert_eq!(own[0].controllers, vec!["memory"]);
+        assert_eq!(own[0].path, Path::new("/process_api/abc"));
+        assert_eq!(own[1].controllers, vec!["cpu", "cpuacct"]);
+        assert!(own[2].controllers.is_empty());
+        assert_eq!(keyed("low 0\noom 2\noom_kill 3\n", "oom_kill"), Some(3));
+        assert_eq!(
+            keyed("oom_kill_disable 0\noom_kill 1\n", "oom_kill"),
+            Some(1)
+        );
+    }
+}

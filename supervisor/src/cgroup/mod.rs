@@ -1,0 +1,227 @@
+//! Job cgroups, on cgroup v1 (one hierarchy per controller, like our own hosts) and cgroup
+//! v2, detected at run time. Every job cgroup is created beneath the supervisor's own cgroup
+//! in each hierarchy — never at a hierarchy's root next to it, never anywhere else — and is
+//! removed after the job.
+//!
+//! Everything works under an injectable root, so the backends are tested against a fake
+//! cgroupfs in a temporary directory.
+
+mod fs;
+pub mod v1;
+pub mod v2;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use toolbox_spec::CgroupJoin;
+
+pub use fs::{MountEntry, ProcCgroup};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("find this host's cgroups: {0}")]
+    Detect(String),
+    #[error("cgroup {version}: the {controller} controller is not available to {path}; {hint}")]
+    MissingController {
+        version: &'static str,
+        controller: String,
+        path: PathBuf,
+        hint: &'static str,
+    },
+    #[error("cgroup v2: {path} holds other processes besides this supervisor, so it cannot delegate controllers to job cgroups; run toolbox under a unit of its own (systemd-run --scope -p Delegate=yes ..., or the toolbox service)")]
+    SharedCgroup { path: PathBuf },
+    #[error("create cgroup {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
+    #[error("write {value:?} to {path}: {source}")]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: io::Error,
+    },
+    #[error("read {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("open {path}: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("remove cgroup {path}: {source}")]
+    Remove { path: PathBuf, source: io::Error },
+    #[error("cgroup {path} still has processes after SIGKILL: {pids:?}")]
+    NotEmpty { path: PathBuf, pids: Vec<i32> },
+}
+
+/// The limits a job cgroup enforces.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CgroupLimits {
+    pub memory: u64,
+    /// Cores; converted to a CFS quota over a 100 ms period.
+    pub cpus: f64,
+    pub pids: u32,
+}
+
+/// What a job cgroup measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    pub memory_peak: u64,
+    pub oom_kills: u64,
+    pub pids_peak: u64,
+    pub cpu_user_us: u64,
+    pub cpu_system_us: u64,
+}
+
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+pub fn cpu_quota_us(cpus: f64) -> u64 {
+    ((cpus * CPU_PERIOD_US as f64).round() as u64).max(1000)
+}
+
+/// The prefix job cgroups are named with; stale ones are found by it.
+pub const JOB_PREFIX: &str = "toolbox-";
+
+/// The cgroup system of this host.
+#[derive(Debug)]
+pub enum Cgroups {
+    V1(v1::V1),
+    V2(v2::V2),
+}
+
+impl Cgroups {
+    /// Detect the host's cgroups as this process sees them.
+    pub fn detect() -> Result<Cgroups, CgroupError> {
+        let read = |path: &str| {
+            std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+                path: path.into(),
+                source,
+            })
+        };
+        Cgroups::detect_from(
+            Path::new("/"),
+            &read("/proc/self/mountinfo")?,
+            &read("/proc/self/cgroup")?,
+            std::process::id(),
+        )
+    }
+
+    /// Detect from the given `/proc/self/mountinfo` and `/proc/self/cgroup` texts, with every
+    /// cgroupfs path taken beneath `root` (a fake cgroupfs in tests).
+    pub fn detect_from(
+        root: &Path,
+        mountinfo: &str,
+        proc_cgroup: &str,
+        pid: u32,
+    ) -> Result<Cgroups, CgroupError> {
+        let mounts = fs::parse_mountinfo(mountinfo);
+        let own = fs::parse_proc_cgroup(proc_cgroup);
+        let unified = mounts
+            .iter()
+            .find(|m| m.fstype == "cgroup2" && m.mount_point == Path::new("/sys/fs/cgroup"));
+        if unified.is_some() {
+            return Ok(Cgroups::V2(v2::V2::new(root, &mounts, &own, pid)?));
+        }
+        if mounts.iter().any(|m| m.fstype == "cgroup") {
+            return Ok(Cgroups::V1(v1::V1::new(root, &mounts, &own)?));
+        }
+        if mounts.iter().any(|m| m.fstype == "cgroup2") {
+            return Ok(Cgroups::V2(v2::V2::new(root, &mounts, &own, pid)?));
+        }
+        Err(CgroupError::Detect(
+            "no cgroup filesystem is mounted".into(),
+        ))
+    }
+
+    pub fn version(&self) -> &'static str {
+        match self {
+            Cgroups::V1(_) => "v1",
+            Cgroups::V2(_) => "v2",
+        }
+    }
+
+    /// One line per hierarchy: where job cgroups of this supervisor go.
+    pub fn describe(&self) -> Vec<String> {
+        match self {
+            Cgroups::V1(v1) => v1.describe(),
+            Cgroups::V2(v2) => v2.describe(),
+        }
+    }
+
+    /// Make the supervisor's own cgroup able to hold job cgroups (v2 only: enable
+    /// controllers, moving the supervisor into a leaf first when it must). Idempotent.
+    pub fn prepare(&self) -> Result<(), CgroupError> {
+        match self {
+            Cgroups::V1(_) => Ok(()),
+            Cgroups::V2(v2) => v2.prepare(),
+        }
+    }
+
+    /// Create and configure the job cgroup `name` (which starts with [`JOB_PREFIX`]).
+    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<JobCgroup, CgroupError> {
+        match self {
+            Cgroups::V1(v1) => v1.create(name, limits).map(JobCgroup::V1),
+            Cgroups::V2(v2) => v2.create(name, limits).map(JobCgroup::V2),
+        }
+    }
+}
+
+/// What a job cgroup can do, whichever the version.
+pub trait CgroupManager {
+    /// How the tool's process joins it (the shim opens the paths itself).
+    fn join(&self) -> CgroupJoin;
+    /// Every process in it now.
+    fn pids(&self) -> Result<Vec<i32>, CgroupError>;
+    /// SIGKILL every process in it, until none is left.
+    fn kill_all(&self) -> Result<(), CgroupError>;
+    /// Measurements so far.
+    fn stats(&self) -> CgroupStats;
+    /// Kill what is left and remove the cgroup (every hierarchy).
+    fn remove(self) -> Result<(), CgroupError>;
+    /// The paths this cgroup occupies.
+    fn paths(&self) -> Vec<PathBuf>;
+}
+
+#[derive(Debug)]
+pub enum JobCgroup {
+    V1(v1::JobCgroup),
+    V2(v2::JobCgroup),
+}
+
+impl CgroupManager for JobCgroup {
+    fn join(&self) -> CgroupJoin {
+        match self {
+            JobCgroup::V1(cg) => cg.join(),
+            JobCgroup::V2(cg) => cg.join(),
+        }
+    }
+
+    fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        match self {
+            JobCgroup::V1(cg) => cg.pids(),
+            JobCgroup::V2(cg) => cg.pids(),
+        }
+    }
+
+    fn kill_all(&self) -> Result<(), CgroupError> {
+        match self {
+            JobCgroup::V1(cg) => cg.kill_all(),
+            JobCgroup::V2(cg) => cg.kill_all(),
+        }
+    }
+
+    fn stats(&self) -> CgroupStats {
+        match self {
+            JobCgroup::V1(cg) => cg.stats(),
+            JobCgroup::V2(cg) => cg.stats(),
+        }
+    }
+
+    fn remove(self) -> Result<(), CgroupError> {
+        match self {
+            JobCgroup::V1(cg) => cg.remove(),
+            JobCgroup::V2(cg) => cg.remove(),
+        }
+    }
+
+    fn paths(&self) -> Vec<PathBuf> {
+        match self {
+            JobCgroup::V1(cg) => cg.paths(),
+            JobCgroup::V2(cg) => cg.paths(),
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! cgroup v2: one unified hierarchy. Job cgroups are children of the supervisor's own
+//! cgroup, which must delegate memory, pids and cpu to them. The "no internal processes"
+//! rule means the supervisor cannot stay in a cgroup whose controllers it hands down, so
+//! [`V2::prepare`] moves it into a leaf (`supervisor`) of its own cgroup first — which is
+//! only possible when that cgroup holds nothing but this process (a systemd unit with
+//! `Delegate=yes`, a container's root).
+//!
+//! The shim clones the jail's PID 1 straight into the job cgroup (`CLONE_INTO_CGROUP`), so
+//! no process is ever moved on the hot path.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use toolbox_spec::CgroupJoin;
+
+use super::fs::{self, MountEntry, ProcCgroup};
+use super::{cpu_quota_us, CgroupError, CgroupLimits, CgroupStats, CPU_PERIOD_US};
+
+const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+/// The leaf the supervisor moves into when its cgroup must delegate controllers.
+pub const SUPERVISOR_LEAF: &str = "supervisor";
+
+#[derive(Debug)]
+pub struct V2 {
+    /// The supervisor's cgroup as it was found (job cgroups go here).
+    own_dir: PathBuf,
+    /// The same, as `/proc/self/cgroup` names it.
+    own: PathBuf,
+    pid: u32,
+}
+
+impl V2 {
+    pub fn new(
+        root: &Path,
+        mounts: &[MountEntry],
+        own: &[ProcCgroup],
+        pid: u32,
+    ) -> Result<V2, CgroupError> {
+        let mount = mounts
+            .iter()
+            .filter(|m| m.fstype == "cgroup2")
+            .max_by_key(|m| m.mount_point == Path::new("/sys/fs/cgroup"))
+            .ok_or_else(|| CgroupError::Detect("no cgroup2 filesystem is mounted".into()))?;
+        let line = own
+            .iter()
+            .find(|l| l.id == 0 && l.controllers.is_empty())
+            .ok_or_else(|| {
+                CgroupError::Detect("/proc/self/cgroup has no cgroup v2 line (0::)".into())
+            })?;
+        // After prepare() moved us into our leaf, our cgroup is the leaf's parent.
+        let own_path = if line.path.file_name().is_some_and(|n| n == SUPERVISOR_LEAF) {
+            line.path.parent().unwrap_or(&line.path).to_path_buf()
+        } else {
+            line.path.clone()
+        };
+        Ok(V2 {
+            own_dir: fs::cgroup_dir(root, mount, &own_path),
+            own: own_path,
+            pid,
+        })
+    }
+
+    pub fn describe(&self) -> Vec<String> {
+        vec![format!(
+            "memory,pids,cpu: jobs under {}",
+            self.own_dir.display()
+        )]
+    }
+
+    pub fn prepare(&self) -> Result<(), CgroupError> {
+        let available = fs::read(&self.own_dir.join("cgroup.controllers"))?;
+        for controller in CONTROLLERS {
+            if !available.split_whitespace().any(|c| c == controller) {
+                return Err(CgroupError::MissingController {
+                    version: "v2",
+                    controller: controller.to_string(),
+                    path: self.own_dir.clone(),
+                    hint: "delegate it to toolbox's cgroup (systemd: Delegate=yes)",
+                });
+            }
+        }
+        let subtree = self.own_dir.join("cgroup.subtree_control");
+        let enabled = fs::read(&subtree)?;
+        if CONTROLLERS
+            .iter()
+            .all(|c| enabled.split_whitespace().any(|e| e == *c))
+        {
+            return Ok(());
+        }
+        let is_root = self.own == Path::new("/");
+        if !is_root {
+            let procs = fs::read_pids(&self.own_dir.join("cgroup.procs"))?;
+            if procs.iter().any(|&pid| pid as u32 != self.pid) {
+                return Err(CgroupError::SharedCgroup {
+                    path: self.own_dir.clone(),
+                });
+            }
+            let leaf = self.own_dir.join(SUPERVISOR_LEAF);
+            match std::fs::create_dir(&leaf) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => return Err(CgroupError::Create { path: leaf, source }),
+            }
+            if !procs.is_empty() {
+                fs::write(&leaf.join("cgroup.procs"), &self.pid.to_string())?;
+            }
+        }
+        let wanted: Vec<String> = CONTROLLERS.iter().map(|c| format!("+{c}")).collect();
+        fs::write(&subtree, &wanted.join(" "))
+    }
+
+    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<JobCgroup, CgroupError> {
+        let dir = self.own_dir.join(name);
+        std::fs::create_dir(&dir).map_err(|source| CgroupError::Create {
+            path: dir.clone(),
+            source,
+        })?;
+        let job = JobCgroup {
+            dir,
+            member: self.own.join(name),
+        };
+        if let Err(err) = job.configure(limits) {
+            let _ = fs::remove_dir(&job.dir);
+            return Err(err);
+        }
+        Ok(job)
+    }
+}
+
+#[derive(Debug)]
+pub struct JobCgroup {
+    dir: PathBuf,
+    member: PathBuf,
+}
+
+impl JobCgroup {
+    fn configure(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        fs::write(&self.dir.join("memory.max"), &limits.memory.to_string())?;
+        let swap = self.dir.join("memory.swap.max");
+        if swap.exists() {
+            fs::write(&swap, "0")?;
+        }
+        fs::write(&self.dir.join("pids.max"), &limits.pids.to_string())?;
+        fs::write(
+            &self.dir.join("cpu.max"),
+            &format!("{} {CPU_PERIOD_US}", cpu_quota_us(limits.cpus)),
+        )
+    }
+
+    pub fn join(&self) -> CgroupJoin {
+        CgroupJoin::V2Dir {
+            dir: self.dir.to_string_lossy().into_owned(),
+        }
+    }
+
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        fs::read_pids(&self.dir.join("cgroup.procs"))
+    }
+
+    pub fn kill_all(&self) -> Result<(), CgroupError> {
+        let procs = self.dir.join("cgroup.procs");
+        let kill = self.dir.join("cgroup.kill");
+        if !kill.exists() {
+            // Before 5.14: one pid at a time.
+            return fs::kill_until_empty(&procs, &self.member, &self.dir);
+        }
+        if fs::read_pids(&procs)?.is_empty() {
+            return Ok(());
+        }
+        fs::write(&kill, "1")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = fs::read_pids(&procs)?;
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(CgroupError::NotEmpty {
+                    path: self.dir.clone(),
+                    pids,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    pub fn stats(&self) -> CgroupStats {
+        let number = |name: &str| fs::read_u64(&self.dir.join(name));
+        let keyed = |name: &str, key: &str| {
+            std::fs::read_to_string(self.dir.join(name))
+                .ok()
+                .and_then(|text| fs::keyed(&text, key))
+        };
+        CgroupStats {
+            memory_peak: number("memory.peak").unwrap_or(0),
+            oom_kills: keyed("memory.events", "oom_kill").unwrap_or(0),
+            pids_peak: number("pids.peak").unwrap_or(0),
+            cpu_user_us: keyed("cpu.stat", "user_usec").unwrap_or(0),
+            cpu_system_us: keyed("cpu.stat", "system_usec").unwrap_or(0),
+        }
+    }
+
+    pub fn remove(self) -> Result<(), CgroupError> {
+        let killed = self.kill_all();
+        let removed = fs::remove_dir(&self.dir);
+        killed.and(removed)
+    }
+
+    pub fn paths(&self) -> Vec<PathBuf> {
+        vec![self.dir.clone()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Cgroups;
+    use super::*;
+
+    const MOUNTINFO: &str = "30 24 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate";
+
+    /// A fake unified hierarchy with the supervisor in `/system.slice/toolbox.service`.
+    fn fake(procs: &str) -> (tempfile::TempDir, PathBuf, V2) {
+        let root = tempfile::tempdir().expect("tempdir");
+        let own = root
+            .path()
+            .join("sys/fs/cgroup/system.slice/toolbox.service");
+        std::fs::create_dir_all(&own).expect("mkdir");
+        std::fs::write(
+            own.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .expect("write");
+        std::fs::write(own.join("cgroup.subtree_control"), "").expect("write");
+        std::fs::write(own.join("cgroup.procs"), procs).expect("write");
+        let proc_cgroup = "0::/system.slice/toolbox.service\n";
+        let Cgroups::V2(v2) =
+            Cgroups::detect_from(root.path(), MOUNTINFO, proc_cgroup, 42).expect("detect")
+        else {
+            panic!("not detected as v2")
+        };
+        (root, own, v2)
+    }
+
+    #[test]
+    fn prepare_moves_the_supervisor_into_a_leaf_and_delegates_controllers() {
+        let (_root, own, v2) = fake("42\n");
+        // The fake leaf needs its cgroup.procs, as the kernel would create it.
+        std::fs::create_dir(own.join(SUPERVISOR_LEAF)).expect("mkdir");
+        std::fs::write(own.join(SUPERVISOR_LEAF).join("cgroup.procs"), "").expect("write");
+        v2.prepare().expect("prepare");
+        assert_eq!(
+            std::fs::read_to_string(own.join("supervisor/cgroup.procs")).expect("read"),
+            "42"
+        );
+        assert_eq!(
+            std::fs::read_to_string(own.join("cgroup.subtree_control")).expect("read"),
+            "+memory +pids +cpu"
+        );
+    }
+
+    #[test]
+    fn prepare_refuses_a_cgroup_shared_with_other_processes() {
+        let (_root, _own, v2) = fake("42\n7\n");
+        let err = v2.prepare().expect_err("shared");
+        assert!(err.to_string().contains("holds other processes"), "{err}");
+    }
+
+    #[test]
+    fn prepare_names_a_controller_that_is_not_delegated() {
+        let (_root, own, v2) = fake("42\n");
+        std::fs::write(own.join("cgroup.controllers"), "cpu io\n").expect("write");
+        let err = v2.prepare().expect_err("memory missing");
+        assert!(err.to_string().contains("memory controller"), "{err}");
+    }
+
+    #[test]
+    fn job_cgroups_get_limits_swap_off_and_a_clone_into_cgroup_fd() {
+        let (_root, own, _v2) = fake("42\n");
+        let dir = own.join("toolbox-j2");
+        let job = JobCgroup {
+            dir: dir.clone(),
+            member: PathBuf::from("/system.slice/toolbox.service/toolbox-j2"),
+        };
+        std::fs::create_dir(&dir).expect("mkdir");
+        for file in [
+            "memory.max",
+            "memory.swap.max",
+            "pids.max",
+            "cpu.max",
+            "cgroup.procs",
+        ] {
+            std::fs::write(dir.join(file), "").expect("touch");
+        }
+        job.configure(&CgroupLimits {
+            memory: 1 << 30,
+            cpus: 0.5,
+            pids: 100,
+        })
+        .expect("configure");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("read");
+        assert_eq!(read("memory.max"), "1073741824");
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("pids.max"), "100");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(
+            job.join(),
+            CgroupJoin::V2Dir {
+                dir: dir.to_string_lossy().into_owned()
+            }
+        );
+        // An empty cgroup is removed without killing anything.
+        std::fs::write(
+            dir.join("memory.events"),
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n",
+        )
+        .expect("write");
+        std::fs::write(dir.join("memory.peak"), "5242880\n").expect("write");
+        std::fs::write(dir.join("pids.peak"), "9\n").expect("write");
+        std::fs::write(
+            dir.join("cpu.stat"),
+            "usage_usec 900\nuser_usec 600\nsystem_usec 300\n",
+        )
+        .expect("write");
+        assert_eq!(
+            job.stats(),
+            CgroupStats {
+                memory_peak: 5 << 20,
+                oom_kills: 1,
+                pids_peak: 9,
+                cpu_user_us: 600,
+                cpu_system_us: 300
+            }
+        );
+    }
+
+    #[test]
+    fn a_supervisor_already_in_its_leaf_puts_jobs_next_to_it() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let proc_cgroup = "0::/system.slice/toolbox.service/supervisor\n";
+        let Cgroups::V2(v2) =
+            Cgroups::detect_from(root.path(), MOUNTINFO, proc_cgroup, 42).expect("detect")
+        else {
+            panic!("not v2")
+        };
+        assert_eq!(v2.own, Path::new("/system.slice/toolbox.service"));
+    }
+}

@@ -1,0 +1,638 @@
+//! The engine: runs one planned job in a jail, streams its capped output as events, enforces
+//! its timeout, and returns the result record. `toolbox run` runs every job through
+//! [`Engine::run`]; so will the daemon.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc::UnboundedSender;
+use toolbox_spec::{control, Enforced, JailSpec, Landlock, Network, Rlimit, RlimitKind, Status};
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::cgroup::{CgroupLimits, CgroupManager, CgroupStats, Cgroups, JobCgroup, JOB_PREFIX};
+use crate::job::JobPlan;
+use crate::output::Capper;
+use crate::policy::NetworkMode;
+use crate::record::{self, exit, Isolation, JobResult, JobStatus};
+use crate::seccomp::{self, SeccompError};
+use crate::spawn::{self, Shim, Stdin};
+
+/// How long the shim may take to go once told to kill the job.
+const KILL_WAIT: Duration = Duration::from_secs(2);
+/// How long output may keep flowing after the shim has gone (nothing should hold the pipes
+/// by then: every process of the jail is dead).
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+/// Read size for the output pipes.
+const READ_BUFFER: usize = 128 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("toolbox needs root to build jails (namespaces, cgroups, mounts); run it with sudo")]
+    NotRoot,
+    #[error("the exec shim was not found at {0} (build it with cargo build, or set TOOLBOX_SHIM)")]
+    ShimNotFound(PathBuf),
+    #[error("{0}")]
+    Cgroups(String),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error("start the exec shim {path}: {source}")]
+    Spawn {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// What a job reports while it runs; the result record comes last, as the return value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Started {
+        job_id: String,
+    },
+    Output {
+        stream: Stream,
+        data: Vec<u8>,
+    },
+    /// `dropped` bytes were cut from the middle of the stream; the last `kept` follow.
+    Truncated {
+        stream: Stream,
+        dropped: u64,
+        kept: u64,
+    },
+}
+
+pub struct Engine {
+    shim: PathBuf,
+    /// Detected and prepared on first use: a one-shot `toolbox run` starts its shim first.
+    cgroups: std::sync::OnceLock<Result<Cgroups, String>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("shim", &self.shim)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Check this host can build jails: root, and the shim. The cgroups are detected and
+    /// prepared on first use ([`Engine::cgroups`]; a daemon calls it at start).
+    pub fn new() -> Result<Engine, EngineError> {
+        if !nix::unistd::Uid::effective().is_root() {
+            return Err(EngineError::NotRoot);
+        }
+        let shim = shim_path();
+        if !shim.is_file() {
+            return Err(EngineError::ShimNotFound(shim));
+        }
+        Ok(Engine {
+            shim,
+            cgroups: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Start the shim for a job with this network mode, before the job is planned: the
+    /// shim's own start-up then overlaps the planning. Hand it to [`Engine::run`].
+    pub fn prestart(&self, network: NetworkMode, stdin: Stdin) -> Result<Shim, EngineError> {
+        spawn::spawn(&self.shim, jail_network(network), stdin).map_err(|source| {
+            EngineError::Spawn {
+                path: self.shim.clone(),
+                source,
+            }
+        })
+    }
+
+    /// This host's cgroups, detected and prepared once.
+    pub fn cgroups(&self) -> Result<&Cgroups, EngineError> {
+        self.cgroups
+            .get_or_init(|| {
+                let cgroups = Cgroups::detect().map_err(|e| e.to_string())?;
+                cgroups.prepare().map_err(|e| e.to_string())?;
+                Ok(cgroups)
+            })
+            .as_ref()
+            .map_err(|message| EngineError::Cgroups(message.clone()))
+    }
+
+    /// Run one job to its end. `cancel` resolves (with the exit code to report) when the
+    /// caller wants the job stopped. Every failure ends up in the record; this never panics
+    /// and never leaves a process, cgroup or mount of the job behind.
+    pub async fn run(
+        &self,
+        plan: JobPlan,
+        shim: Shim,
+        events: UnboundedSender<Event>,
+        cancel: impl Future<Output = i32>,
+    ) -> JobResult {
+        let span = info_span!("job", id = %plan.job_id, policy = %plan.policy);
+        self.run_inner(plan, shim, events, cancel)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_inner(
+        &self,
+        plan: JobPlan,
+        mut shim: Shim,
+        events: UnboundedSender<Event>,
+        cancel: impl Future<Output = i32>,
+    ) -> JobResult {
+        let started = Instant::now();
+        let mut result = self.blank_result(&plan);
+        let limits = CgroupLimits {
+            memory: plan.limits.memory,
+            cpus: plan.limits.cpus,
+            pids: plan.limits.pids,
+        };
+        if shim.network != jail_network(plan.network) {
+            return fail(
+                result,
+                started,
+                "the shim was started for another network mode".into(),
+            );
+        }
+        let cgroup = match self
+            .cgroups()
+            .map_err(|e| e.to_string())
+            .and_then(|cgroups| {
+                cgroups
+                    .create(&format!("{JOB_PREFIX}{}", plan.job_id), &limits)
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(cgroup) => cgroup,
+            Err(err) => return fail(result, started, format!("create the job's cgroup: {err}")),
+        };
+        let sent = match self.spec(&plan, &cgroup) {
+            Ok(spec) => shim
+                .send_spec(&spec)
+                .await
+                .map_err(|e| format!("send the shim its spec: {e}")),
+            Err(message) => Err(message),
+        };
+        if let Err(message) = sent {
+            // The shim dies with its handle; then nothing is left in the cgroup.
+            drop(shim);
+            if let Err(err) = cgroup.remove() {
+                warn!("remove cgroup after a failed start: {err}");
+            }
+            return fail(result, started, message);
+        }
+        debug!(pid = shim.process.pid, "shim started");
+        let _ = events.send(Event::Started {
+            job_id: plan.job_id.clone(),
+        });
+
+        let run = supervise(shim, &plan, &cgroup, &events, cancel).await;
+
+        let stats = cgroup.stats();
+        if let Err(err) = cgroup.remove() {
+            warn!("clean up the job's cgroup: {err}");
+        }
+        result.duration_ms = started.elapsed().as_millis() as u64;
+        fill(&mut result, &run, &stats);
+        result
+    }
+
+    fn spec(&self, plan: &JobPlan, cgroup: &JobCgroup) -> Result<JailSpec, String> {
+        let seccomp = seccomp::filter().map_err(|e| e.to_string())?;
+        Ok(JailSpec {
+            job_id: plan.job_id.clone(),
+            argv: plan.argv.clone(),
+            env: plan.env.clone(),
+            cwd: plan.workspace.to_string_lossy().into_owned(),
+            uid: plan.uid,
+            gid: plan.gid,
+            hostname: "toolbox".into(),
+            network: jail_network(plan.network),
+            mounts: plan.view.mounts.clone(),
+            landlock: Landlock {
+                rules: plan.view.rules.clone(),
+                deny_tcp: plan.network == NetworkMode::None,
+                scoped: true,
+                min_abi: plan.landlock_min_abi,
+            },
+            seccomp: seccomp.to_vec(),
+            rlimits: vec![
+                Rlimit {
+                    resource: RlimitKind::Core,
+                    soft: 0,
+                    hard: 0,
+                },
+                Rlimit {
+                    resource: RlimitKind::Fsize,
+                    soft: plan.limits.file_size,
+                    hard: plan.limits.file_size,
+                },
+                Rlimit {
+                    resource: RlimitKind::Nofile,
+                    soft: plan.limits.open_files,
+                    hard: plan.limits.open_files,
+                },
+            ],
+            cgroup: cgroup.join(),
+        })
+    }
+
+    fn blank_result(&self, plan: &JobPlan) -> JobResult {
+        JobResult {
+            job_id: plan.job_id.clone(),
+            policy: plan.policy.clone(),
+            status: JobStatus::SetupError,
+            exit_code: exit::TOOLBOX_FAILED,
+            signal: None,
+            error: None,
+            duration_ms: 0,
+            cpu_user_ms: 0,
+            cpu_system_ms: 0,
+            memory_peak_bytes: 0,
+            oom_kills: 0,
+            pids_peak: 0,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            stdout_dropped_bytes: 0,
+            stderr_dropped_bytes: 0,
+            isolation: Isolation {
+                cgroup: self
+                    .cgroups()
+                    .map(Cgroups::version)
+                    .unwrap_or("none")
+                    .to_string(),
+                cgroup_limits: Some(record::Limits {
+                    memory_bytes: plan.limits.memory,
+                    cpus: plan.limits.cpus,
+                    pids: plan.limits.pids,
+                    timeout_ms: plan.limits.timeout.as_millis() as u64,
+                    grace_ms: plan.limits.grace.as_millis() as u64,
+                    output_bytes: plan.limits.output,
+                }),
+                capabilities: "none",
+                network: format!("{:?}", plan.network).to_lowercase(),
+                ..Isolation::default()
+            },
+        }
+    }
+}
+
+fn jail_network(mode: NetworkMode) -> Network {
+    if mode == NetworkMode::Host {
+        Network::Host
+    } else {
+        Network::Isolated
+    }
+}
+
+/// Where the shim binary is: `$TOOLBOX_SHIM`, else next to this executable.
+pub fn shim_path() -> PathBuf {
+    if let Some(path) = std::env::var_os("TOOLBOX_SHIM") {
+        return PathBuf::from(path);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("toolbox-shim")))
+        .unwrap_or_else(|| PathBuf::from("/usr/local/libexec/toolbox/toolbox-shim"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ToolEnd {
+    Exited(i32),
+    Signaled(i32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Timeout,
+    Cancelled(i32),
+}
+
+/// What the supervision of one job observed.
+#[derive(Debug, Default)]
+struct Run {
+    setup_error: Option<String>,
+    exec_error: Option<(i32, String)>,
+    enforced: Option<Enforced>,
+    tool: Option<ToolEnd>,
+    ending: Option<Ending>,
+    shim_exit: Option<nix::sys::wait::WaitStatus>,
+    stdout: StreamCount,
+    stderr: StreamCount,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct StreamCount {
+    total: u64,
+    dropped: u64,
+}
+
+async fn supervise(
+    shim: Shim,
+    plan: &JobPlan,
+    cgroup: &JobCgroup,
+    events: &UnboundedSender<Event>,
+    cancel: impl Future<Output = i32>,
+) -> Run {
+    let mut run = Run::default();
+    let mut out_cap = Capper::new(plan.limits.output);
+    let mut err_cap = Capper::new(plan.limits.output);
+    let mut out_buf = vec![0u8; READ_BUFFER];
+    let mut err_buf = vec![0u8; READ_BUFFER];
+    let Shim {
+        mut process,
+        mut stdout,
+        mut stderr,
+        mut status,
+        ..
+    } = shim;
+    let mut out = Some(&mut stdout);
+    let mut err = Some(&mut stderr);
+    let mut status = Some(BufReader::new(&mut status).lines());
+
+    let mut cancel: Option<Pin<Box<dyn Future<Output = i32> + '_>>> = Some(Box::pin(cancel));
+    let timeout = tokio::time::sleep(plan.limits.timeout);
+    tokio::pin!(timeout);
+    // The next deadline of the ending sequence: the grace period, then the wait for the
+    // kill, then the drain of the pipes.
+    let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+    let escalation = tokio::time::sleep_until(far);
+    tokio::pin!(escalation);
+    let mut killed = false;
+    let mut drain_deadline = false;
+
+    loop {
+        if run.shim_exit.is_some() && out.is_none() && err.is_none() && status.is_none() {
+            break;
+        }
+        let running = run.shim_exit.is_none();
+        tokio::select! {
+            read = read_some(&mut out, &mut out_buf), if out.is_some() => {
+                match read {
+                    Ok(0) | Err(_) => out = None,
+                    Ok(n) => forward(events, Stream::Stdout, out_cap.push(&out_buf[..n])),
+                }
+            }
+            read = read_some(&mut err, &mut err_buf), if err.is_some() => {
+                match read {
+                    Ok(0) | Err(_) => err = None,
+                    Ok(n) => forward(events, Stream::Stderr, err_cap.push(&err_buf[..n])),
+                }
+            }
+            line = next_line(&mut status), if status.is_some() => {
+                match line {
+                    Ok(Some(line)) => record_status(&mut run, &line),
+                    Ok(None) | Err(_) => status = None,
+                }
+            }
+            exit = process.wait(), if running => {
+                run.shim_exit = exit.ok();
+                // Every process of the jail is gone with the shim; only the pipes' last
+                // bytes are left to read.
+                escalation.as_mut().reset(tokio::time::Instant::now() + DRAIN_WAIT);
+                drain_deadline = true;
+            }
+            _ = &mut timeout, if running && run.ending.is_none() && run.tool.is_none() => {
+                debug!("timeout: SIGTERM to every process of the job");
+                run.ending = Some(Ending::Timeout);
+                process.signal(control::TERMINATE_ALL);
+                escalation.as_mut().reset(tokio::time::Instant::now() + plan.limits.grace);
+            }
+            code = until(&mut cancel), if cancel.is_some() && running && run.ending.is_none() => {
+                cancel = None;
+                debug!("cancelled: SIGTERM to every process of the job");
+                run.ending = Some(Ending::Cancelled(code));
+                process.signal(control::TERMINATE_ALL);
+                escalation.as_mut().reset(tokio::time::Instant::now() + plan.limits.grace);
+            }
+            _ = &mut escalation => {
+                if drain_deadline {
+                    // The shim is gone but something still holds an output pipe: nothing of
+                    // the jail should, so kill whatever is left in the cgroup and stop reading.
+                    warn!("output still open {DRAIN_WAIT:?} after the jail ended; killing what is left");
+                    let _ = cgroup.kill_all();
+                    out = None;
+                    err = None;
+                    status = None;
+                } else if !killed {
+                    debug!("grace period over: SIGKILL to every process of the job");
+                    killed = true;
+                    process.signal(control::KILL_ALL);
+                    escalation.as_mut().reset(tokio::time::Instant::now() + KILL_WAIT);
+                } else {
+                    warn!("the shim did not end the job in {KILL_WAIT:?}; killing the cgroup");
+                    process.signal(libc::SIGKILL);
+                    let _ = cgroup.kill_all();
+                    escalation.as_mut().reset(far);
+                }
+            }
+        }
+    }
+    drop(process);
+    run.stdout = finish(events, Stream::Stdout, out_cap);
+    run.stderr = finish(events, Stream::Stderr, err_cap);
+    run
+}
+
+/// Read from an output pipe while it is open (the `select!` guard keeps a closed one from
+/// being polled at all).
+async fn read_some(
+    pipe: &mut Option<&mut pipe::Receiver>,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    match pipe {
+        Some(pipe) => pipe.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_line(
+    lines: &mut Option<Lines<BufReader<&mut pipe::Receiver>>>,
+) -> std::io::Result<Option<String>> {
+    match lines {
+        Some(lines) => lines.next_line().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn until<T>(future: &mut Option<Pin<Box<dyn Future<Output = T> + '_>>>) -> T {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+fn forward(events: &UnboundedSender<Event>, stream: Stream, live: &[u8]) {
+    if !live.is_empty() {
+        let _ = events.send(Event::Output {
+            stream,
+            data: live.to_vec(),
+        });
+    }
+}
+
+fn finish(events: &UnboundedSender<Event>, stream: Stream, capper: Capper) -> StreamCount {
+    let total = capper.total();
+    let ending = capper.finish();
+    if ending.dropped > 0 {
+        let _ = events.send(Event::Truncated {
+            stream,
+            dropped: ending.dropped,
+            kept: ending.tail.len() as u64,
+        });
+    }
+    forward(events, stream, &ending.tail);
+    StreamCount {
+        total,
+        dropped: ending.dropped,
+    }
+}
+
+fn record_status(run: &mut Run, line: &str) {
+    match Status::from_line(line.as_bytes()) {
+        Ok(Status::SetupFailed { step, error }) => {
+            run.setup_error
+                .get_or_insert(format!("jail setup failed at {step}: {error}"));
+        }
+        Ok(Status::Enforced(enforced)) => run.enforced = Some(enforced),
+        Ok(Status::ExecFailed { errno, error }) => run.exec_error = Some((errno, error)),
+        Ok(Status::ToolExited { code }) => run.tool = Some(ToolEnd::Exited(code)),
+        Ok(Status::ToolSignaled { signal }) => run.tool = Some(ToolEnd::Signaled(signal)),
+        Err(err) => warn!("unreadable status line from the shim ({err}): {line:?}"),
+    }
+}
+
+fn fail(mut result: JobResult, started: Instant, message: String) -> JobResult {
+    result.duration_ms = started.elapsed().as_millis() as u64;
+    result.error = Some(message);
+    result
+}
+
+/// Turn what was observed into the record's status, exit code and figures.
+fn fill(result: &mut JobResult, run: &Run, stats: &CgroupStats) {
+    let (status, exit_code, signal, error) = classify(run, stats);
+    result.status = status;
+    result.exit_code = exit_code;
+    result.signal = signal;
+    result.error = error;
+    result.cpu_user_ms = stats.cpu_user_us / 1000;
+    result.cpu_system_ms = stats.cpu_system_us / 1000;
+    result.memory_peak_bytes = stats.memory_peak;
+    result.oom_kills = stats.oom_kills;
+    result.pids_peak = stats.pids_peak;
+    result.stdout_bytes = run.stdout.total;
+    result.stderr_bytes = run.stderr.total;
+    result.stdout_dropped_bytes = run.stdout.dropped;
+    result.stderr_dropped_bytes = run.stderr.dropped;
+    result.stdout_truncated = run.stdout.dropped > 0;
+    result.stderr_truncated = run.stderr.dropped > 0;
+    if let Some(enforced) = &run.enforced {
+        let iso = &mut result.isolation;
+        iso.namespaces = enforced.namespaces.clone();
+        iso.landlock_abi = enforced.landlock_abi;
+        iso.landlock_fs = enforced.landlock_fs;
+        iso.landlock_tcp = enforced.landlock_tcp;
+        iso.landlock_scoped = enforced.landlock_scoped;
+        iso.seccomp = enforced.seccomp;
+        iso.no_new_privs = enforced.no_new_privs;
+        iso.capabilities = if enforced.capabilities_dropped {
+            "none"
+        } else {
+            "unknown"
+        };
+        iso.uid = Some(enforced.uid);
+        iso.gid = Some(enforced.gid);
+    } else {
+        result.isolation.cgroup_limits = result.isolation.cgroup_limits.take();
+        result.isolation.capabilities = "unknown";
+    }
+}
+
+fn classify(run: &Run, stats: &CgroupStats) -> (JobStatus, i32, Option<i32>, Option<String>) {
+    let sigkill = Signal::SIGKILL as i32;
+    let signal_of = |tool: Option<ToolEnd>| match tool {
+        Some(ToolEnd::Signaled(signal)) => Some(signal),
+        _ => None,
+    };
+    if let Some(error) = &run.setup_error {
+        return (
+            JobStatus::SetupError,
+            exit::TOOLBOX_FAILED,
+            None,
+            Some(error.clone()),
+        );
+    }
+    if let Some((errno, error)) = &run.exec_error {
+        let (code, message) = if *errno == libc::ENOENT {
+            (
+                exit::NOT_FOUND,
+                format!("command not found in the jail: {error}"),
+            )
+        } else {
+            let reason = nix::errno::Errno::from_raw(*errno).desc();
+            (
+                exit::NOT_EXECUTABLE,
+                format!("command not executable: {error}: {reason}"),
+            )
+        };
+        return (JobStatus::SetupError, code, None, Some(message));
+    }
+    match run.ending {
+        Some(Ending::Timeout) => {
+            return (JobStatus::Timeout, exit::TIMEOUT, signal_of(run.tool), None)
+        }
+        Some(Ending::Cancelled(code)) => {
+            return (JobStatus::Cancelled, code, signal_of(run.tool), None)
+        }
+        None => {}
+    }
+    match run.tool {
+        Some(ToolEnd::Exited(code)) => (JobStatus::Exited, code, None, None),
+        Some(ToolEnd::Signaled(signal)) if signal == sigkill && stats.oom_kills > 0 => (
+            JobStatus::Oom,
+            exit::SIGNAL_BASE + sigkill,
+            Some(sigkill),
+            None,
+        ),
+        Some(ToolEnd::Signaled(signal)) => (
+            JobStatus::Signaled,
+            exit::SIGNAL_BASE + signal,
+            Some(signal),
+            None,
+        ),
+        // The jail's PID 1 died before it could report: the OOM killer, if it struck.
+        None if stats.oom_kills > 0 => (
+            JobStatus::Oom,
+            exit::SIGNAL_BASE + sigkill,
+            Some(sigkill),
+            None,
+        ),
+        None => (
+            JobStatus::SetupError,
+            exit::TOOLBOX_FAILED,
+            None,
+            Some(format!(
+                "the jail ended without reporting the tool's exit (shim: {:?})",
+                run.shim_exit
+            )),
+        ),
+    }
+}

@@ -1,0 +1,411 @@
+//! A job request (from the command line, later the socket) checked against a policy and
+//! resolved once into a [`JobPlan`]: everything the engine needs, every value checked.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::policy::{self, Limits, NetworkMode, Policy};
+use crate::view::{self, View};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("no command given: put the command after --, as in: toolbox run -- ls -l")]
+    EmptyCommand,
+    #[error("{field} contains a NUL byte")]
+    Nul { field: String },
+    #[error("workspace {path}: {reason}")]
+    Workspace { path: PathBuf, reason: String },
+    #[error("{field} {path}: {reason}")]
+    Path {
+        field: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("--{field}: {reason}")]
+    Limit { field: &'static str, reason: String },
+    #[error("--env {entry:?}: {reason}")]
+    Env { entry: String, reason: String },
+    #[error("--user: {0}")]
+    User(String),
+    #[error("filesystem view: {0}")]
+    View(#[from] view::ViewError),
+}
+
+/// What a caller asks for; `None` means "what the policy says".
+#[derive(Debug, Clone, Default)]
+pub struct JobRequest {
+    pub argv: Vec<String>,
+    pub cwd: Option<PathBuf>,
+    /// `NAME=VALUE`, or `NAME` to pass the caller's value through.
+    pub env: Vec<String>,
+    pub timeout: Option<Duration>,
+    pub grace: Option<Duration>,
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u32>,
+    pub output: Option<u64>,
+    pub network: Option<NetworkMode>,
+    pub ro: Vec<PathBuf>,
+    pub rw: Vec<PathBuf>,
+    /// uid, and optionally gid.
+    pub user: Option<(u32, Option<u32>)>,
+}
+
+/// Who asks, as far as the plan depends on it.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    /// The user behind sudo (SUDO_UID/SUDO_GID), if any.
+    pub sudo: Option<(u32, u32)>,
+}
+
+impl Caller {
+    /// This process's caller: its environment, working directory and sudo user.
+    pub fn current() -> std::io::Result<Caller> {
+        let env: BTreeMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let id = |name: &str| env.get(name).and_then(|v| v.parse::<u32>().ok());
+        let sudo = id("SUDO_UID").zip(id("SUDO_GID"));
+        Ok(Caller {
+            cwd: std::env::current_dir()?,
+            env,
+            sudo,
+        })
+    }
+}
+
+/// A job ready to run.
+#[derive(Debug, Clone)]
+pub struct JobPlan {
+    pub job_id: String,
+    pub policy: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub workspace: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub network: NetworkMode,
+    pub limits: Limits,
+    pub view: View,
+    pub landlock_min_abi: u32,
+}
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub fn plan(
+    policy: &Policy,
+    request: JobRequest,
+    caller: &Caller,
+) -> Result<JobPlan, RequestError> {
+    if request.argv.is_empty() || request.argv[0].is_empty() {
+        return Err(RequestError::EmptyCommand);
+    }
+    for (i, arg) in request.argv.iter().enumerate() {
+        if arg.contains('\0') {
+            return Err(RequestError::Nul {
+                field: format!("argument {i}"),
+            });
+        }
+    }
+    let workspace = workspace(request.cwd.as_deref(), &caller.cwd)?;
+    let ro = existing_paths("--ro", &request.ro, &caller.cwd, false)?;
+    let rw = existing_paths("--rw", &request.rw, &caller.cwd, true)?;
+
+    let mut limits = policy.limits;
+    limits.timeout = request.timeout.unwrap_or(limits.timeout);
+    limits.grace = request.grace.unwrap_or(limits.grace);
+    limits.memory = request.memory.unwrap_or(limits.memory);
+    limits.cpus = request.cpus.unwrap_or(limits.cpus);
+    limits.pids = request.pids.unwrap_or(limits.pids);
+    limits.output = request.output.unwrap_or(limits.output);
+    limits
+        .check()
+        .map_err(|(field, reason)| RequestError::Limit { field, reason })?;
+
+    let (uid, gid) = user(request.user, &workspace, caller, policy)?;
+    let env = environment(policy, &request.env, caller, &workspace)?;
+    let view = view::build(
+        policy,
+        &view::Extra {
+            workspace: &workspace,
+            ro: &ro,
+            rw: &rw,
+        },
+    )?;
+    Ok(JobPlan {
+        job_id: new_job_id(),
+        policy: policy.name.clone(),
+        argv: request.argv,
+        env,
+        workspace,
+        uid,
+        gid,
+        network: request.network.unwrap_or(policy.network),
+        limits,
+        view,
+        landlock_min_abi: policy.landlock_min_abi,
+    })
+}
+
+pub fn new_job_id() -> String {
+    crate::sys::random_bytes::<6>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn workspace(requested: Option<&Path>, caller_cwd: &Path) -> Result<PathBuf, RequestError> {
+    let given = match requested {
+        Some(path) if path.is_absolute() => path.to_path_buf(),
+        Some(path) => caller_cwd.join(path),
+        None => caller_cwd.to_path_buf(),
+    };
+    let err = |reason: String| RequestError::Workspace {
+        path: given.clone(),
+        reason,
+    };
+    let path = given
+        .canonicalize()
+        .map_err(|e| err(format!("{e} (give an existing directory with -C)")))?;
+    if !path.is_dir() {
+        return Err(err("is not a directory".into()));
+    }
+    policy::check_writable(&path).map_err(|_| {
+        err("is a system directory (or contains one); run toolbox from your project directory or pass -C DIR".into())
+    })?;
+    if path == Path::new("/tmp") || path == Path::new("/dev/shm") {
+        return Err(err("is a shared temporary directory the jail replaces with its own; use a directory inside it".into()));
+    }
+    path.to_str()
+        .ok_or_else(|| err("is not valid UTF-8".into()))?;
+    Ok(path)
+}
+
+fn existing_paths(
+    field: &'static str,
+    paths: &[PathBuf],
+    cwd: &Path,
+    writable: bool,
+) -> Result<Vec<PathBuf>, RequestError> {
+    paths
+        .iter()
+        .map(|path| {
+            let err = |reason: String| RequestError::Path {
+                field,
+                path: path.clone(),
+                reason,
+            };
+            if !path.is_absolute() {
+                return Err(err(format!(
+                    "must be an absolute path (did you mean {}?)",
+                    cwd.join(path).display()
+                )));
+            }
+            policy::check_host_path(path).map_err(err)?;
+            let real = path.canonicalize().map_err(|e| err(e.to_string()))?;
+            if writable {
+                policy::check_writable(&real).map_err(err)?;
+            }
+            Ok(real)
+        })
+        .collect()
+}
+
+/// The tool runs as the workspace's owner, else the user behind sudo, else the policy's
+/// unprivileged fallback — never as root.
+fn user(
+    requested: Option<(u32, Option<u32>)>,
+    workspace: &Path,
+    caller: &Caller,
+    policy: &Policy,
+) -> Result<(u32, u32), RequestError> {
+    if let Some((uid, gid)) = requested {
+        if uid == 0 || gid == Some(0) {
+            return Err(RequestError::User(
+                "tools never run as root (uid or gid 0)".into(),
+            ));
+        }
+        let gid = gid.unwrap_or_else(|| primary_gid(uid).unwrap_or(uid));
+        return Ok((uid, gid));
+    }
+    let owner = std::fs::metadata(workspace)
+        .map(|m| (m.uid(), m.gid()))
+        .unwrap_or((0, 0));
+    Ok(if owner.0 != 0 {
+        (owner.0, if owner.1 != 0 { owner.1 } else { owner.0 })
+    } else if let Some((uid, gid)) = caller.sudo.filter(|(uid, gid)| *uid != 0 && *gid != 0) {
+        (uid, gid)
+    } else {
+        (policy.fallback_uid, policy.fallback_gid)
+    })
+}
+
+/// The primary group of `uid` from /etc/passwd (read directly: the binary is static, and
+/// glibc's NSS does not work reliably in static programs).
+fn primary_gid(uid: u32) -> Option<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.get(2)?.parse::<u32>().ok()? == uid).then(|| fields.get(3)?.parse().ok())?
+    })
+}
+
+fn environment(
+    policy: &Policy,
+    requested: &[String],
+    caller: &Caller,
+    workspace: &Path,
+) -> Result<Vec<(String, String)>, RequestError> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for name in &policy.env_pass {
+        if let Some(value) = caller.env.get(name) {
+            // A HOME the jail cannot show is worse than none: tools would fail writing there.
+            if name == "HOME" && !Path::new(value).starts_with(workspace) {
+                continue;
+            }
+            env.insert(name.clone(), value.clone());
+        }
+    }
+    for (name, value) in &policy.env_set {
+        env.insert(name.clone(), value.clone());
+    }
+    for entry in requested {
+        let err = |reason: &str| RequestError::Env {
+            entry: entry.clone(),
+            reason: reason.to_string(),
+        };
+        if entry.contains('\0') {
+            return Err(err("contains a NUL byte"));
+        }
+        match entry.split_once('=') {
+            Some((name, value)) => {
+                policy::check_env_name(name).map_err(|r| err(&r))?;
+                env.insert(name.to_string(), value.to_string());
+            }
+            None => {
+                policy::check_env_name(entry).map_err(|r| err(&r))?;
+                if let Some(value) = caller.env.get(entry) {
+                    env.insert(entry.clone(), value.clone());
+                }
+            }
+        }
+    }
+    env.entry("HOME".into()).or_insert_with(|| "/tmp".into());
+    env.entry("PATH".into())
+        .or_insert_with(|| DEFAULT_PATH.into());
+    Ok(env.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::BUILTIN_DEFAULT;
+
+    fn policy() -> Policy {
+        Policy::parse("default", Path::new("default.toml"), BUILTIN_DEFAULT).expect("valid")
+    }
+
+    fn caller(cwd: &Path) -> Caller {
+        let env = [
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "/root"),
+            ("SECRET_TOKEN", "hunter2"),
+            ("LANG", "C.UTF-8"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Caller {
+            env,
+            cwd: cwd.to_path_buf(),
+            sudo: None,
+        }
+    }
+
+    fn request(argv: &[&str]) -> JobRequest {
+        JobRequest {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..JobRequest::default()
+        }
+    }
+
+    #[test]
+    fn the_environment_is_an_allowlist() {
+        let ws = tempfile::tempdir().expect("tempdir");
+        let mut req = request(&["env"]);
+        req.env = vec!["EXTRA=1".into(), "SECRET_TOKEN".into()];
+        let plan = plan(&policy(), req, &caller(ws.path())).expect("plan");
+        let env: BTreeMap<_, _> = plan.env.into_iter().collect();
+        assert_eq!(
+            env.get("HOME").map(String::as_str),
+            Some("/tmp"),
+            "HOME outside the view is replaced"
+        );
+        assert_eq!(env.get("EXTRA").map(String::as_str), Some("1"));
+        assert_eq!(
+            env.get("SECRET_TOKEN").map(String::as_str),
+            Some("hunter2"),
+            "asked for by name"
+        );
+        assert_eq!(env.get("LANG").map(String::as_str), Some("C.UTF-8"));
+
+        let plan = super::plan(&policy(), request(&["env"]), &caller(ws.path())).expect("plan");
+        assert!(
+            plan.env.iter().all(|(k, _)| k != "SECRET_TOKEN"),
+            "not asked for: must not leak"
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_what_is_wrong() {
+        let ws = tempfile::tempdir().expect("tempdir");
+        let c = caller(ws.path());
+        let err = |req: JobRequest| plan(&policy(), req, &c).expect_err("refused").to_string();
+        assert!(err(request(&[])).contains("no command"));
+        let mut r = request(&["ls"]);
+        r.cwd = Some("/nonexistent/dir".into());
+        assert!(err(r).contains("/nonexistent/dir"));
+        let mut r = request(&["ls"]);
+        r.cwd = Some("/usr".into());
+        assert!(err(r).contains("system directory"));
+        let mut r = request(&["ls"]);
+        r.ro = vec!["relative/path".into()];
+        assert!(err(r).contains("must be an absolute path"));
+        let mut r = request(&["ls"]);
+        r.rw = vec!["/etc".into()];
+        assert!(err(r).contains("must not be writable"));
+        let mut r = request(&["ls"]);
+        r.memory = Some(1024);
+        assert!(err(r).contains("--memory"));
+        let mut r = request(&["ls"]);
+        r.user = Some((0, None));
+        assert!(err(r).contains("never run as root"));
+        let mut r = request(&["ls"]);
+        r.env = vec!["1BAD=x".into()];
+        assert!(err(r).contains("not a valid environment variable name"));
+    }
+
+    #[test]
+    fn the_tool_never_runs_as_root() {
+        let ws = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::chown(ws.path(), Some(0), Some(0)).ok();
+        let mut c = caller(ws.path());
+        let p = plan(&policy(), request(&["id"]), &c).expect("plan");
+        if std::fs::metadata(ws.path()).map(|m| m.uid()).unwrap_or(1) == 0 {
+            assert_eq!(
+                (p.uid, p.gid),
+                (65534, 65534),
+                "root-owned workspace: the fallback id"
+            );
+            c.sudo = Some((1000, 1000));
+            let p = plan(&policy(), request(&["id"]), &c).expect("plan");
+            assert_eq!((p.uid, p.gid), (1000, 1000), "under sudo: the calling user");
+        } else {
+            assert_ne!(p.uid, 0);
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! Policies: what an operator decides once and every job obeys.
+//!
+//! TOML → [`RawPolicy`] (close to the file, `deny_unknown_fields` everywhere) → [`Policy`]
+//! (validated once, every value a checked number or path).
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::units::{Dur, Size};
+
+/// The policy compiled into the binary, used when no policy directory is installed.
+pub const BUILTIN_DEFAULT: &str = include_str!("../../policies/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy {name:?} not found (looked in {searched})")]
+    NotFound { name: String, searched: String },
+    #[error("read policy {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("policy {path}: {field}: {reason}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// A network namespace with only `lo`; Landlock also denies TCP bind and connect.
+    None,
+    /// A network namespace with only `lo`; TCP on it works (tests that start their own
+    /// localhost servers).
+    Loopback,
+    /// The host's network.
+    Host,
+}
+
+impl std::str::FromStr for NetworkMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<NetworkMode, String> {
+        match text {
+            "none" => Ok(NetworkMode::None),
+            "loopback" => Ok(NetworkMode::Loopback),
+            "host" => Ok(NetworkMode::Host),
+            other => Err(format!(
+                "{other:?} is not a network mode (none, loopback or host)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkspaceAccess {
+    Rw,
+    Ro,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub description: String,
+    pub filesystem: RawFilesystem,
+    pub network: RawNetwork,
+    pub limits: RawLimits,
+    pub env: RawEnv,
+    pub user: RawUser,
+    pub landlock: RawLandlock,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilesystem {
+    pub system: Vec<PathBuf>,
+    pub etc: Vec<String>,
+    #[serde(default)]
+    pub ro: Vec<PathBuf>,
+    #[serde(default)]
+    pub rw: Vec<PathBuf>,
+    pub workspace: WorkspaceAccess,
+    pub tmp_size: Size,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    pub mode: NetworkMode,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub timeout: Dur,
+    pub grace: Dur,
+    pub memory: Size,
+    pub cpus: f64,
+    pub pids: u32,
+    pub output: Size,
+    pub file_size: Size,
+    pub open_files: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnv {
+    pub pass: Vec<String>,
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    pub fallback_uid: u32,
+    pub fallback_gid: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLandlock {
+    pub min_abi: u32,
+}
+
+/// A validated policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub name: String,
+    pub description: String,
+    pub system: Vec<PathBuf>,
+    pub etc: Vec<String>,
+    pub ro: Vec<PathBuf>,
+    pub rw: Vec<PathBuf>,
+    pub workspace: WorkspaceAccess,
+    pub tmp_size: u64,
+    pub network: NetworkMode,
+    pub limits: Limits,
+    pub env_pass: Vec<String>,
+    pub env_set: Vec<(String, String)>,
+    pub fallback_uid: u32,
+    pub fallback_gid: u32,
+    pub landlock_min_abi: u32,
+}
+
+/// Every limit a job runs under, as numbers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub grace: Duration,
+    pub memory: u64,
+    /// CPU quota in cores (1.5 = one and a half cores).
+    pub cpus: f64,
+    pub pids: u32,
+    /// Output cap per stream, in bytes.
+    pub output: u64,
+    pub file_size: u64,
+    pub open_files: u64,
+}
+
+/// Bounds no policy or request may leave: below them a job cannot even start a shell, above
+/// them the number is a typo.
+pub mod bounds {
+    pub const MEMORY_MIN: u64 = 8 << 20;
+    pub const MEMORY_MAX: u64 = 1 << 40;
+    pub const CPUS_MAX: f64 = 1024.0;
+    pub const PIDS_MIN: u32 = 1;
+    pub const PIDS_MAX: u32 = 1 << 22;
+    pub const OUTPUT_MIN: u64 = 1024;
+    pub const OUTPUT_MAX: u64 = 1 << 30;
+    pub const OPEN_FILES_MIN: u64 = 16;
+    pub const OPEN_FILES_MAX: u64 = 1 << 20;
+    pub const TIMEOUT_MAX_SECS: u64 = 7 * 86400;
+}
+
+/// Host paths no writable bind may be, or contain.
+const SYSTEM_DIRS: [&str; 12] = [
+    "/", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/sys",
+    "/dev",
+];
+
+impl Policy {
+    pub fn parse(name: &str, path: &Path, text: &str) -> Result<Policy, PolicyError> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        Policy::validate(name, path, raw)
+    }
+
+    fn validate(name: &str, path: &Path, raw: RawPolicy) -> Result<Policy, PolicyError> {
+        let invalid = |field: &str, reason: String| PolicyError::Invalid {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            reason,
+        };
+        for (field, paths) in [
+            ("filesystem.system", &raw.filesystem.system),
+            ("filesystem.ro", &raw.filesystem.ro),
+            ("filesystem.rw", &raw.filesystem.rw),
+        ] {
+            for p in paths {
+                check_host_path(p).map_err(|reason| invalid(field, reason))?;
+            }
+        }
+        for p in &raw.filesystem.rw {
+            check_writable(p).map_err(|reason| invalid("filesystem.rw", reason))?;
+        }
+        for entry in &raw.filesystem.etc {
+            let rel = Path::new(entry);
+            if entry.is_empty()
+                || rel.is_absolute()
+                || rel.components().any(|c| !matches!(c, Component::Normal(_)))
+            {
+                return Err(invalid(
+                    "filesystem.etc",
+                    format!("{entry:?} must be a plain path relative to /etc (like \"ssl/certs\")"),
+                ));
+            }
+        }
+        let limits = Limits {
+            timeout: raw.limits.timeout.0,
+            grace: raw.limits.grace.0,
+            memory: raw.limits.memory.0,
+            cpus: raw.limits.cpus,
+            pids: raw.limits.pids,
+            output: raw.limits.output.0,
+            file_size: raw.limits.file_size.0,
+            open_files: raw.limits.open_files,
+        };
+        limits
+            .check()
+            .map_err(|(field, reason)| invalid(&format!("limits.{field}"), reason))?;
+        for var in raw.env.pass.iter().chain(raw.env.set.keys()) {
+            check_env_name(var).map_err(|reason| invalid("env", reason))?;
+        }
+        if raw.user.fallback_uid == 0 || raw.user.fallback_gid == 0 {
+            return Err(invalid(
+                "user",
+                "the fallback uid and gid must not be 0: tools never run as root".into(),
+            ));
+        }
+        Ok(Policy {
+            name: name.to_string(),
+            description: raw.description,
+            system: raw.filesystem.system,
+            etc: raw.filesystem.etc,
+            ro: raw.filesystem.ro,
+            rw: raw.filesystem.rw,
+            workspace: raw.filesystem.workspace,
+            tmp_size: raw.filesystem.tmp_size.0,
+            network: raw.network.mode,
+            limits,
+            env_pass: raw.env.pass,
+            env_set: raw.env.set.into_iter().collect(),
+            fallback_uid: raw.user.fallback_uid,
+            fallback_gid: raw.user.fallback_gid,
+            landlock_min_abi: raw.landlock.min_abi,
+        })
+    }
+
+    /// Find a policy by name (a file `NAME.toml` in the policy directories) or by path.
+    pub fn load(name_or_path: &str) -> Result<Policy, PolicyError> {
+        let as_path = Path::new(name_or_path);
+        if name_or_path.contains('/') || name_or_path.ends_with(".toml") {
+            let name = as_path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or(name_or_path);
+            return Policy::load_file(name, as_path);
+        }
+        let dirs = policy_dirs();
+        for dir in &dirs {
+            let path = dir.join(format!("{name_or_path}.toml"));
+            if path.is_file() {
+                return Policy::load_file(name_or_path, &path);
+            }
+        }
+        if name_or_path == "default" {
+            return Policy::parse(
+                "default",
+                Path::new("<built-in default.toml>"),
+                BUILTIN_DEFAULT,
+            );
+        }
+        Err(PolicyError::NotFound {
+            name: name_or_path.to_string(),
+            searched: dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    pub fn load_file(name: &str, path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Policy::parse(name, path, &text)
+    }
+}
+
+impl Limits {
+    /// Check every limit against [`bounds`]; the error names the field.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        use bounds::*;
+        if self.timeout.is_zero() || self.timeout.as_secs() > TIMEOUT_MAX_SECS {
+            return Err((
+                "timeout",
+                format!("{:?} must be above 0 and at most 7 days", self.timeout),
+            ));
+        }
+        if self.grace > Duration::from_secs(600) {
+            return Err((
+                "grace",
+                format!("{:?} must be at most 10 minutes", self.grace),
+            ));
+        }
+        if !(MEMORY_MIN..=MEMORY_MAX).contains(&self.memory) {
+            return Err((
+                "memory",
+                format!("{} bytes must be between 8M and 1T", self.memory),
+            ));
+        }
+        if !(self.cpus > 0.0 && self.cpus <= CPUS_MAX) {
+            return Err((
+                "cpus",
+                format!("{} must be above 0 and at most 1024", self.cpus),
+            ));
+        }
+        if !(PIDS_MIN..=PIDS_MAX).contains(&self.pids) {
+            return Err((
+                "pids",
+                format!("{} must be between 1 and 4194304", self.pids),
+            ));
+        }
+        if !(OUTPUT_MIN..=OUTPUT_MAX).contains(&self.output) {
+            return Err((
+                "output",
+                format!("{} bytes must be between 1K and 1G", self.output),
+            ));
+        }
+        if self.file_size == 0 {
+            return Err(("file_size", "must be above 0".into()));
+        }
+        if !(OPEN_FILES_MIN..=OPEN_FILES_MAX).contains(&self.open_files) {
+            return Err((
+                "open_files",
+                format!("{} must be between 16 and 1048576", self.open_files),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// An absolute, normalized host path: no `..`, no `.`, no empty components.
+pub fn check_host_path(path: &Path) -> Result<(), String> {
+    if !path.is_absolute() {
+        return Err(format!("{} must be an absolute path", path.display()));
+    }
+    if path
+        .components()
+        .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(format!(
+            "{} must not contain . or .. components",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+/// A path that may be bound writable: not a system directory, nor inside one, nor one
+/// containing one.
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    for dir in SYSTEM_DIRS.iter().map(Path::new) {
+        let inside = dir != Path::new("/") && path.starts_with(dir);
+        if path == dir || dir.starts_with(path) || inside {
+            return Err(format!(
+                "{} must not be writable: it is, contains or lies inside the system directory {}",
+                path.display(),
+                dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a valid environment variable name"))
+    }
+}
+
+/// Where named policies are looked up, in order.
+pub fn policy_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os("TOOLBOX_POLICY_DIR") {
+        dirs.push(PathBuf::from(dir));
+    }
+    dirs.push(PathBuf::from("/etc/toolbox/policies"));
+    // Running from a checkout: target/<profile>/toolbox → <checkout>/policies.
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(4) {
+            let candidate = dir.join("policies");
+            if candidate.join("default.toml").is_file() {
+                dirs.push(candidate);
+                break;
+            }
+        }
+    }
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_policy() -> Policy {
+        Policy::parse("default", Path::new("default.toml"), BUILTIN_DEFAULT)
+            .expect("the shipped default policy is valid")
+    }
+
+    #[test]
+    fn shipped_default_policy_is_valid() {
+        let policy = default_policy();
+        assert_eq!(policy.network, NetworkMode::None);
+        assert_eq!(policy.limits.memory, 1 << 30);
+        assert_eq!(policy.limits.output, 1 << 20);
+        assert!(policy.etc.iter().all(|e| e != "shadow" && e != "gshadow"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_with_a_location() {
+        let bad = BUILTIN_DEFAULT.replace("[limits]", "[limits]\nbogus = 1");
+        let err = Policy::parse("x", Path::new("x.toml"), &bad)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("unknown field") && err.contains("line"),
+            "{err}"
+        );
+
+        let bad = BUILTIN_DEFAULT.replace("memory = \"1G\"", "memory = \"lots\"");
+        let err = Policy::parse("x", Path::new("x.toml"), &bad)
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("not a size") && err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn writable_system_dirs_are_refused() {
+        for path in [
+            "/",
+            "/usr",
+            "/usr/local/src",
+            "/etc",
+            "/etc/ssl",
+            "/proc/sys",
+            "/lib",
+        ] {
+            assert!(check_writable(Path::new(path)).is_err(), "{path} accepted");
+        }
+        for path in [
+            "/srv/work",
+            "/home/alice/project",
+            "/tmp/x",
+            "/var/tmp/build",
+        ] {
+            assert!(check_writable(Path::new(path)).is_ok(), "{path} refused");
+        }
+        assert!(check_host_path(Path::new("relative")).is_err());
+        assert!(check_host_path(Path::new("/a/../etc")).is_err());
+    }
+}

@@ -1,0 +1,86 @@
+//! The result record: how a job ended, what it used, and what was really enforced.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// The tool exited by itself; `exit_code` is its own.
+    Exited,
+    /// The tool was killed by a signal (not the timeout, not the OOM killer).
+    Signaled,
+    /// The job ran past its timeout and was terminated.
+    Timeout,
+    /// The job ran out of memory and the OOM killer ended it.
+    Oom,
+    /// The job was cancelled (Ctrl-C, a cancel request, or its client left).
+    Cancelled,
+    /// The jail could not be set up, or the command could not be started.
+    SetupError,
+}
+
+/// Exit statuses of `toolbox run`, following timeout(1) and docker run.
+pub mod exit {
+    pub const TIMEOUT: i32 = 124;
+    pub const TOOLBOX_FAILED: i32 = 125;
+    pub const NOT_EXECUTABLE: i32 = 126;
+    pub const NOT_FOUND: i32 = 127;
+    pub const SIGNAL_BASE: i32 = 128;
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct JobResult {
+    pub job_id: String,
+    pub policy: String,
+    pub status: JobStatus,
+    /// What `toolbox run` exits with.
+    pub exit_code: i32,
+    /// The signal that ended the tool, if one did.
+    pub signal: Option<i32>,
+    /// Set for `setup_error`: what went wrong, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub cpu_user_ms: u64,
+    pub cpu_system_ms: u64,
+    pub memory_peak_bytes: u64,
+    pub oom_kills: u64,
+    pub pids_peak: u64,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub stdout_dropped_bytes: u64,
+    pub stderr_dropped_bytes: u64,
+    pub isolation: Isolation,
+}
+
+/// What was enforced — reported by the jail itself just before exec, never what was merely
+/// asked for. Empty when the tool never started.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Isolation {
+    pub namespaces: Vec<String>,
+    pub user_namespace: bool,
+    pub cgroup: String,
+    pub cgroup_limits: Option<Limits>,
+    pub landlock_abi: Option<u32>,
+    pub landlock_fs: bool,
+    pub landlock_tcp: bool,
+    pub landlock_scoped: bool,
+    pub seccomp: bool,
+    pub no_new_privs: bool,
+    pub capabilities: &'static str,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub network: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub cpus: f64,
+    pub pids: u32,
+    pub timeout_ms: u64,
+    pub grace_ms: u64,
+    pub output_bytes: u64,
+}

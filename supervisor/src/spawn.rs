@@ -1,0 +1,171 @@
+//! Starting the shim: its spec in a memfd, a status pipe, a lifeline, the cgroup
+//! descriptors, and pipes for the tool's output — and nothing else. The supervisor's part in
+//! the jail ends at the clone flags: between clone and exec its child only places
+//! descriptors (see `sys::spawn`).
+//!
+//! The shim is tracked by a pidfd: waiting is an epoll readiness like any pipe, and a signal
+//! through it can only ever reach that process.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::pipe;
+use toolbox_spec::{fds, JailSpec, Network};
+
+use crate::sys;
+
+/// Pipe capacity for the tool's output: fewer wake-ups for chatty tools.
+const PIPE_SIZE: i32 = 1 << 20;
+
+/// A running shim and the supervisor's ends of its pipes.
+#[derive(Debug)]
+pub struct Shim {
+    pub process: ShimProcess,
+    /// Where the spec goes once the job is planned; `None` once sent.
+    spec: Option<pipe::Sender>,
+    pub network: Network,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+    pub status: pipe::Receiver,
+}
+
+/// The shim — PID 1 of the jail — tracked by a pidfd.
+#[derive(Debug)]
+pub struct ShimProcess {
+    pub pid: i32,
+    pidfd: AsyncFd<OwnedFd>,
+    exited: Option<WaitStatus>,
+    /// The write end of the lifeline; when the supervisor dies it closes, and the shim
+    /// kills the job.
+    _lifeline: OwnedFd,
+}
+
+/// The tool's standard input.
+#[derive(Debug)]
+pub enum Stdin {
+    /// The supervisor's own (`toolbox run` in a terminal or a pipeline).
+    Inherit,
+    /// This descriptor (a pipe, or /dev/null).
+    Fd(OwnedFd),
+}
+
+/// Start the shim as PID 1 of new namespaces for a job with this network. It waits for its
+/// spec ([`Shim::send_spec`]): starting it before the job is planned lets its start-up
+/// (exec, runtime set-up) overlap the planning.
+pub fn spawn(shim: &Path, network: Network, stdin: Stdin) -> io::Result<Shim> {
+    let (spec_r, spec_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let (lifeline_r, lifeline_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    sys::set_pipe_size(&out_r, PIPE_SIZE);
+    sys::set_pipe_size(&err_r, PIPE_SIZE);
+
+    let placed = [
+        spec_r.as_raw_fd(),
+        status_w.as_raw_fd(),
+        lifeline_r.as_raw_fd(),
+    ];
+    debug_assert_eq!(fds::SPEC + 2, fds::LIFELINE);
+    let program = CString::new(shim.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("shim path has a NUL byte"))?;
+    let mut namespaces =
+        libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    if network == Network::Isolated {
+        namespaces |= libc::CLONE_NEWNET;
+    }
+    let (pid, pidfd) = sys::spawn(
+        &program,
+        // The jail's PID 1 shows this in ps: the name, not the host path.
+        c"toolbox-shim",
+        &sys::SpawnFds {
+            stdin: match &stdin {
+                Stdin::Inherit => None,
+                Stdin::Fd(fd) => Some(fd.as_raw_fd()),
+            },
+            stdout: out_w.as_raw_fd(),
+            stderr: err_w.as_raw_fd(),
+            placed: &placed,
+        },
+        namespaces,
+    )?;
+    // The child has its copies; ours would keep the pipes from ever reaching EOF.
+    drop((spec_r, status_w, lifeline_r, out_w, err_w, stdin));
+    Ok(Shim {
+        process: ShimProcess {
+            pid,
+            pidfd: sys::async_readable(pidfd)?,
+            exited: None,
+            _lifeline: lifeline_w,
+        },
+        spec: Some(pipe::Sender::from_owned_fd(spec_w)?),
+        network,
+        stdout: pipe::Receiver::from_owned_fd(out_r)?,
+        stderr: pipe::Receiver::from_owned_fd(err_r)?,
+        status: pipe::Receiver::from_owned_fd(status_r)?,
+    })
+}
+
+impl Shim {
+    /// Hand the shim its spec; it starts building the jail as soon as it has read it all.
+    pub async fn send_spec(&mut self, spec: &JailSpec) -> io::Result<()> {
+        let mut pipe = self
+            .spec
+            .take()
+            .ok_or_else(|| io::Error::other("the spec was already sent"))?;
+        pipe.write_all(&spec.encode()).await
+        // Dropping the pipe closes it: the shim reads to EOF.
+    }
+}
+
+impl ShimProcess {
+    /// Wait for the shim to exit and reap it. Cancel-safe.
+    pub async fn wait(&mut self) -> io::Result<WaitStatus> {
+        if let Some(status) = self.exited {
+            return Ok(status);
+        }
+        loop {
+            let mut ready = self.pidfd.readable().await?;
+            match waitid(
+                Id::PIDFd(self.pidfd.get_ref().as_fd()),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+            ) {
+                Ok(WaitStatus::StillAlive) => ready.clear_ready(),
+                Ok(status) => {
+                    self.exited = Some(status);
+                    return Ok(status);
+                }
+                Err(errno) => return Err(errno.into()),
+            }
+        }
+    }
+
+    /// Signal the shim (PID 1 of the jail; it has handlers for what we send, and SIGKILL
+    /// from an ancestor namespace always lands).
+    pub fn signal(&self, signal: i32) {
+        if self.exited.is_none() {
+            let _ = sys::pidfd_signal(self.pidfd.get_ref(), signal);
+        }
+    }
+}
+
+impl Drop for ShimProcess {
+    /// A safety net only — jobs are ended through the shim, never by dropping it: kill and
+    /// reap, so that no zombie is left behind.
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = sys::pidfd_signal(self.pidfd.get_ref(), libc::SIGKILL);
+            let _ = waitid(
+                Id::PIDFd(self.pidfd.get_ref().as_fd()),
+                WaitPidFlag::WEXITED,
+            );
+        }
+    }
+}

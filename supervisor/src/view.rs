@@ -1,0 +1,318 @@
+//! The jail's filesystem view: which host paths appear where, and what Landlock lets the
+//! tool do beneath each. Built in the supervisor from the host's layout; the shim applies it
+//! as given.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use toolbox_spec::{FsAccess, LandlockRule, Mount};
+
+use crate::policy::{Policy, WorkspaceAccess};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("{path}: {source}")]
+    Inspect { path: PathBuf, source: io::Error },
+    #[error("{path} is not valid UTF-8; toolbox binds only UTF-8 paths")]
+    NotUtf8 { path: PathBuf },
+    #[error("{path} would be mounted twice in the jail (as {first} and as {second})")]
+    Twice {
+        path: String,
+        first: &'static str,
+        second: &'static str,
+    },
+}
+
+/// Where a mount came from, for error messages.
+#[derive(Clone, Copy)]
+enum Origin {
+    System,
+    Etc,
+    Workspace,
+    Jail,
+    ExtraRo,
+    ExtraRw,
+}
+
+impl Origin {
+    fn name(self) -> &'static str {
+        match self {
+            Origin::System => "a system directory",
+            Origin::Etc => "an /etc entry",
+            Origin::Workspace => "the workspace",
+            Origin::Jail => "part of the jail (/tmp, /proc or /dev)",
+            Origin::ExtraRo => "a --ro path",
+            Origin::ExtraRw => "a --rw path",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// Parents first.
+    pub mounts: Vec<Mount>,
+    pub rules: Vec<LandlockRule>,
+}
+
+/// What the job asks for on top of the policy's view; every path already canonical.
+pub struct Extra<'a> {
+    pub workspace: &'a Path,
+    pub ro: &'a [PathBuf],
+    pub rw: &'a [PathBuf],
+}
+
+pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
+    let mut mounts: Vec<(Mount, Origin)> = Vec::new();
+    let mut rules = vec![rule("/", FsAccess::List)];
+
+    for dir in &policy.system {
+        let Some(meta) = lstat(dir)? else { continue };
+        let dst = utf8(dir)?;
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(dir).map_err(|source| inspect(dir, source))?;
+            mounts.push((
+                Mount::Symlink {
+                    target: utf8(&target)?,
+                    dst,
+                },
+                Origin::System,
+            ));
+        } else {
+            rules.push(rule(&dst, FsAccess::ReadExec));
+            mounts.push((
+                Mount::Bind {
+                    src: dst.clone(),
+                    dst,
+                    writable: false,
+                },
+                Origin::System,
+            ));
+        }
+    }
+
+    let etc = Path::new("/etc");
+    let mut any_etc = false;
+    for entry in &policy.etc {
+        let host = etc.join(entry);
+        let Some(meta) = lstat(&host)? else { continue };
+        let dst = utf8(&host)?;
+        if meta.file_type().is_symlink() {
+            // Dangling links are skipped like missing entries.
+            let Ok(resolved) = host.canonicalize() else {
+                continue;
+            };
+            if policy.system.iter().any(|dir| resolved.starts_with(dir)) {
+                // It points into the read-only system view (localtime → /usr/share/zoneinfo):
+                // the same link works in the jail.
+                let target = std::fs::read_link(&host).map_err(|source| inspect(&host, source))?;
+                mounts.push((
+                    Mount::Symlink {
+                        target: utf8(&target)?,
+                        dst,
+                    },
+                    Origin::Etc,
+                ));
+            } else {
+                // It points somewhere the jail does not show (resolv.conf → /run/...): show
+                // what it points at.
+                let meta =
+                    std::fs::metadata(&resolved).map_err(|source| inspect(&resolved, source))?;
+                mounts.push((etc_entry(utf8(&resolved)?, dst, &meta), Origin::Etc));
+            }
+        } else {
+            mounts.push((etc_entry(dst.clone(), dst, &meta), Origin::Etc));
+        }
+        any_etc = true;
+    }
+    if any_etc {
+        rules.push(rule("/etc", FsAccess::Read));
+    }
+
+    let workspace = utf8(extra.workspace)?;
+    let writable = policy.workspace == WorkspaceAccess::Rw;
+    mounts.push((
+        Mount::Bind {
+            src: workspace.clone(),
+            dst: workspace.clone(),
+            writable,
+        },
+        Origin::Workspace,
+    ));
+    rules.push(rule(
+        &workspace,
+        if writable {
+            FsAccess::ReadWrite
+        } else {
+            FsAccess::ReadExec
+        },
+    ));
+
+    mounts.push((
+        Mount::Tmpfs {
+            dst: "/tmp".into(),
+            size: policy.tmp_size,
+            mode: 0o1777,
+        },
+        Origin::Jail,
+    ));
+    mounts.push((
+        Mount::Proc {
+            dst: "/proc".into(),
+        },
+        Origin::Jail,
+    ));
+    mounts.push((Mount::Dev { dst: "/dev".into() }, Origin::Jail));
+    rules.push(rule("/tmp", FsAccess::ReadWrite));
+    rules.push(rule("/proc", FsAccess::Read));
+    rules.push(rule("/dev", FsAccess::Device));
+    rules.push(rule("/dev/shm", FsAccess::ReadWrite));
+
+    for (paths, writable, origin) in [
+        (policy.ro.iter().chain(extra.ro), false, Origin::ExtraRo),
+        (policy.rw.iter().chain(extra.rw), true, Origin::ExtraRw),
+    ] {
+        for path in paths {
+            if lstat(path)?.is_none() {
+                return Err(inspect(path, io::ErrorKind::NotFound.into()));
+            }
+            let dst = utf8(path)?;
+            rules.push(rule(
+                &dst,
+                if writable {
+                    FsAccess::ReadWrite
+                } else {
+                    FsAccess::ReadExec
+                },
+            ));
+            mounts.push((
+                Mount::Bind {
+                    src: dst.clone(),
+                    dst,
+                    writable,
+                },
+                origin,
+            ));
+        }
+    }
+
+    for (i, (a, origin_a)) in mounts.iter().enumerate() {
+        if let Some((_, origin_b)) = mounts[i + 1..].iter().find(|(b, _)| b.dst() == a.dst()) {
+            return Err(ViewError::Twice {
+                path: a.dst().to_string(),
+                first: origin_a.name(),
+                second: origin_b.name(),
+            });
+        }
+    }
+    // Parents before children; otherwise the order given (stable sort).
+    mounts.sort_by_key(|(mount, _)| depth(mount.dst()));
+    Ok(View {
+        mounts: mounts.into_iter().map(|(mount, _)| mount).collect(),
+        rules,
+    })
+}
+
+/// Small regular files are copied into the jail's read-only root (one file write instead of
+/// a bind mount, about half the cost); directories and large files are bound read-only.
+const COPY_MAX: u64 = 1 << 20;
+
+fn etc_entry(src: String, dst: String, meta: &std::fs::Metadata) -> Mount {
+    use std::os::unix::fs::PermissionsExt;
+    if meta.is_file() && meta.len() <= COPY_MAX {
+        Mount::Copy {
+            src,
+            dst,
+            mode: meta.permissions().mode() & 0o777,
+        }
+    } else {
+        Mount::Bind {
+            src,
+            dst,
+            writable: false,
+        }
+    }
+}
+
+fn rule(path: &str, access: FsAccess) -> LandlockRule {
+    LandlockRule {
+        path: path.to_string(),
+        access,
+    }
+}
+
+fn depth(path: &str) -> usize {
+    path.split('/').filter(|c| !c.is_empty()).count()
+}
+
+fn lstat(path: &Path) -> Result<Option<std::fs::Metadata>, ViewError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => Ok(Some(meta)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(inspect(path, source)),
+    }
+}
+
+fn inspect(path: &Path, source: io::Error) -> ViewError {
+    ViewError::Inspect {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn utf8(path: &Path) -> Result<String, ViewError> {
+    path.to_str()
+        .map(str::to_string)
+        .ok_or_else(|| ViewError::NotUtf8 {
+            path: path.to_path_buf(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::BUILTIN_DEFAULT;
+
+    fn policy() -> Policy {
+        Policy::parse("default", Path::new("default.toml"), BUILTIN_DEFAULT).expect("valid")
+    }
+
+    #[test]
+    fn parents_come_before_children_and_nothing_is_mounted_twice() {
+        let ws = tempfile::tempdir().expect("tempdir");
+        let view = build(
+            &policy(),
+            &Extra {
+                workspace: ws.path(),
+                ro: &[],
+                rw: &[],
+            },
+        )
+        .expect("view");
+        let dsts: Vec<&str> = view.mounts.iter().map(Mount::dst).collect();
+        let tmp = dsts
+            .iter()
+            .position(|d| *d == "/tmp")
+            .expect("/tmp mounted");
+        let ws_pos = dsts
+            .iter()
+            .position(|d| Path::new(d) == ws.path())
+            .expect("workspace mounted");
+        assert!(tmp < ws_pos, "{dsts:?}");
+        assert!(!dsts.contains(&"/etc/shadow"));
+        assert!(view
+            .rules
+            .iter()
+            .any(|r| Path::new(&r.path) == ws.path() && r.access == FsAccess::ReadWrite));
+
+        let err = build(
+            &policy(),
+            &Extra {
+                workspace: ws.path(),
+                ro: &[ws.path().to_path_buf()],
+                rw: &[],
+            },
+        )
+        .expect_err("workspace bound twice");
+        assert!(err.to_string().contains("mounted twice"), "{err}");
+    }
+}
