@@ -334,6 +334,8 @@ struct Run {
     enforced: Option<Enforced>,
     tool: Option<ToolEnd>,
     ending: Option<Ending>,
+    /// The supervisor SIGKILLed the jail (after the grace period).
+    killed: bool,
     shim_exit: Option<nix::sys::wait::WaitStatus>,
     stdout: StreamCount,
     stderr: StreamCount,
@@ -435,6 +437,7 @@ async fn supervise(
                 } else if !killed {
                     debug!("grace period over: SIGKILL to every process of the job");
                     killed = true;
+                    run.killed = true;
                     process.signal(control::KILL_ALL);
                     escalation.as_mut().reset(tokio::time::Instant::now() + KILL_WAIT);
                 } else {
@@ -568,9 +571,12 @@ fn fill(result: &mut JobResult, run: &Run, stats: &CgroupStats) {
 
 fn classify(run: &Run, stats: &CgroupStats) -> (JobStatus, i32, Option<i32>, Option<String>) {
     let sigkill = Signal::SIGKILL as i32;
+    // When the supervisor SIGKILLed the jail, its PID 1 died before it could report the
+    // tool's end: the tool died of that SIGKILL.
     let signal_of = |tool: Option<ToolEnd>| match tool {
         Some(ToolEnd::Signaled(signal)) => Some(signal),
-        _ => None,
+        Some(ToolEnd::Exited(_)) => None,
+        None => run.killed.then_some(sigkill),
     };
     if let Some(error) = &run.setup_error {
         return (

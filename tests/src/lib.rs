@@ -1,1 +1,392 @@
+//! Helpers for the end-to-end tests: the real `toolbox` and `toolbox-shim` binaries, a
+//! workspace per test owned by a non-root uid, the `probe` binary bound into the jail, and
+//! checks that a job left nothing behind.
+//!
+//! These tests need root. Under `CI=true` a missing privilege is a failure; elsewhere a test
+//! skips with a loud message.
+#![deny(unsafe_code)]
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// The uid and gid the tests' workspaces belong to (so the tool runs as them).
+pub const TOOL_UID: u32 = 54_321;
+
+/// Whether this test may run: root, or (outside CI) a loud skip.
+pub fn require_root() -> bool {
+    if nix_is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("this test needs root (it builds real jails), and CI=true: failing rather than skipping");
+    }
+    eprintln!(
+        "\n!!! SKIPPED: this test needs root (it builds real jails); run the suite with sudo !!!\n"
+    );
+    false
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// The directory holding the workspace's binaries for this test build (the test executable
+/// lives in its `deps/`).
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
+}
+
+/// `toolbox`, built (once per test binary) for the same target and profile as the tests.
+pub fn toolbox() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut args = vec!["build", "--quiet", "-p", "toolbox", "-p", "toolbox-shim"];
+        if !cfg!(debug_assertions) {
+            args.push("--release");
+        }
+        let status = Command::new(cargo)
+            .args(&args)
+            .status()
+            .expect("run cargo build");
+        assert!(
+            status.success(),
+            "cargo build of toolbox and toolbox-shim failed"
+        );
+        let toolbox = bin_dir().join("toolbox");
+        assert!(toolbox.is_file(), "{} was not built", toolbox.display());
+        toolbox
+    })
+}
+
+/// The probe binary (cargo builds it before the tests), bound into jobs read-only at the
+/// path it was built at.
+pub fn probe() -> &'static Path {
+    static PROBE: OnceLock<PathBuf> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        let probe = bin_dir().join("probe");
+        assert!(probe.is_file(), "{} was not built", probe.display());
+        probe
+    })
+}
+
+/// A fresh workspace owned by [`TOOL_UID`].
+pub fn workspace() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("toolbox-ws-")
+        .tempdir()
+        .expect("tempdir");
+    std::os::unix::fs::chown(dir.path(), Some(TOOL_UID), Some(TOOL_UID)).expect("chown workspace");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// What one `toolbox run` did.
+#[derive(Debug)]
+pub struct Job {
+    pub code: i32,
+    pub stdout: Vec<u8>,
+    /// The tool's stderr and toolbox's own messages (the record line removed).
+    pub stderr: String,
+    /// The result record (`--json`), when toolbox got far enough to print one.
+    pub record: Option<Value>,
+}
+
+impl Job {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// The probe's one JSON line on stdout.
+    pub fn probe_json(&self) -> Value {
+        let text = self.stdout_text();
+        let line = text
+            .lines()
+            .rev()
+            .find(|l| l.starts_with('{'))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no JSON from the probe; stdout: {text:?}; stderr: {:?}",
+                    self.stderr
+                )
+            });
+        serde_json::from_str(line).expect("probe JSON")
+    }
+
+    pub fn record(&self) -> &Value {
+        self.record
+            .as_ref()
+            .unwrap_or_else(|| panic!("no result record; stderr: {}", self.stderr))
+    }
+
+    pub fn status(&self) -> &str {
+        self.record()["status"].as_str().unwrap_or("?")
+    }
+}
+
+/// A job to run: `toolbox run [options] --json -C workspace --ro probe -- argv`.
+pub struct Run<'a> {
+    workspace: &'a Path,
+    options: Vec<String>,
+    env: BTreeMap<String, String>,
+    argv: Vec<String>,
+    uid: Option<u32>,
+}
+
+impl<'a> Run<'a> {
+    /// The probe with these arguments.
+    pub fn probe(workspace: &'a Path, args: &[&str]) -> Run<'a> {
+        let mut argv = vec![probe().to_string_lossy().into_owned()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        Run {
+            workspace,
+            options: Vec::new(),
+            env: BTreeMap::new(),
+            argv,
+            uid: None,
+        }
+    }
+
+    /// Any command.
+    pub fn command(workspace: &'a Path, argv: &[&str]) -> Run<'a> {
+        Run {
+            workspace,
+            options: Vec::new(),
+            env: BTreeMap::new(),
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            uid: None,
+        }
+    }
+
+    pub fn opt(mut self, option: &str) -> Self {
+        self.options.push(option.to_string());
+        self
+    }
+
+    pub fn opts(mut self, options: &[&str]) -> Self {
+        self.options.extend(options.iter().map(|s| s.to_string()));
+        self
+    }
+
+    /// An environment variable for toolbox itself (the caller's environment).
+    pub fn caller_env(mut self, name: &str, value: &str) -> Self {
+        self.env.insert(name.to_string(), value.to_string());
+        self
+    }
+
+    /// Run toolbox itself as this uid.
+    pub fn as_uid(mut self, uid: u32) -> Self {
+        self.uid = Some(uid);
+        self
+    }
+
+    fn command_line(&self) -> Command {
+        let mut command = Command::new(toolbox());
+        command
+            .arg("run")
+            .arg("--json")
+            .arg("-C")
+            .arg(self.workspace);
+        command.arg("--ro").arg(probe());
+        command.args(&self.options).arg("--").args(&self.argv);
+        command.envs(&self.env).stdin(Stdio::null());
+        if let Some(uid) = self.uid {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+        }
+        command
+    }
+
+    /// Run to the end.
+    pub fn run(&self) -> Job {
+        let output = self.command_line().output().expect("run toolbox");
+        finish(output)
+    }
+
+    /// Run to the end, and also report toolbox's own peak RSS in KiB (from wait4, which
+    /// reaps the child in place of `Child::wait`).
+    #[allow(clippy::zombie_processes)]
+    pub fn run_measured(&self) -> (Job, u64) {
+        use std::io::Read;
+        let mut child = self
+            .command_line()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut stdout = child.stdout.take().expect("stdout");
+        let mut stderr = child.stderr.take().expect("stderr");
+        let out = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = stdout.read_to_end(&mut buf);
+            buf
+        });
+        let err = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = stderr.read_to_end(&mut buf);
+            buf
+        });
+        let (status, max_rss_kib) = wait4(child.id() as i32);
+        let output = Output {
+            status,
+            stdout: out.join().expect("stdout reader"),
+            stderr: err.join().expect("stderr reader"),
+        };
+        (finish(output), max_rss_kib)
+    }
+
+    /// Start without waiting.
+    pub fn spawn(&self) -> std::process::Child {
+        self.command_line()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn toolbox")
+    }
+}
+
+/// Reap `pid` and return its exit status and peak RSS (KiB).
+#[allow(unsafe_code)]
+fn wait4(pid: i32) -> (std::process::ExitStatus, u64) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it and `status` for our own child.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        let ret = libc::wait4(pid, &mut status, 0, &mut usage);
+        assert_eq!(ret, pid, "wait4: {}", std::io::Error::last_os_error());
+        usage
+    };
+    (
+        std::process::ExitStatus::from_raw(status),
+        usage.ru_maxrss as u64,
+    )
+}
+
+pub fn finish(output: Output) -> Job {
+    let code = output.status.code().unwrap_or(-1);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let mut record = None;
+    let mut rest = Vec::new();
+    for line in stderr.lines() {
+        if record.is_none() && line.starts_with("{\"job_id\"") {
+            record = serde_json::from_str(line).ok();
+        } else {
+            rest.push(line);
+        }
+    }
+    let job = Job {
+        code,
+        stdout: output.stdout,
+        stderr: rest.join("\n"),
+        record,
+    };
+    if let Some(record) = &job.record {
+        assert_no_leftovers(record["job_id"].as_str().unwrap_or("?"));
+    }
+    job
+}
+
+/// Nothing of the job is left: no cgroup named after it in any hierarchy, no mount that
+/// mentions it in the host's mount table.
+pub fn assert_no_leftovers(job_id: &str) {
+    let name = format!("toolbox-{job_id}");
+    let found = find_dirs(Path::new("/sys/fs/cgroup"), &name, 8);
+    assert!(
+        found.is_empty(),
+        "job {job_id} left cgroups behind: {found:?}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    assert!(
+        !mounts.contains(&name),
+        "job {job_id} left a mount in the host's table"
+    );
+}
+
+fn find_dirs(dir: &Path, name: &str, depth: usize) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry
+            .file_type()
+            .map(|t| t.is_dir() && !t.is_symlink())
+            .unwrap_or(false)
+        {
+            if entry.file_name().to_string_lossy() == name {
+                found.push(path);
+            } else if depth > 0 {
+                found.extend(find_dirs(&path, name, depth - 1));
+            }
+        }
+    }
+    found
+}
+
+/// Host pids whose argv[0] starts with `prefix` (the probe names the processes it leaves
+/// behind so).
+pub fn host_pids_named(prefix: &str) -> Vec<i32> {
+    host_pids_where(|cmdline| cmdline.starts_with(prefix.as_bytes()))
+}
+
+/// Host pids of the probe binary whose command line contains `token`.
+pub fn host_probe_pids(token: &str) -> Vec<i32> {
+    let probe = probe().to_string_lossy().into_owned();
+    host_pids_where(|cmdline| {
+        cmdline.starts_with(probe.as_bytes()) && String::from_utf8_lossy(cmdline).contains(token)
+    })
+}
+
+fn host_pids_where(check: impl Fn(&[u8]) -> bool) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if check(&cmdline) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Wait until `check` holds, up to `timeout`.
+pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check()
+}
+
+/// A token unique to this test run, to find a job's processes from the host.
+pub fn token(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("tbtest-{what}-{}-{nanos}", std::process::id())
+}

@@ -1,0 +1,216 @@
+//! The command line: exit statuses as timeout(1) and docker run give them, clear messages
+//! for bad input, Ctrl-C as a cancel, stdin and the output streams passed through.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use toolbox_tests::{require_root, toolbox, workspace, Run};
+
+#[test]
+fn exit_statuses_follow_the_tool_and_the_conventions() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let cases: &[(&[&str], i32, &str)] = &[
+        (&["/bin/true"], 0, "exited"),
+        (&["/bin/sh", "-c", "exit 3"], 3, "exited"),
+        (&["/bin/sh", "-c", "kill -TERM $$"], 143, "signaled"),
+        (&["/bin/sh", "-c", "kill -KILL $$"], 137, "signaled"),
+        (&["no-such-command-anywhere"], 127, "setup_error"),
+        (&["/etc/passwd"], 126, "setup_error"),
+    ];
+    for (argv, code, status) in cases {
+        let job = Run::command(ws.path(), argv).run();
+        assert_eq!(job.code, *code, "{argv:?}: {job:?}");
+        assert_eq!(job.status(), *status, "{argv:?}");
+    }
+    let missing = Run::command(ws.path(), &["no-such-command-anywhere"]).run();
+    assert!(
+        missing
+            .stderr
+            .contains("command not found in the jail: no-such-command-anywhere"),
+        "{}",
+        missing.stderr
+    );
+}
+
+#[test]
+fn bad_options_get_exit_125_and_a_message_naming_the_problem() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let ws_path = ws.path().to_str().expect("utf8");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--memory", "lots"], "not a size"),
+        (&["--timeout", "forever"], "not a duration"),
+        (&["--timeout", "0"], "--timeout"),
+        (&["--memory", "1K"], "--memory"),
+        (&["--ro", "relative/path"], "must be an absolute path"),
+        (&["--rw", "/etc"], "must not be writable"),
+        (&["--net", "internet"], "not a network mode"),
+        (&["-C", "/nonexistent/workspace"], "/nonexistent/workspace"),
+        (&["-C", "/usr"], "system directory"),
+        (&["--policy", "no-such-policy"], "not found"),
+        (&["--user", "root"], "not a numeric id"),
+    ];
+    for (options, message) in cases {
+        let mut command = Command::new(toolbox());
+        command.arg("run");
+        if !options.contains(&"-C") {
+            command.args(["-C", ws_path]);
+        }
+        let output = command
+            .args(*options)
+            .args(["--", "/bin/true"])
+            .output()
+            .expect("run toolbox");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(125), "{options:?}: {stderr}");
+        assert!(
+            stderr.contains(message),
+            "{options:?}: expected {message:?} in {stderr:?}"
+        );
+    }
+    let no_command = Command::new(toolbox())
+        .args(["run", "-C", ws_path, "--"])
+        .output()
+        .expect("run");
+    assert_eq!(no_command.status.code(), Some(125));
+}
+
+#[test]
+fn toolbox_run_refuses_without_root_and_says_what_to_do() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let job = Run::command(ws.path(), &["/bin/true"])
+        .as_uid(toolbox_tests::TOOL_UID)
+        .run();
+    assert_eq!(job.code, 125, "{job:?}");
+    assert!(
+        job.stderr.contains("needs root") && job.stderr.contains("sudo"),
+        "{}",
+        job.stderr
+    );
+}
+
+#[test]
+fn ctrl_c_cancels_the_whole_job() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let started = Instant::now();
+    let child = Run::command(ws.path(), &["/bin/sleep", "30"])
+        .opts(&["--grace", "1s"])
+        .spawn();
+    std::thread::sleep(Duration::from_millis(400));
+    // Our own child, not yet reaped: the pid is still its.
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let job = toolbox_tests::finish(child.wait_with_output().expect("wait"));
+    assert_eq!(job.status(), "cancelled", "{job:?}");
+    assert_eq!(job.code, 130);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn stdin_and_both_output_streams_pass_through() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let mut child = Command::new(toolbox())
+        .args(["run", "-C"])
+        .arg(ws.path())
+        .args(["--", "/bin/sh", "-c", "cat; echo to-stderr >&2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"through stdin\n")
+        .expect("write");
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "through stdin\n");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "to-stderr\n");
+}
+
+#[test]
+fn doctor_reports_what_this_host_enforces() {
+    if !require_root() {
+        return;
+    }
+    let output = Command::new(toolbox())
+        .arg("doctor")
+        .output()
+        .expect("doctor");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    for feature in [
+        "namespaces",
+        "cgroups",
+        "landlock",
+        "seccomp",
+        "user namespaces",
+        "exec shim",
+    ] {
+        assert!(
+            text.contains(feature),
+            "doctor does not report {feature}: {text}"
+        );
+    }
+    // Not root: doctor says so and fails.
+    let mut as_user = Command::new(toolbox());
+    as_user.arg("doctor");
+    std::os::unix::process::CommandExt::uid(&mut as_user, toolbox_tests::TOOL_UID);
+    let output = as_user.output().expect("doctor");
+    assert_ne!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("MISSING"));
+}
+
+#[test]
+fn policy_check_accepts_the_shipped_policy_and_names_the_line_of_a_bad_one() {
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/default.toml");
+    let ok = Command::new(toolbox())
+        .args(["policy", "check", shipped])
+        .output()
+        .expect("check");
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(shipped)
+        .expect("read")
+        .replace("pids = 256", "pids = \"many\"");
+    std::fs::write(&bad, text).expect("write");
+    let out = Command::new(toolbox())
+        .args(["policy", "check"])
+        .arg(&bad)
+        .output()
+        .expect("check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("line"),
+        "{stderr}"
+    );
+}

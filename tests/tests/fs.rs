@@ -1,0 +1,262 @@
+//! Guarantee 1 (files): a job sees only the policy's paths and writes only to its
+//! workspace and its own /tmp. Each test tries the attack for real and checks it failed.
+
+use std::path::Path;
+
+use toolbox_tests::{require_root, workspace, Run, TOOL_UID};
+
+/// A secret on the host, readable by the tool's uid if it could reach it at all.
+fn plant_secret(path: &Path) -> String {
+    let secret = format!("SECRET-{}", toolbox_tests::token("fs"));
+    std::fs::write(path, &secret).expect("write secret");
+    std::os::unix::fs::chown(path, Some(TOOL_UID), Some(TOOL_UID)).expect("chown secret");
+    secret
+}
+
+#[test]
+fn host_secrets_and_files_outside_the_view_are_unreadable() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    // Owned by the tool's uid: only the jail's view can keep it out.
+    let root_secret = Path::new("/root").join(format!("toolbox-test-{}", std::process::id()));
+    let var_secret = Path::new("/var/tmp").join(format!("toolbox-test-{}", std::process::id()));
+    let s1 = plant_secret(&root_secret);
+    let s2 = plant_secret(&var_secret);
+    let job = Run::probe(
+        ws.path(),
+        &[
+            "read",
+            "/etc/shadow",
+            "/etc/gshadow",
+            root_secret.to_str().expect("utf8"),
+            var_secret.to_str().expect("utf8"),
+            "/etc/passwd",
+        ],
+    )
+    .run();
+    let _ = std::fs::remove_file(&root_secret);
+    let _ = std::fs::remove_file(&var_secret);
+    assert_eq!(job.code, 0, "{job:?}");
+    let result = job.probe_json();
+    for path in [
+        "/etc/shadow",
+        "/etc/gshadow",
+        root_secret.to_str().expect("utf8"),
+        var_secret.to_str().expect("utf8"),
+    ] {
+        assert_eq!(result[path]["ok"], false, "{path} was readable: {result}");
+    }
+    assert!(
+        !job.stdout_text().contains(&s1) && !job.stdout_text().contains(&s2),
+        "a secret leaked"
+    );
+    // The curated /etc is there: the test could see a success.
+    assert_eq!(result["/etc/passwd"]["ok"], true, "{result}");
+}
+
+#[test]
+fn only_the_policy_paths_are_visible() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let job = Run::probe(
+        ws.path(),
+        &[
+            "readdir", "/", "/etc", "/dev", "/root", "/home", "/sys", "/var", "/run",
+        ],
+    )
+    .run();
+    let result = job.probe_json();
+    let root = result["/"]["detail"]
+        .as_str()
+        .expect("/ listed")
+        .to_string();
+    for entry in root.split(' ') {
+        assert!(
+            [
+                "bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp",
+                "usr"
+            ]
+            .contains(&entry)
+                || ws.path().starts_with(format!("/{entry}"))
+                || toolbox_tests::probe().starts_with(format!("/{entry}")),
+            "unexpected /{entry} in the jail's root: {root}"
+        );
+    }
+    for absent in ["/root", "/home", "/sys", "/var", "/run"] {
+        assert_eq!(result[absent]["ok"], false, "{absent} is visible: {result}");
+    }
+    let etc = result["/etc"]["detail"].as_str().expect("/etc listed");
+    assert!(
+        etc.contains("passwd") && !etc.contains("shadow") && !etc.contains("sudoers"),
+        "/etc: {etc}"
+    );
+    let dev = result["/dev"]["detail"].as_str().expect("/dev listed");
+    for node in dev.split(' ') {
+        assert!(
+            [
+                "fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "tty",
+                "urandom", "zero"
+            ]
+            .contains(&node),
+            "unexpected /dev/{node}: {dev}"
+        );
+    }
+}
+
+#[test]
+fn writes_land_only_in_the_workspace_and_the_private_tmp() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let marker = format!("toolbox-test-{}", toolbox_tests::token("tmp"));
+    let host_tmp_file = Path::new("/tmp").join(&marker);
+    std::fs::write(&host_tmp_file, "host").expect("host marker");
+    let in_ws = ws.path().join("out.txt");
+    let jail_tmp = format!("/tmp/{marker}-from-jail");
+    let job = Run::probe(
+        ws.path(),
+        &[
+            "write",
+            in_ws.to_str().expect("utf8"),
+            &jail_tmp,
+            "/usr/toolbox-x",
+            "/etc/toolbox-x",
+            "/toolbox-x",
+            "/dev/toolbox-x",
+            "/proc/toolbox-x",
+        ],
+    )
+    .run();
+    let result = job.probe_json();
+    assert_eq!(
+        result[in_ws.to_str().expect("utf8")]["ok"],
+        true,
+        "{result}"
+    );
+    assert_eq!(result[jail_tmp.as_str()]["ok"], true, "{result}");
+    for path in [
+        "/usr/toolbox-x",
+        "/etc/toolbox-x",
+        "/toolbox-x",
+        "/dev/toolbox-x",
+        "/proc/toolbox-x",
+    ] {
+        assert_eq!(result[path]["ok"], false, "{path} was writable: {result}");
+    }
+    // The jail's /tmp is its own: its file is not on the host, the host's is not in it.
+    assert!(
+        !Path::new(&jail_tmp).exists(),
+        "the jail wrote into the host's /tmp"
+    );
+    let seen = Run::probe(ws.path(), &["read", host_tmp_file.to_str().expect("utf8")])
+        .run()
+        .probe_json();
+    let _ = std::fs::remove_file(&host_tmp_file);
+    assert_eq!(
+        seen[host_tmp_file.to_str().expect("utf8")]["ok"],
+        false,
+        "the host's /tmp is visible: {seen}"
+    );
+    // What the tool made belongs to the workspace's owner, not root.
+    let meta = std::fs::metadata(&in_ws).expect("written file");
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), TOOL_UID);
+    assert!(!Path::new("/usr/toolbox-x").exists() && !Path::new("/toolbox-x").exists());
+}
+
+#[test]
+fn a_symlink_planted_in_the_workspace_does_not_reach_host_secrets() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let secret_path =
+        Path::new("/var/tmp").join(format!("toolbox-test-link-{}", std::process::id()));
+    let secret = plant_secret(&secret_path);
+    for (name, target) in [
+        ("shadow", Path::new("/etc/shadow")),
+        ("secret", secret_path.as_path()),
+        ("rootdir", Path::new("/root")),
+    ] {
+        std::os::unix::fs::symlink(target, ws.path().join(name)).expect("symlink");
+    }
+    let link = |name: &str| ws.path().join(name).to_string_lossy().into_owned();
+    let job = Run::probe(ws.path(), &["read", &link("shadow"), &link("secret")]).run();
+    let listing = Run::probe(ws.path(), &["readdir", &link("rootdir")]).run();
+    let _ = std::fs::remove_file(&secret_path);
+    let result = job.probe_json();
+    assert_eq!(result[link("shadow").as_str()]["ok"], false, "{result}");
+    assert_eq!(result[link("secret").as_str()]["ok"], false, "{result}");
+    assert!(
+        !job.stdout_text().contains(&secret),
+        "the secret leaked through a symlink"
+    );
+    assert_eq!(
+        listing.probe_json()[link("rootdir").as_str()]["ok"],
+        false,
+        "/root listed through a symlink"
+    );
+}
+
+#[test]
+fn landlock_keeps_proc_read_only_even_where_permissions_allow() {
+    if !require_root() {
+        return;
+    }
+    // A process may write its own /proc/self/oom_score_adj (raising it) and comm by plain
+    // file permissions: only Landlock stops it, so this fails if Landlock is off.
+    let ws = workspace();
+    let job = Run::probe(
+        ws.path(),
+        &["write", "/proc/self/comm", "/proc/self/oom_score_adj"],
+    )
+    .run();
+    let result = job.probe_json();
+    for path in ["/proc/self/comm", "/proc/self/oom_score_adj"] {
+        assert_eq!(result[path]["ok"], false, "{path} writable: {result}");
+        assert_eq!(result[path]["errno"], libc::EACCES, "{path}: {result}");
+    }
+    assert_eq!(job.record()["isolation"]["landlock_fs"], true);
+}
+
+#[test]
+fn extra_binds_are_read_only_or_read_write_as_asked() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let ro = tempfile::tempdir().expect("tempdir");
+    let rw = tempfile::tempdir().expect("tempdir");
+    for dir in [ro.path(), rw.path()] {
+        std::os::unix::fs::chown(dir, Some(TOOL_UID), Some(TOOL_UID)).expect("chown");
+        std::fs::write(dir.join("data"), "hello").expect("write");
+    }
+    let file = |dir: &Path, name: &str| dir.join(name).to_string_lossy().into_owned();
+    let job = Run::probe(
+        ws.path(),
+        &["write", &file(ro.path(), "new"), &file(rw.path(), "new")],
+    )
+    .opts(&[
+        "--ro",
+        ro.path().to_str().expect("utf8"),
+        "--rw",
+        rw.path().to_str().expect("utf8"),
+    ])
+    .run();
+    let result = job.probe_json();
+    assert_eq!(
+        result[file(ro.path(), "new").as_str()]["ok"],
+        false,
+        "{result}"
+    );
+    assert_eq!(
+        result[file(rw.path(), "new").as_str()]["ok"],
+        true,
+        "{result}"
+    );
+    assert!(rw.path().join("new").exists() && !ro.path().join("new").exists());
+}

@@ -1,0 +1,176 @@
+//! Guarantees 4 and 5 (time and limits): the timeout escalates SIGTERM → SIGKILL; memory
+//! over the limit is an OOM kill reported as `oom`; a fork bomb stops at the pids limit;
+//! the CPU quota holds; output beyond the cap is dropped from the middle while the tool
+//! runs on, and the supervisor's memory stays flat.
+
+use std::time::Duration;
+
+use toolbox_tests::{host_pids_named, require_root, token, wait_for, workspace, Run};
+
+#[test]
+fn memory_over_the_limit_is_an_oom_kill() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let job = Run::probe(ws.path(), &["memhog", "512"])
+        .opts(&["--memory", "64M"])
+        .run();
+    assert_eq!(job.status(), "oom", "{:?}", job.record());
+    assert_eq!(job.code, 137);
+    let record = job.record();
+    assert_eq!(record["signal"], 9);
+    assert!(record["oom_kills"].as_u64().expect("oom_kills") >= 1);
+    let peak = record["memory_peak_bytes"].as_u64().expect("peak");
+    assert!(
+        peak > 32 << 20 && peak <= 65 << 20,
+        "memory peak {peak} is not near the 64M limit"
+    );
+}
+
+#[test]
+fn a_fork_bomb_stops_at_the_pids_limit_and_leaves_nothing() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let mark = token("bomb");
+    let job = Run::probe(ws.path(), &["forkbomb", &mark])
+        .opts(&["--pids", "32"])
+        .run();
+    assert_eq!(job.code, 0, "{job:?}");
+    let result = job.probe_json();
+    let forked = result["forked"].as_u64().expect("forked");
+    assert!(forked < 32, "forked {forked} processes past a limit of 32");
+    assert_eq!(result["errno"], libc::EAGAIN, "{result}");
+    assert!(
+        result["running"].as_u64().expect("running") >= 10,
+        "the bomb never went off: {result}"
+    );
+    assert!(job.record()["pids_peak"].as_u64().expect("pids_peak") <= 32);
+    assert!(
+        wait_for(Duration::from_secs(2), || host_pids_named(&mark).is_empty()),
+        "the bomb's processes outlived the job"
+    );
+    // The host can still start processes.
+    assert!(std::process::Command::new("/bin/true")
+        .status()
+        .expect("host fork")
+        .success());
+}
+
+#[test]
+fn a_tool_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let mark = token("stubborn");
+    let job = Run::probe(ws.path(), &["ignore-term", &mark])
+        .opts(&["--timeout", "1s", "--grace", "1s"])
+        .run();
+    assert_eq!(job.status(), "timeout", "{:?}", job.record());
+    assert_eq!(job.code, 124);
+    let record = job.record();
+    assert_eq!(
+        record["signal"], 9,
+        "SIGTERM was ignored, so SIGKILL ended it: {record}"
+    );
+    let ms = record["duration_ms"].as_u64().expect("duration");
+    assert!(
+        (1900..4000).contains(&ms),
+        "timeout 1s + grace 1s took {ms} ms"
+    );
+    assert!(job.stdout_text().starts_with("ready"), "{job:?}");
+    assert!(
+        host_pids_named(&mark).is_empty(),
+        "its SIGTERM-ignoring child survived"
+    );
+}
+
+#[test]
+fn a_tool_that_honours_sigterm_ends_at_the_timeout() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let job = Run::command(ws.path(), &["/bin/sleep", "30"])
+        .opts(&["--timeout", "500ms", "--grace", "5s"])
+        .run();
+    assert_eq!(job.status(), "timeout");
+    assert_eq!(job.code, 124);
+    assert_eq!(job.record()["signal"], 15);
+    let ms = job.record()["duration_ms"].as_u64().expect("duration");
+    assert!((450..2500).contains(&ms), "took {ms} ms");
+}
+
+#[test]
+fn the_cpu_quota_holds() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let job = Run::probe(ws.path(), &["spin", "2"])
+        .opts(&["--cpus", "0.25"])
+        .run();
+    let result = job.probe_json();
+    let cpu = result["cpu_ms"].as_u64().expect("cpu_ms");
+    // A quarter of a core for two seconds: about 500 ms, far from the 2000 it would use.
+    assert!(
+        (250..=900).contains(&cpu),
+        "used {cpu} ms of CPU in 2 s at 0.25 cpus: {result}"
+    );
+    let recorded = job.record()["cpu_user_ms"].as_u64().expect("cpu")
+        + job.record()["cpu_system_ms"].as_u64().expect("cpu");
+    assert!(
+        recorded >= cpu / 2,
+        "the record's cpu time {recorded} ms is far below what the tool used ({cpu} ms)"
+    );
+}
+
+#[test]
+fn an_output_flood_is_capped_with_head_tail_and_counts_and_flat_memory() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    const TOTAL: u64 = 200 << 20;
+    const CAP: u64 = 1 << 20;
+    let (job, max_rss_kib) = Run::probe(ws.path(), &["flood", &TOTAL.to_string()])
+        .opts(&["--output-limit", "1M"])
+        .run_measured();
+    assert_eq!(job.code, 0, "{}", job.stderr);
+    let out = job.stdout_text();
+    let marker_line = out
+        .lines()
+        .find(|l| l.starts_with("[toolbox:"))
+        .expect("a truncation marker line");
+    assert!(
+        marker_line.contains(&format!("{} bytes of stdout dropped", TOTAL - CAP)),
+        "{marker_line}"
+    );
+    // The marker is a line of its own: a newline before it when the head ended mid-line.
+    assert!(
+        (job.stdout.len() as u64) <= CAP + marker_line.len() as u64 + 2,
+        "{} bytes written",
+        job.stdout.len()
+    );
+    assert!(
+        out.starts_with("line 000000000000\nline 000000000001\n"),
+        "the head is missing"
+    );
+    assert!(
+        out.ends_with(&format!("THE-END total={TOTAL}\n")),
+        "the tail is missing"
+    );
+    let record = job.record();
+    assert_eq!(record["stdout_bytes"], TOTAL);
+    assert_eq!(record["stdout_truncated"], true);
+    assert_eq!(record["stdout_dropped_bytes"], TOTAL - CAP);
+    assert_eq!(record["stderr_truncated"], false);
+    // The supervisor keeps at most the cap's tail, whatever the tool writes.
+    assert!(
+        max_rss_kib < 64 * 1024,
+        "toolbox peaked at {max_rss_kib} KiB during a 200 MB flood"
+    );
+}

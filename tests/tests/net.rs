@@ -1,0 +1,166 @@
+//! Guarantee 2 (network): mode `none` gives a job only `lo` (up), and the host's loopback
+//! services — TCP and abstract unix sockets — are unreachable. Each unreachable case has a
+//! control (host mode, or no jail) showing the test would see a connection.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+use std::time::Duration;
+
+use toolbox_tests::{require_root, workspace, Run};
+
+/// A TCP server on the host's 127.0.0.1 that greets whoever connects, until `stop`.
+struct HostServer {
+    addr: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<usize>,
+}
+
+impl HostServer {
+    fn start() -> HostServer {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut accepted = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        accepted += 1;
+                        let _ = conn.write_all(b"host-secret-service");
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            accepted
+        });
+        HostServer { addr, stop, handle }
+    }
+
+    /// How many connections it accepted.
+    fn finish(self) -> usize {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().expect("server thread")
+    }
+}
+
+/// An abstract unix socket on the host (in the host's network namespace).
+fn host_abstract(name: &str) -> UnixListener {
+    use std::os::linux::net::SocketAddrExt;
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).expect("name");
+    let listener = UnixListener::bind_addr(&addr).expect("bind abstract");
+    listener.set_nonblocking(true).expect("nonblocking");
+    listener
+}
+
+#[test]
+fn mode_none_has_only_lo_and_it_is_up() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let job = Run::probe(ws.path(), &["interfaces"]).run();
+    let result = job.probe_json();
+    assert_eq!(result["interfaces"], serde_json::json!(["lo"]), "{result}");
+    assert_eq!(result["lo_up"], true, "{result}");
+    assert!(job.record()["isolation"]["namespaces"]
+        .as_array()
+        .expect("namespaces")
+        .contains(&"net".into()));
+}
+
+#[test]
+fn host_loopback_tcp_is_unreachable_without_host_network() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let server = HostServer::start();
+    let addr = server.addr.clone();
+    let none = Run::probe(ws.path(), &["connect", &addr])
+        .run()
+        .probe_json();
+    let loopback = Run::probe(ws.path(), &["connect", &addr])
+        .opts(&["--net", "loopback"])
+        .run()
+        .probe_json();
+    // Control: with the host's network the same probe gets through.
+    let host = Run::probe(ws.path(), &["connect", &addr])
+        .opts(&["--net", "host"])
+        .run()
+        .probe_json();
+    assert_eq!(none["connected"], false, "{none}");
+    assert_eq!(loopback["connected"], false, "{loopback}");
+    assert_eq!(host["connected"], true, "control failed: {host}");
+    assert_eq!(host["received"], "host-secret-service");
+    assert_eq!(
+        server.finish(),
+        1,
+        "only the host-mode job may have connected"
+    );
+}
+
+#[test]
+fn host_abstract_unix_sockets_are_unreachable() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let name = toolbox_tests::token("abstract");
+    let listener = host_abstract(&name);
+    // Another network namespace has its own abstract namespace; with the host's network,
+    // Landlock's scoping (ABI 6) still refuses it.
+    let none = Run::probe(ws.path(), &["abstract", &name]).run();
+    let host = Run::probe(ws.path(), &["abstract", &name])
+        .opts(&["--net", "host"])
+        .run();
+    assert_eq!(
+        none.probe_json()["connected"],
+        false,
+        "{:?}",
+        none.probe_json()
+    );
+    let scoped = host.record()["isolation"]["landlock_scoped"] == true;
+    if scoped {
+        assert_eq!(
+            host.probe_json()["connected"],
+            false,
+            "{:?}",
+            host.probe_json()
+        );
+        assert_eq!(host.probe_json()["errno"], libc::EPERM);
+    }
+    assert!(
+        listener.accept().is_err(),
+        "a jailed job reached the host's abstract socket"
+    );
+    // Control: outside any jail, the probe connects.
+    let control = std::process::Command::new(toolbox_tests::probe())
+        .args(["abstract", &name])
+        .output()
+        .expect("probe");
+    let control: serde_json::Value = serde_json::from_slice(&control.stdout).expect("json");
+    assert_eq!(control["connected"], true, "control failed: {control}");
+}
+
+#[test]
+fn mode_none_refuses_tcp_and_loopback_mode_allows_a_local_server() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let none = Run::probe(ws.path(), &["tcp-self"]).run();
+    let loopback = Run::probe(ws.path(), &["tcp-self"])
+        .opts(&["--net", "loopback"])
+        .run();
+    if none.record()["isolation"]["landlock_tcp"] == true {
+        assert_eq!(none.probe_json()["bound"], false, "{:?}", none.probe_json());
+        assert_eq!(none.probe_json()["errno"], libc::EACCES);
+    }
+    let result = loopback.probe_json();
+    assert_eq!(result["bound"], true, "{result}");
+    assert_eq!(result["client"]["received"], "pong", "{result}");
+}

@@ -1,0 +1,157 @@
+//! Guarantee 3 (processes): a job cannot see or signal host processes, and when its main
+//! process exits every process it started is gone — daemons and double-forks included.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use toolbox_tests::{
+    host_pids_named, host_probe_pids, require_root, token, wait_for, workspace, Run, TOOL_UID,
+};
+
+#[test]
+fn host_processes_are_invisible() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let job = Run::probe(ws.path(), &["status"]).run();
+    let status = job.probe_json();
+    // The shim (PID 1) and the probe: nothing of the host.
+    assert!(status["pids"].as_u64().expect("pids") <= 3, "{status}");
+    assert_eq!(status["pid"], 2, "{status}");
+    let init = Run::probe(ws.path(), &["read", "/proc/1/cmdline"])
+        .run()
+        .probe_json();
+    assert!(
+        init["/proc/1/cmdline"]["detail"]
+            .as_str()
+            .expect("cmdline")
+            .starts_with("toolbox-shim"),
+        "{init}"
+    );
+}
+
+#[test]
+fn kill_minus_one_harms_no_host_process() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let mark = token("victim");
+    // A host process of the very uid the tool runs as: without a pid namespace, kill(-1)
+    // from the tool would reach it.
+    let mut victim = Command::new("/bin/sleep");
+    std::os::unix::process::CommandExt::arg0(&mut victim, &mark);
+    let mut victim = victim.arg("60").stdin(Stdio::null()).spawn_as(TOOL_UID);
+    assert!(
+        wait_for(Duration::from_secs(5), || !host_pids_named(&mark)
+            .is_empty()),
+        "victim did not start"
+    );
+    let job = Run::probe(ws.path(), &["kill-all"]).run();
+    let alive = victim.try_wait().expect("try_wait").is_none();
+    let _ = victim.kill();
+    let _ = victim.wait();
+    assert!(alive, "kill(-1) from the jail killed a host process");
+    // kill(-1) spares the caller and PID 1: in the jail it finds nothing to signal (ESRCH).
+    assert_eq!(job.code, 0, "{job:?}");
+    assert_eq!(
+        job.probe_json()["errno"],
+        libc::ESRCH,
+        "{}",
+        job.probe_json()
+    );
+}
+
+#[test]
+fn background_processes_die_with_the_main_process() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let mark = token("daemon");
+    let job = Run::probe(ws.path(), &["daemonize", &mark]).run();
+    assert_eq!(job.code, 0, "{job:?}");
+    let result = job.probe_json();
+    assert_eq!(result["nohup"], true, "{result}");
+    // They were really running when the main process exited (seen from inside)...
+    assert!(
+        result["running"].as_u64().expect("running") >= 2,
+        "the daemons never started: {result}"
+    );
+    // ... and none survived the job.
+    assert!(
+        host_pids_named(&mark).is_empty(),
+        "daemons survived the job: {:?}",
+        host_pids_named(&mark)
+    );
+}
+
+#[test]
+fn the_tool_runs_as_a_non_root_uid_seen_from_the_host() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let mark = token("uid");
+    let mut child = Run::probe(ws.path(), &["sleep", "3", &mark]).spawn();
+    let found = wait_for(Duration::from_secs(5), || {
+        !host_probe_pids(&mark).is_empty()
+    });
+    let pids = host_probe_pids(&mark);
+    let uids: Vec<String> = pids
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(str::to_string)
+        })
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(found, "the probe never showed up on the host");
+    for line in &uids {
+        let fields: Vec<&str> = line.split_whitespace().skip(1).collect();
+        assert!(
+            fields.iter().all(|f| *f == TOOL_UID.to_string()),
+            "host sees {line}"
+        );
+    }
+    assert!(!uids.is_empty());
+}
+
+#[test]
+fn orphans_are_reaped() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let job = Run::command(
+        ws.path(),
+        &[
+            "/bin/sh",
+            "-c",
+            "for i in 1 2 3; do (sleep 0.05 &); done; sleep 0.5; ps -eo stat= | tr -d ' '",
+        ],
+    )
+    .run();
+    assert_eq!(job.code, 0, "{job:?}");
+    assert!(
+        !job.stdout_text().contains('Z'),
+        "zombies in the jail: {}",
+        job.stdout_text()
+    );
+}
+
+trait SpawnAs {
+    fn spawn_as(&mut self, uid: u32) -> std::process::Child;
+}
+
+impl SpawnAs for Command {
+    fn spawn_as(&mut self, uid: u32) -> std::process::Child {
+        std::os::unix::process::CommandExt::uid(self, uid);
+        std::os::unix::process::CommandExt::gid(self, uid);
+        self.spawn().expect("spawn")
+    }
+}
