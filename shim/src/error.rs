@@ -7,6 +7,10 @@ use nix::errno::Errno;
 pub enum SetupError {
     #[error("read the job spec from fd 3: {0}")]
     Spec(String),
+    #[error(
+        "the shim runs as pid {0}, not as PID 1 of a new pid namespace; refusing to build a jail"
+    )]
+    NotPidOne(i32),
     #[error("close inherited descriptors: {0}")]
     CloseFds(Errno),
     #[error("block signals for the shim: {0}")]
@@ -86,6 +90,7 @@ impl SetupError {
         match self {
             SetupError::Spec(_) => "spec",
             SetupError::CloseFds(_) => "close_fds",
+            SetupError::NotPidOne(_) => "namespaces",
             SetupError::Signals(_) => "signals",
             SetupError::CgroupJoin { .. } => "cgroup",
             SetupError::CgroupNamespace(_) => "namespaces",

@@ -28,6 +28,10 @@ const HANDLED: [Signal; 5] = [
 ];
 
 pub fn run(spec: &JailSpec, lifeline: OwnedFd) -> Result<i32, SetupError> {
+    // Everything below — kill(-1) above all — is only safe in a pid namespace of our own.
+    if nix::unistd::getpid().as_raw() != 1 {
+        return Err(SetupError::NotPidOne(nix::unistd::getpid().as_raw()));
+    }
     // Signals from the supervisor's namespace reach PID 1 only where it has a handler; the
     // handlers never run (the signals stay blocked and are read from the signalfd).
     let mut handled = SigSet::empty();

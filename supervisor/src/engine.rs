@@ -14,7 +14,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use toolbox_spec::{control, Enforced, JailSpec, Landlock, Network, Rlimit, RlimitKind, Status};
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::cgroup::{CgroupLimits, CgroupManager, CgroupStats, Cgroups, JobCgroup, JOB_PREFIX};
+use crate::cgroup::{job_name, CgroupLimits, CgroupManager, CgroupStats, Cgroups, JobCgroup};
 use crate::job::JobPlan;
 use crate::output::Capper;
 use crate::policy::NetworkMode;
@@ -82,6 +82,7 @@ pub enum Event {
 
 pub struct Engine {
     shim: PathBuf,
+    swept: std::sync::atomic::AtomicBool,
     /// Detected and prepared on first use: a one-shot `toolbox run` starts its shim first.
     cgroups: std::sync::OnceLock<Result<Cgroups, String>>,
 }
@@ -107,6 +108,7 @@ impl Engine {
         }
         Ok(Engine {
             shim,
+            swept: std::sync::atomic::AtomicBool::new(false),
             cgroups: std::sync::OnceLock::new(),
         })
     }
@@ -120,6 +122,21 @@ impl Engine {
                 source,
             }
         })
+    }
+
+    /// Remove job cgroups of supervisors that died, the first time this is called.
+    pub fn sweep_once(&self) {
+        if self.swept.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(cgroups) = self.cgroups() {
+            for dir in cgroups.sweep_stale() {
+                warn!(
+                    "removed the stale job cgroup {} (its supervisor is gone)",
+                    dir.display()
+                );
+            }
+        }
     }
 
     /// This host's cgroups, detected and prepared once.
@@ -176,7 +193,7 @@ impl Engine {
             .map_err(|e| e.to_string())
             .and_then(|cgroups| {
                 cgroups
-                    .create(&format!("{JOB_PREFIX}{}", plan.job_id), &limits)
+                    .create(&job_name(&plan.job_id), &limits)
                     .map_err(|e| e.to_string())
             }) {
             Ok(cgroup) => cgroup,
@@ -198,6 +215,8 @@ impl Engine {
             return fail(result, started, message);
         }
         debug!(pid = shim.process.pid, "shim started");
+        // While the shim builds the jail, clear what dead supervisors left (once).
+        self.sweep_once();
         let _ = events.send(Event::Started {
             job_id: plan.job_id.clone(),
         });

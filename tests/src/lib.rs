@@ -303,10 +303,10 @@ pub fn finish(output: Output) -> Job {
     job
 }
 
-/// Nothing of the job is left: no cgroup named after it in any hierarchy, no mount that
-/// mentions it in the host's mount table.
+/// Nothing of the job is left: no cgroup named after it in any hierarchy (`toolbox-<pid>-<job
+/// id>`), no mount that mentions it in the host's mount table.
 pub fn assert_no_leftovers(job_id: &str) {
-    let name = format!("toolbox-{job_id}");
+    let name = format!("-{job_id}");
     let found = find_dirs(Path::new("/sys/fs/cgroup"), &name, 8);
     assert!(
         found.is_empty(),
@@ -331,7 +331,8 @@ fn find_dirs(dir: &Path, name: &str, depth: usize) -> Vec<PathBuf> {
             .map(|t| t.is_dir() && !t.is_symlink())
             .unwrap_or(false)
         {
-            if entry.file_name().to_string_lossy() == name {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            if file_name.starts_with("toolbox-") && file_name.ends_with(name) {
                 found.push(path);
             } else if depth > 0 {
                 found.extend(find_dirs(&path, name, depth - 1));

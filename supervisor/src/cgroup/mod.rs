@@ -76,6 +76,44 @@ pub fn cpu_quota_us(cpus: f64) -> u64 {
 /// The prefix job cgroups are named with; stale ones are found by it.
 pub const JOB_PREFIX: &str = "toolbox-";
 
+/// The cgroup name of a job of this supervisor: `toolbox-<supervisor pid>-<job id>`. The
+/// pid tells a stale cgroup (its supervisor is gone) from a live one.
+pub fn job_name(job_id: &str) -> String {
+    format!("{JOB_PREFIX}{}-{job_id}", std::process::id())
+}
+
+/// Whether the job cgroup `name` belongs to a supervisor that is no longer running.
+fn is_stale(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(JOB_PREFIX) else {
+        return false;
+    };
+    let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
+}
+
+/// Remove the stale job cgroups among `parent`'s children: kill what is left in them (a
+/// pidfd-checked SIGKILL per process), then rmdir. Returns what was removed.
+fn sweep(parent: &Path, own: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !is_stale(&name) || !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        let dir = entry.path();
+        let _ = fs::kill_until_empty(&dir.join("cgroup.procs"), &own.join(&name), &dir);
+        if fs::remove_dir(&dir).is_ok() {
+            removed.push(dir);
+        }
+    }
+    removed
+}
+
 /// The cgroup system of this host.
 #[derive(Debug)]
 pub enum Cgroups {
@@ -148,6 +186,21 @@ impl Cgroups {
         match self {
             Cgroups::V1(_) => Ok(()),
             Cgroups::V2(v2) => v2.prepare(),
+        }
+    }
+
+    /// Remove job cgroups left by supervisors that died (killed, or crashed) before they
+    /// could clean up. Returns what was removed.
+    pub fn sweep_stale(&self) -> Vec<PathBuf> {
+        match self {
+            Cgroups::V1(v1) => v1
+                .parents()
+                .flat_map(|(parent, own)| sweep(parent, own))
+                .collect(),
+            Cgroups::V2(v2) => {
+                let (parent, own) = v2.parent();
+                sweep(parent, own)
+            }
         }
     }
 

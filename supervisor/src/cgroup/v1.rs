@@ -66,6 +66,13 @@ impl V1 {
         Ok(V1 { hierarchies })
     }
 
+    /// Each hierarchy's directory for job cgroups, with its path as /proc/PID/cgroup shows it.
+    pub fn parents(&self) -> impl Iterator<Item = (&Path, &Path)> {
+        self.hierarchies
+            .iter()
+            .map(|h| (h.parent.as_path(), h.own.as_path()))
+    }
+
     pub fn describe(&self) -> Vec<String> {
         self.hierarchies
             .iter()

@@ -60,6 +60,11 @@ impl V2 {
         })
     }
 
+    /// The directory for job cgroups, with its path as /proc/PID/cgroup shows it.
+    pub fn parent(&self) -> (&Path, &Path) {
+        (&self.own_dir, &self.own)
+    }
+
     pub fn describe(&self) -> Vec<String> {
         vec![format!(
             "memory,pids,cpu: jobs under {}",

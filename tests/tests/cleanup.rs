@@ -1,0 +1,57 @@
+//! Guarantee 7 (nothing leaks): after any job no cgroup of it remains (every test checks
+//! its own jobs through `finish`); job cgroups left by a supervisor that died are removed
+//! by the next one.
+
+use std::path::PathBuf;
+
+use toolbox_tests::{require_root, workspace, Run};
+
+/// This process's cgroup directory in the v1 pids hierarchy, or the v2 one.
+fn own_cgroup_dir() -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.splitn(3, ':').collect()).collect();
+    let pids = lines
+        .iter()
+        .find(|f| f.len() == 3 && f[1].split(',').any(|c| c == "pids"));
+    match pids {
+        Some(f) => PathBuf::from("/sys/fs/cgroup/pids").join(f[2].trim_start_matches('/')),
+        None => {
+            let f = lines
+                .iter()
+                .find(|f| f.len() == 3 && f[0] == "0")
+                .expect("a cgroup v2 line");
+            PathBuf::from("/sys/fs/cgroup").join(f[2].trim_start_matches('/'))
+        }
+    }
+}
+
+#[test]
+fn job_cgroups_of_a_dead_supervisor_are_swept() {
+    if !require_root() {
+        return;
+    }
+    // A supervisor that is gone: a process we started and reaped.
+    let mut dead = std::process::Command::new("/bin/true")
+        .spawn()
+        .expect("spawn");
+    let dead_pid = dead.id();
+    dead.wait().expect("wait");
+    let stale = own_cgroup_dir().join(format!(
+        "toolbox-{dead_pid}-{}",
+        toolbox_tests::token("stale").replace('-', "")
+    ));
+    std::fs::create_dir(&stale).expect("create a stale job cgroup");
+    let ws = workspace();
+    let job = Run::command(ws.path(), &["/bin/true"]).run();
+    assert_eq!(job.code, 0, "{job:?}");
+    let swept = !stale.exists();
+    if !swept {
+        let _ = std::fs::remove_dir(&stale);
+    }
+    assert!(
+        swept,
+        "the stale cgroup {} was not removed",
+        stale.display()
+    );
+    assert!(job.stderr.contains("stale job cgroup"), "{}", job.stderr);
+}
