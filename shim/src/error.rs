@@ -17,6 +17,8 @@ pub enum SetupError {
     Signals(Errno),
     #[error("join the job's cgroup through {path}: {errno}")]
     CgroupJoin { path: String, errno: Errno },
+    #[error("create the jail's network and mount namespaces: {0}")]
+    Namespaces(Errno),
     #[error("enter a new cgroup namespace: {0}")]
     CgroupNamespace(Errno),
     #[error("set the jail's hostname: {0}")]
@@ -82,6 +84,10 @@ pub enum SetupError {
     Seccomp(Errno),
     #[error("wait for the jail: {0}")]
     Wait(Errno),
+    #[error("the jail's root was never built")]
+    RootNotReady,
+    #[error("the job's network namespace was never made")]
+    NetworkNotReady,
 }
 
 impl SetupError {
@@ -93,7 +99,7 @@ impl SetupError {
             SetupError::NotPidOne(_) => "namespaces",
             SetupError::Signals(_) => "signals",
             SetupError::CgroupJoin { .. } => "cgroup",
-            SetupError::CgroupNamespace(_) => "namespaces",
+            SetupError::Namespaces(_) | SetupError::CgroupNamespace(_) => "namespaces",
             SetupError::Hostname(_) => "hostname",
             SetupError::Loopback(_) => "network",
             SetupError::MountPrivate(_)
@@ -105,6 +111,8 @@ impl SetupError {
             | SetupError::Symlink { .. } => "mounts",
             SetupError::PivotRoot(_) => "pivot_root",
             SetupError::Fork(_) | SetupError::Wait(_) => "process",
+            SetupError::RootNotReady => "mounts",
+            SetupError::NetworkNotReady => "network",
             SetupError::Setsid(_) => "setsid",
             SetupError::Rlimit { .. } => "rlimits",
             SetupError::Landlock(_) | SetupError::LandlockAbi { .. } => "landlock",

@@ -1,13 +1,18 @@
-//! PID 1 of the jail — the shim's main process. The supervisor cloned it with the jail's
-//! namespaces; it finishes them (hostname, `lo`), builds the root, forks the tool straight
-//! into the job's cgroup, then reaps and forwards signals until the tool exits — and then
-//! exits itself, which makes the kernel SIGKILL every other process of the pid namespace:
-//! a job is over when its main process is, daemons and double-forks included.
+//! PID 1 of the jail — the shim's main process. The supervisor cloned it into new pid, ipc
+//! and uts namespaces; it makes the mount namespace, forks the tool straight into the job's
+//! cgroup, and builds the root while the tool readies itself (and makes its network
+//! namespace) on the other CPU. Then it reaps and forwards signals until the tool exits —
+//! and then exits itself, which makes the kernel SIGKILL every other process of the pid
+//! namespace: a job is over when its main process is, daemons and double-forks included.
+//!
+//! PID 1 itself stays in the host's network namespace: it holds no socket, and the tool
+//! can neither signal nor trace it.
 
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{CloneFlags, CpuSet};
 use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::Mode;
@@ -16,6 +21,7 @@ use nix::unistd::Pid;
 use toolbox_spec::{control, CgroupJoin, JailSpec, Network, Status};
 
 use crate::error::SetupError;
+use crate::netns::{self, NetHelper};
 use crate::{mounts, report, sys, tool};
 
 /// Signals PID 1 handles; all blocked and read from a signalfd.
@@ -27,11 +33,27 @@ const HANDLED: [Signal; 5] = [
     Signal::SIGUSR1,
 ];
 
-pub fn run(spec: &JailSpec, lifeline: OwnedFd) -> Result<i32, SetupError> {
-    // Everything below — kill(-1) above all — is only safe in a pid namespace of our own.
+/// Before the spec arrives: check we are PID 1 of a pid namespace of our own, make the mount
+/// namespace (costly, so made here, overlapping the supervisor's planning, rather than by
+/// its clone), and start the helper that makes the tool's network namespace meanwhile.
+pub fn enter_namespaces(network: Network) -> Result<Option<NetHelper>, SetupError> {
+    // Everything that follows — kill(-1) above all — is only safe in a pid namespace of our
+    // own.
     if nix::unistd::getpid().as_raw() != 1 {
         return Err(SetupError::NotPidOne(nix::unistd::getpid().as_raw()));
     }
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(SetupError::Namespaces)?;
+    match network {
+        Network::Isolated => netns::start().map(Some),
+        Network::Host => Ok(None),
+    }
+}
+
+pub fn run(
+    spec: &JailSpec,
+    lifeline: OwnedFd,
+    network: Option<NetHelper>,
+) -> Result<i32, SetupError> {
     // Signals from the supervisor's namespace reach PID 1 only where it has a handler; the
     // handlers never run (the signals stay blocked and are read from the signalfd).
     let mut handled = SigSet::empty();
@@ -52,30 +74,67 @@ pub fn run(spec: &JailSpec, lifeline: OwnedFd) -> Result<i32, SetupError> {
     // that is multi-threaded, where this fires only when the spawning thread ends).
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(SetupError::Signals)?;
 
-    nix::unistd::sethostname(&spec.hostname).map_err(SetupError::Hostname)?;
-    if spec.network == Network::Isolated {
-        sys::interface_up("lo").map_err(SetupError::Loopback)?;
-    }
-    // The job's cgroup, opened while the host's view is still ours.
+    // The job's cgroup, opened while the host's view is ours.
     let cgroup = open_cgroup(&spec.cgroup)?;
-    mounts::build_root(spec)?;
-
     let into_cgroup = match spec.cgroup {
         CgroupJoin::V2Dir { .. } => cgroup.first().map(AsFd::as_fd),
         _ => None,
     };
+    // The tool's process starts now and readies itself on the other CPU while we build the
+    // root; it waits on this pipe before the steps that need the root.
+    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SetupError::Fork)?;
+    let cpus = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok();
     let tool = match sys::fork_into(into_cgroup).map_err(SetupError::Fork)? {
         Some(pid) => pid,
         None => {
-            drop(signals);
-            drop(lifeline);
-            tool::run(spec, &cgroup)
+            // Undo the placement below: the tool may use every CPU it was allowed.
+            if let Some(cpus) = &cpus {
+                let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), cpus);
+            }
+            drop((signals, lifeline, ready_w));
+            tool::run(spec, &cgroup, network, ready_r)
         }
     };
+    place_elsewhere(tool, cpus.as_ref());
     // Only the tool's own process joins the cgroup: the job's cgroup holds exactly the
     // tool's processes.
-    drop(cgroup);
+    drop((cgroup, ready_r, network));
+
+    if let Err(err) = build(spec) {
+        // The tool reads EOF and leaves without running anything.
+        drop(ready_w);
+        report::setup_failed(&err);
+        let _ = kill(tool, Signal::SIGKILL);
+        let _ = waitpid(tool, None);
+        return Ok(crate::SHIM_FAILED);
+    }
+    // If the tool already gave up (and said why), there is no reader: it is reaped below.
+    let _ = nix::unistd::write(&ready_w, b"r");
+    drop(ready_w);
     supervise(tool, &signals, lifeline)
+}
+
+/// A freshly forked task is queued on its parent's CPU, where it would wait until we finish
+/// building the root (~0.5 ms measured) rather than ready itself alongside us: move it to
+/// another allowed CPU. It restores its whole CPU set as its first act.
+pub fn place_elsewhere(child: Pid, cpus: Option<&CpuSet>) {
+    let (Some(cpus), Ok(here)) = (cpus, nix::sched::sched_getcpu()) else {
+        return;
+    };
+    let mut others = *cpus;
+    if others.unset(here).is_err() {
+        return;
+    }
+    let any_other = (0..CpuSet::count()).any(|cpu| others.is_set(cpu).unwrap_or(false));
+    if any_other {
+        let _ = nix::sched::sched_setaffinity(child, &others);
+    }
+}
+
+/// The jail's hostname and root.
+fn build(spec: &JailSpec) -> Result<(), SetupError> {
+    nix::unistd::sethostname(&spec.hostname).map_err(SetupError::Hostname)?;
+    mounts::build_root(spec)
 }
 
 fn open_cgroup(join: &CgroupJoin) -> Result<Vec<OwnedFd>, SetupError> {

@@ -4,8 +4,10 @@
 //! a status pipe on fd 4 (see `toolbox_spec::fds`). It is single-threaded, has no async runtime and never unwinds:
 //! a panic is reported over the status pipe and the process exits.
 //!
-//! The supervisor starts the shim as PID 1 of the job's new namespaces. Two processes, each
-//! with one job:
+//! The supervisor starts the shim as PID 1 of a new pid namespace (with its own ipc and uts
+//! namespaces); the shim makes the mount namespace while the supervisor is still planning
+//! the job, and the tool's process makes its network namespace while PID 1 builds the root.
+//! Two processes, each with one job:
 //! - [`init`] — PID 1: builds the root ([`mounts`]), brings up `lo`, forks the tool, reaps,
 //!   forwards signals, and ends the whole jail when the tool ends;
 //! - [`tool`] — its child: joins the job's cgroup, then rlimits, landlock, ids and
@@ -16,6 +18,7 @@ mod error;
 mod init;
 mod landlock;
 mod mounts;
+mod netns;
 mod report;
 mod sys;
 mod tool;
@@ -23,7 +26,7 @@ mod tool;
 use std::io::Read;
 use std::os::fd::AsFd;
 
-use toolbox_spec::{fds, JailSpec};
+use toolbox_spec::{fds, JailSpec, Network};
 
 use error::SetupError;
 
@@ -56,8 +59,25 @@ fn run() -> Result<i32, SetupError> {
     set_cloexec(sys::status_fd())?;
     let lifeline = sys::inherited_fd(fds::LIFELINE).map_err(SetupError::CloseFds)?;
     set_cloexec(&lifeline)?;
+    // The mount namespace, and the network namespace's helper, while the supervisor still
+    // plans the job.
+    let network = match std::env::args().nth(1).as_deref() {
+        Some("isolated") => Network::Isolated,
+        Some("host") => Network::Host,
+        other => {
+            return Err(SetupError::Spec(format!(
+                "network mode {other:?} in argv[1]: expected isolated or host"
+            )))
+        }
+    };
+    let network_helper = init::enter_namespaces(network)?;
     let spec = read_spec()?;
-    init::run(&spec, lifeline)
+    if spec.network != network {
+        return Err(SetupError::Spec(
+            "the spec's network differs from the one the shim was started for".into(),
+        ));
+    }
+    init::run(&spec, lifeline, network_helper)
 }
 
 /// Wait for the spec: the supervisor writes it once it has planned the job, and closes.

@@ -363,3 +363,9 @@ pub fn landlock_abi() -> u32 {
     };
     u32::try_from(ret).unwrap_or(0)
 }
+
+/// A pidfd for a child of ours (Linux 5.3+).
+pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
+}

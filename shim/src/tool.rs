@@ -1,7 +1,12 @@
-//! The tool's own process, from fork to exec. The recipe, in order: the job's cgroup and a
-//! cgroup namespace → a session of its own → rlimits → landlock → ids and capabilities →
-//! no_new_privs → seccomp (last, so nothing of ours runs under it but the report and the
-//! exec) → exec.
+//! The tool's own process, from fork to exec. PID 1 forks it before building the root, so
+//! that everything here that does not need the final root runs on another CPU while PID 1
+//! mounts; `pivot_root` moves this process into the new root with PID 1.
+//!
+//! The recipe, in order: the job's cgroup, the network namespace (made by a helper — see
+//! `netns` — unless the job has the host's) and a cgroup namespace → a session of its own →
+//! signals and rlimits → ids and capabilities → no_new_privs → seccomp → (wait for the
+//! root) → landlock, which needs the final paths and, with no capability left, relies on
+//! no_new_privs; the filter lets its three calls through → the workspace → exec.
 
 use std::ffi::CString;
 
@@ -15,15 +20,25 @@ use std::os::fd::OwnedFd;
 use toolbox_spec::{CgroupJoin, Enforced, JailSpec, Network, RlimitKind, Status};
 
 use crate::error::SetupError;
+use crate::netns::NetHelper;
 use crate::{landlock, report, sys};
 
 /// Exit statuses when the tool cannot be started, as a shell reports them.
 const NOT_FOUND: i32 = 127;
 const NOT_EXECUTABLE: i32 = 126;
 
-pub fn run(spec: &JailSpec, cgroup: &[OwnedFd]) -> ! {
-    let enforced = match prepare(spec, cgroup) {
+pub fn run(
+    spec: &JailSpec,
+    cgroup: &[OwnedFd],
+    network: Option<NetHelper>,
+    root_ready: OwnedFd,
+) -> ! {
+    let enforced = match prepare(spec, cgroup, network, root_ready) {
         Ok(enforced) => enforced,
+        // PID 1 (or the network helper) failed and has said why.
+        Err(SetupError::RootNotReady | SetupError::NetworkNotReady) => {
+            sys::exit_now(crate::SHIM_FAILED)
+        }
         Err(err) => {
             report::setup_failed(&err);
             sys::exit_now(crate::SHIM_FAILED);
@@ -42,7 +57,12 @@ pub fn run(spec: &JailSpec, cgroup: &[OwnedFd]) -> ! {
     })
 }
 
-fn prepare(spec: &JailSpec, cgroup: &[OwnedFd]) -> Result<Enforced, SetupError> {
+fn prepare(
+    spec: &JailSpec,
+    cgroup: &[OwnedFd],
+    network: Option<NetHelper>,
+    root_ready: OwnedFd,
+) -> Result<Enforced, SetupError> {
     // Into the job's cgroup before anything else: on v2 we were cloned into it; on v1,
     // writing 0 to `tasks` moves only the calling thread — all of us, single-threaded — and
     // takes no global lock, unlike `cgroup.procs` (an RCU grace period, ~15 ms).
@@ -53,6 +73,10 @@ fn prepare(spec: &JailSpec, cgroup: &[OwnedFd]) -> Result<Enforced, SetupError> 
                 errno,
             })?;
         }
+    }
+    // The tool's network: the namespace (only `lo`, up) a helper made while we started.
+    if let Some(network) = network {
+        network.join()?;
     }
     // A cgroup namespace rooted at the job's cgroup: the tool sees itself at "/".
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
@@ -87,15 +111,8 @@ fn prepare(spec: &JailSpec, cgroup: &[OwnedFd]) -> Result<Enforced, SetupError> 
         })?;
     }
 
-    let landlock = landlock::restrict(&spec.landlock)?;
     drop_privileges(spec.uid, spec.gid)?;
     nix::sys::prctl::set_no_new_privs().map_err(SetupError::NoNewPrivs)?;
-    // After the switch of ids, so the workspace is entered with the tool's own rights.
-    nix::unistd::chdir(spec.cwd.as_str()).map_err(|errno| SetupError::Cwd {
-        path: spec.cwd.clone(),
-        uid: spec.uid,
-        errno,
-    })?;
     let program: Vec<libc::sock_filter> = spec
         .seccomp
         .iter()
@@ -107,6 +124,20 @@ fn prepare(spec: &JailSpec, cgroup: &[OwnedFd]) -> Result<Enforced, SetupError> 
         })
         .collect();
     sys::install_seccomp(&program).map_err(SetupError::Seccomp)?;
+
+    // PID 1 writes one byte once the root is built (and we are in it); EOF means it failed.
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(&root_ready, &mut byte) {
+        Ok(1) => drop(root_ready),
+        _ => return Err(SetupError::RootNotReady),
+    }
+    let landlock = landlock::restrict(&spec.landlock)?;
+    // With the tool's own ids: the workspace must be theirs to enter.
+    nix::unistd::chdir(spec.cwd.as_str()).map_err(|errno| SetupError::Cwd {
+        path: spec.cwd.clone(),
+        uid: spec.uid,
+        errno,
+    })?;
 
     let mut namespaces = vec!["pid", "mount", "ipc", "uts", "cgroup"];
     if spec.network == Network::Isolated {

@@ -76,15 +76,18 @@ pub fn spawn(shim: &Path, network: Network, stdin: Stdin) -> io::Result<Shim> {
     debug_assert_eq!(fds::SPEC + 2, fds::LIFELINE);
     let program = CString::new(shim.as_os_str().as_bytes())
         .map_err(|_| io::Error::other("shim path has a NUL byte"))?;
-    let mut namespaces =
-        libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-    if network == Network::Isolated {
-        namespaces |= libc::CLONE_NEWNET;
-    }
+    // The pid namespace must come with the process (the shim is its PID 1); the network and
+    // mount namespaces, which cost a millisecond to make, the shim makes itself while we
+    // plan the job.
+    let namespaces = libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    let mode = match network {
+        Network::Isolated => c"isolated",
+        Network::Host => c"host",
+    };
     let (pid, pidfd) = sys::spawn(
         &program,
         // The jail's PID 1 shows this in ps: the name, not the host path.
-        c"toolbox-shim",
+        &[c"toolbox-shim", mode],
         &sys::SpawnFds {
             stdin: match &stdin {
                 Stdin::Inherit => None,

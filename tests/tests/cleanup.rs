@@ -55,3 +55,46 @@ fn job_cgroups_of_a_dead_supervisor_are_swept() {
     );
     assert!(job.stderr.contains("stale job cgroup"), "{}", job.stderr);
 }
+
+#[test]
+fn a_supervisor_killed_mid_job_takes_its_jail_along_and_the_next_run_sweeps_its_cgroups() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let mark = toolbox_tests::token("orphan");
+    let mut toolbox = Run::probe(ws.path(), &["sleep", "30", &mark]).spawn();
+    let supervisor = toolbox.id();
+    assert!(
+        toolbox_tests::wait_for(std::time::Duration::from_secs(5), || {
+            !toolbox_tests::host_probe_pids(&mark).is_empty()
+        }),
+        "the job never started"
+    );
+    // SIGKILL: toolbox gets no chance to clean up.
+    toolbox.kill().expect("kill");
+    toolbox.wait().expect("wait");
+    // Its lifeline closed, so the jail ended at once...
+    assert!(
+        toolbox_tests::wait_for(std::time::Duration::from_secs(2), || {
+            toolbox_tests::host_pids_named(&mark).is_empty()
+                && toolbox_tests::host_probe_pids(&mark).is_empty()
+        }),
+        "the jail outlived its supervisor"
+    );
+    let prefix = format!("toolbox-{supervisor}-");
+    let left = || {
+        std::fs::read_dir(own_cgroup_dir())
+            .expect("read cgroup dir")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    };
+    assert!(
+        left(),
+        "expected the killed supervisor's cgroup to be left for the sweep"
+    );
+    // ... and the next run removes what it could not.
+    let next = Run::command(ws.path(), &["/bin/true"]).run();
+    assert_eq!(next.code, 0, "{next:?}");
+    assert!(!left(), "the dead supervisor's job cgroup was not swept");
+}

@@ -1,0 +1,297 @@
+//! Whole-process benchmarks of `toolbox run`, each against baselines measured in the same
+//! run (interleaved, so drift hits every contender alike):
+//!
+//! - `spawn`: bare `/bin/true`, `toolbox run -- /bin/true`, and bubblewrap with a comparable
+//!   view; medians, p90s, and toolbox's overhead over bare as a ratio of bubblewrap's.
+//! - `flood`: 1 GiB of output through `toolbox run` (capped at 1 MiB) against a bare pipe
+//!   (`head -c 1G /dev/zero | cat`); the throughput ratio and toolbox's peak RSS.
+//!
+//! Usage: spawn-bench spawn|flood|all [--runs N] [--toolbox PATH]
+#![allow(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Options {
+    runs: usize,
+    toolbox: PathBuf,
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| "all".into());
+    let mut options = Options {
+        runs: 200,
+        toolbox: default_toolbox(),
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--runs" => options.runs = args.next().and_then(|n| n.parse().ok()).expect("--runs N"),
+            "--toolbox" => {
+                options.toolbox = args.next().map(PathBuf::from).expect("--toolbox PATH")
+            }
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    assert!(
+        options.toolbox.is_file(),
+        "{} not found: build with cargo build --release",
+        options.toolbox.display()
+    );
+    println!("toolbox: {}", options.toolbox.display());
+    println!("host: {} cpus, {}", cpus(), kernel());
+    match mode.as_str() {
+        "spawn" => spawn(&options),
+        "flood" => flood(&options),
+        "all" => {
+            spawn(&options);
+            flood(&options);
+        }
+        other => panic!("unknown mode {other} (spawn, flood or all)"),
+    }
+}
+
+fn default_toolbox() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().expect("dir").join("toolbox")
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// A workspace owned by nobody, like a job's.
+fn workspace() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("toolbox-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("workspace");
+    dir
+}
+
+struct Contender {
+    name: &'static str,
+    argv: Vec<String>,
+    times: Vec<Duration>,
+}
+
+fn run_once(argv: &[String]) -> Duration {
+    let start = Instant::now();
+    let status = Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("spawn");
+    let elapsed = start.elapsed();
+    assert!(status.success(), "{argv:?} failed: {status}");
+    elapsed
+}
+
+fn percentile(times: &[Duration], p: f64) -> f64 {
+    let mut ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    ms[((ms.len() - 1) as f64 * p).round() as usize]
+}
+
+/// bubblewrap with the view toolbox gives: the system directories read-only (symlinks as
+/// the host lays them out), fresh /proc and /dev, a tmpfs /tmp, the workspace read-write.
+fn bwrap_argv(ws: &Path) -> Option<Vec<String>> {
+    let bwrap = ["/usr/bin/bwrap", "/bin/bwrap"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let mut argv: Vec<String> = [bwrap, "--unshare-all", "--new-session", "--die-with-parent"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for dir in [
+        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    ] {
+        match std::fs::symlink_metadata(dir) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = std::fs::read_link(dir).expect("readlink");
+                argv.extend([
+                    "--symlink".into(),
+                    target.to_string_lossy().into_owned(),
+                    dir.into(),
+                ]);
+            }
+            Ok(_) => argv.extend(["--ro-bind".into(), dir.into(), dir.into()]),
+            Err(_) => {}
+        }
+    }
+    let ws = ws.to_string_lossy().into_owned();
+    argv.extend(
+        [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--bind",
+            &ws,
+            &ws,
+            "--chdir",
+            &ws,
+            "/bin/true",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    Some(argv)
+}
+
+fn spawn(options: &Options) {
+    let ws = workspace();
+    let ws_str = ws.to_string_lossy().into_owned();
+    let toolbox = options.toolbox.to_string_lossy().into_owned();
+    let mut contenders = vec![
+        Contender {
+            name: "bare /bin/true",
+            argv: vec!["/bin/true".into()],
+            times: Vec::new(),
+        },
+        Contender {
+            name: "toolbox run --local",
+            argv: [&toolbox, "run", "--local", "-C", &ws_str, "--", "/bin/true"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            times: Vec::new(),
+        },
+    ];
+    match bwrap_argv(&ws) {
+        Some(argv) => contenders.push(Contender {
+            name: "bubblewrap",
+            argv,
+            times: Vec::new(),
+        }),
+        None => {
+            println!("bubblewrap not installed: no bwrap baseline (apt-get install bubblewrap)")
+        }
+    }
+    // Warm up the page cache and the kernel's allocators.
+    for contender in &contenders {
+        for _ in 0..10 {
+            run_once(&contender.argv);
+        }
+    }
+    for _ in 0..options.runs {
+        for contender in &mut contenders {
+            contender.times.push(run_once(&contender.argv));
+        }
+    }
+    println!(
+        "\nspawn latency, {} interleaved runs each (ms):",
+        options.runs
+    );
+    println!("  {:<22} {:>8} {:>8} {:>8}", "", "median", "p90", "min");
+    for c in &contenders {
+        println!(
+            "  {:<22} {:>8.2} {:>8.2} {:>8.2}",
+            c.name,
+            percentile(&c.times, 0.5),
+            percentile(&c.times, 0.9),
+            percentile(&c.times, 0.0)
+        );
+    }
+    let bare = percentile(&contenders[0].times, 0.5);
+    let toolbox_overhead = percentile(&contenders[1].times, 0.5) - bare;
+    println!("  toolbox overhead over bare: {toolbox_overhead:.2} ms");
+    if let Some(bwrap) = contenders.get(2) {
+        let bwrap_overhead = percentile(&bwrap.times, 0.5) - bare;
+        println!("  bubblewrap overhead over bare: {bwrap_overhead:.2} ms");
+        println!(
+            "  ratio (toolbox - bare) / (bwrap - bare) = {:.2}  (below 1: toolbox is faster, while also doing cgroups, seccomp and landlock)",
+            toolbox_overhead / bwrap_overhead
+        );
+    }
+    let _ = std::fs::remove_dir(&ws);
+}
+
+/// Run `argv` to its end; wall time and peak RSS in KiB (of the command itself).
+fn timed_with_rss(argv: &[&str]) -> (Duration, u64) {
+    let start = Instant::now();
+    let child = Command::new(argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut status = 0;
+    // SAFETY: rusage is plain data that wait4 fills for our own child, which we reap here
+    // in place of Child::wait.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::wait4(child.id() as i32, &mut status, 0, &mut usage);
+        usage
+    };
+    let elapsed = start.elapsed();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{argv:?} failed: {status}"
+    );
+    (elapsed, usage.ru_maxrss as u64)
+}
+
+fn flood(options: &Options) {
+    const GIB: f64 = (1u64 << 30) as f64;
+    let ws = workspace();
+    let ws_str = ws.to_string_lossy().into_owned();
+    let toolbox = options.toolbox.to_string_lossy().into_owned();
+    let bare: [&str; 3] = ["/bin/sh", "-c", "head -c 1G /dev/zero | cat >/dev/null"];
+    let jailed = [
+        toolbox.as_str(),
+        "run",
+        "--local",
+        "-C",
+        &ws_str,
+        "--output-limit",
+        "1M",
+        "--",
+        "head",
+        "-c",
+        "1G",
+        "/dev/zero",
+    ];
+    let rounds = 5;
+    let (mut bare_times, mut toolbox_times, mut peak) = (Vec::new(), Vec::new(), 0);
+    for _ in 0..rounds {
+        bare_times.push(timed_with_rss(&bare).0);
+        let (time, rss) = timed_with_rss(&jailed);
+        toolbox_times.push(time);
+        peak = peak.max(rss);
+    }
+    let mb_per_s = |median_ms: f64| GIB / (median_ms / 1000.0) / 1e6;
+    let bare_rate = mb_per_s(percentile(&bare_times, 0.5));
+    let toolbox_rate = mb_per_s(percentile(&toolbox_times, 0.5));
+    println!("\n1 GiB output flood, {rounds} interleaved runs each (median):");
+    println!(
+        "  bare pipe (head | cat):             {:>7.0} MB/s",
+        bare_rate
+    );
+    println!(
+        "  toolbox run --output-limit 1M:      {:>7.0} MB/s",
+        toolbox_rate
+    );
+    println!(
+        "  ratio toolbox / bare pipe = {:.2}  (target: at least 0.5)",
+        toolbox_rate / bare_rate
+    );
+    println!(
+        "  toolbox peak RSS: {:.1} MiB  (target: under 32 MiB)",
+        peak as f64 / 1024.0
+    );
+    let _ = std::fs::remove_dir(&ws);
+}

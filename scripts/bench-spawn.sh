@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Spawn latency and output throughput of `toolbox run`, against baselines measured in the
+# same run: bare /bin/true and bubblewrap (spawn), a bare pipe (1 GiB flood).
+#
+#   scripts/bench-spawn.sh            # 200 interleaved runs each
+#   scripts/bench-spawn.sh 500        # more runs
+#
+# Needs root (toolbox builds real jails). Installs bubblewrap from Debian if it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${1:-200}"
+if [ "$(id -u)" != 0 ]; then
+    echo "bench-spawn: run as root (toolbox builds real jails)" >&2
+    exit 1
+fi
+if ! command -v bwrap >/dev/null; then
+    echo "bench-spawn: installing bubblewrap for the baseline" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null
+fi
+cargo build --release -q -p toolbox -p toolbox-shim -p toolbox-benches
+bin="target/x86_64-unknown-linux-gnu/release"
+"$bin/spawn-bench" all --runs "$runs" --toolbox "$PWD/$bin/toolbox"
