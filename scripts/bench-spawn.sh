@@ -2,13 +2,13 @@
 # Spawn latency and output throughput of `toolbox run`, against baselines measured in the
 # same run: bare /bin/true and bubblewrap (spawn), a bare pipe (1 GiB flood).
 #
-#   scripts/bench-spawn.sh            # 200 interleaved runs each
-#   scripts/bench-spawn.sh 500        # more runs
+#   scripts/bench-spawn.sh            # 5 rounds of 100 interleaved runs each
+#   scripts/bench-spawn.sh 300        # 5 rounds of 300
 #
 # Needs root (toolbox builds real jails). Installs bubblewrap from Debian if it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs="${1:-200}"
+runs="${1:-100}"
 if [ "$(id -u)" != 0 ]; then
     echo "bench-spawn: run as root (toolbox builds real jails)" >&2
     exit 1
@@ -19,4 +19,4 @@ if ! command -v bwrap >/dev/null; then
 fi
 cargo build --release -q -p toolbox -p toolbox-shim -p toolbox-benches
 bin="target/x86_64-unknown-linux-gnu/release"
-"$bin/spawn-bench" all --runs "$runs" --toolbox "$PWD/$bin/toolbox"
+"$bin/spawn-bench" all --runs "$runs" --rounds 5 --toolbox "$PWD/$bin/toolbox"

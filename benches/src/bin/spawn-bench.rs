@@ -6,7 +6,11 @@
 //! - `flood`: 1 GiB of output through `toolbox run` (capped at 1 MiB) against a bare pipe
 //!   (`head -c 1G /dev/zero | cat`); the throughput ratio and toolbox's peak RSS.
 //!
-//! Usage: spawn-bench spawn|flood|all [--runs N] [--toolbox PATH]
+//! Usage: spawn-bench spawn|flood|all [--runs N] [--rounds N] [--toolbox PATH]
+//!
+//! `spawn` runs `--rounds` rounds of `--runs` interleaved runs each and reports every
+//! round's ratio and their median: on a shared VM the machine's state drifts over minutes,
+//! and one round can land on a noisy stretch.
 #![allow(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 
 struct Options {
     runs: usize,
+    rounds: usize,
     toolbox: PathBuf,
 }
 
@@ -23,11 +28,18 @@ fn main() {
     let mode = args.next().unwrap_or_else(|| "all".into());
     let mut options = Options {
         runs: 200,
+        rounds: 5,
         toolbox: default_toolbox(),
     };
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--runs" => options.runs = args.next().and_then(|n| n.parse().ok()).expect("--runs N"),
+            "--rounds" => {
+                options.rounds = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--rounds N")
+            }
             "--toolbox" => {
                 options.toolbox = args.next().map(PathBuf::from).expect("--toolbox PATH")
             }
@@ -186,15 +198,37 @@ fn spawn(options: &Options) {
             run_once(&contender.argv);
         }
     }
-    for _ in 0..options.runs {
-        for contender in &mut contenders {
-            contender.times.push(run_once(&contender.argv));
-        }
-    }
+    let mut ratios = Vec::new();
     println!(
-        "\nspawn latency, {} interleaved runs each (ms):",
-        options.runs
+        "\nspawn latency: {} rounds of {} interleaved runs each",
+        options.rounds, options.runs
     );
+    for round in 1..=options.rounds {
+        let start = contenders[0].times.len();
+        for _ in 0..options.runs {
+            for contender in &mut contenders {
+                contender.times.push(run_once(&contender.argv));
+            }
+        }
+        let median = |c: &Contender| percentile(&c.times[start..], 0.5);
+        let bare = median(&contenders[0]);
+        let line: Vec<String> = contenders
+            .iter()
+            .map(|c| format!("{} {:.2} ms", c.name, median(c)))
+            .collect();
+        let ratio = contenders
+            .get(2)
+            .map(|bwrap| (median(&contenders[1]) - bare) / (median(bwrap) - bare));
+        if let Some(ratio) = ratio {
+            ratios.push(ratio);
+        }
+        println!(
+            "  round {round}: {}{}",
+            line.join(", "),
+            ratio.map(|r| format!("; ratio {r:.2}")).unwrap_or_default()
+        );
+    }
+    println!("\nall rounds (ms):");
     println!("  {:<22} {:>8} {:>8} {:>8}", "", "median", "p90", "min");
     for c in &contenders {
         println!(
@@ -206,20 +240,29 @@ fn spawn(options: &Options) {
         );
     }
     let bare = percentile(&contenders[0].times, 0.5);
-    let toolbox_overhead = percentile(&contenders[1].times, 0.5) - bare;
-    println!("  toolbox overhead over bare: {toolbox_overhead:.2} ms");
+    println!(
+        "  toolbox overhead over bare: {:.2} ms",
+        percentile(&contenders[1].times, 0.5) - bare
+    );
     if let Some(bwrap) = contenders.get(2) {
-        let bwrap_overhead = percentile(&bwrap.times, 0.5) - bare;
-        println!("  bubblewrap overhead over bare: {bwrap_overhead:.2} ms");
         println!(
-            "  ratio (toolbox - bare) / (bwrap - bare) = {:.2}  (below 1: toolbox is faster, while also doing cgroups, seccomp and landlock)",
-            toolbox_overhead / bwrap_overhead
+            "  bubblewrap overhead over bare: {:.2} ms",
+            percentile(&bwrap.times, 0.5) - bare
+        );
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "  ratio (toolbox - bare) / (bwrap - bare): median of rounds {:.2} (rounds {:.2} .. {:.2}); below 1 means toolbox is faster, while also doing cgroups, seccomp and landlock",
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1]
         );
     }
     let _ = std::fs::remove_dir(&ws);
 }
 
-/// Run `argv` to its end; wall time and peak RSS in KiB (of the command itself).
+/// Run `argv` to its end; wall time and peak RSS in KiB (of the command itself). The child
+/// is reaped by wait4 (for its rusage), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn timed_with_rss(argv: &[&str]) -> (Duration, u64) {
     let start = Instant::now();
     let child = Command::new(argv[0])
