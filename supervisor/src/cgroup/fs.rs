@@ -142,11 +142,24 @@ pub fn keyed(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// The pids in a `cgroup.procs`; none if the cgroup is already gone.
 pub fn read_pids(procs: &Path) -> Result<Vec<i32>, CgroupError> {
-    Ok(read(procs)?
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect())
+    match std::fs::read_to_string(procs) {
+        Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(CgroupError::Read {
+            path: procs.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// One `rmdir` without retrying: whether the directory is gone now.
+pub fn remove_dir_now(dir: &Path) -> bool {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => true,
+        Err(err) => err.kind() == std::io::ErrorKind::NotFound,
+    }
 }
 
 /// SIGKILL every process listed in `procs` until it lists none.

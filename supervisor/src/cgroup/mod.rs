@@ -223,6 +223,9 @@ pub trait CgroupManager {
     fn kill_all(&self) -> Result<(), CgroupError>;
     /// Measurements so far.
     fn stats(&self) -> CgroupStats;
+    /// Remove the cgroup now if it is already empty (one `rmdir` per hierarchy, no
+    /// waiting, no killing); `false` if anything is still in it.
+    fn try_remove(&self) -> bool;
     /// Kill what is left and remove the cgroup (every hierarchy).
     fn remove(self) -> Result<(), CgroupError>;
     /// The paths this cgroup occupies.
@@ -261,6 +264,13 @@ impl CgroupManager for JobCgroup {
         match self {
             JobCgroup::V1(cg) => cg.stats(),
             JobCgroup::V2(cg) => cg.stats(),
+        }
+    }
+
+    fn try_remove(&self) -> bool {
+        match self {
+            JobCgroup::V1(cg) => cg.try_remove(),
+            JobCgroup::V2(cg) => cg.try_remove(),
         }
     }
 

@@ -217,6 +217,11 @@ impl JobCgroup {
         }
     }
 
+    pub fn try_remove(&self) -> bool {
+        // Children of the pids hierarchy last: an rmdir that fails leaves the rest in place.
+        self.dirs.iter().rev().all(|d| fs::remove_dir_now(&d.dir))
+    }
+
     pub fn remove(self) -> Result<(), CgroupError> {
         let killed = self.kill_all();
         let removed = self.remove_dirs();

@@ -205,6 +205,10 @@ impl JobCgroup {
         }
     }
 
+    pub fn try_remove(&self) -> bool {
+        fs::remove_dir_now(&self.dir)
+    }
+
     pub fn remove(self) -> Result<(), CgroupError> {
         let killed = self.kill_all();
         let removed = fs::remove_dir(&self.dir);
