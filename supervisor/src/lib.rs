@@ -8,6 +8,7 @@
 pub mod cgroup;
 pub mod doctor;
 pub mod engine;
+pub mod etc_snapshot;
 pub mod job;
 pub mod output;
 pub mod policy;

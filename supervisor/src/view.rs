@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use toolbox_spec::{FsAccess, LandlockRule, Mount};
 
+use crate::etc_snapshot;
 use crate::policy::{Policy, WorkspaceAccess};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +92,7 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
     }
 
     let etc = Path::new("/etc");
-    let mut any_etc = false;
+    let mut etc_mounts = Vec::new();
     for entry in &policy.etc {
         let host = etc.join(entry);
         let Some(meta) = lstat(&host)? else { continue };
@@ -105,7 +106,7 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
                 // It points into the read-only system view (localtime → /usr/share/zoneinfo):
                 // the same link works in the jail.
                 let target = std::fs::read_link(&host).map_err(|source| inspect(&host, source))?;
-                mounts.push((
+                etc_mounts.push((
                     Mount::Symlink {
                         target: utf8(&target)?,
                         dst,
@@ -117,15 +118,21 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
                 // what it points at.
                 let meta =
                     std::fs::metadata(&resolved).map_err(|source| inspect(&resolved, source))?;
-                mounts.push((etc_entry(utf8(&resolved)?, dst, &meta), Origin::Etc));
+                etc_mounts.push((etc_entry(utf8(&resolved)?, dst, &meta), Origin::Etc));
             }
         } else {
-            mounts.push((etc_entry(dst.clone(), dst, &meta), Origin::Etc));
+            etc_mounts.push((etc_entry(dst.clone(), dst, &meta), Origin::Etc));
         }
-        any_etc = true;
     }
-    if any_etc {
+    if !etc_mounts.is_empty() {
         rules.push(rule("/etc", FsAccess::Read));
+        // One bind of a shared snapshot instead of a mount or copy per entry.
+        let (entries, problem) =
+            etc_snapshot::apply(etc_mounts.into_iter().map(|(m, _)| m).collect());
+        if let Some(problem) = problem {
+            tracing::warn!("{problem}");
+        }
+        mounts.extend(entries.into_iter().map(|m| (m, Origin::Etc)));
     }
 
     let workspace = utf8(extra.workspace)?;

@@ -260,3 +260,47 @@ fn extra_binds_are_read_only_or_read_write_as_asked() {
     );
     assert!(rw.path().join("new").exists() && !ro.path().join("new").exists());
 }
+
+#[test]
+fn the_etc_snapshot_follows_changes_on_the_host() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let name = format!("toolbox-test-{}", toolbox_tests::token("etc"));
+    let host = Path::new("/etc").join(&name);
+    let policies = tempfile::tempdir().expect("tempdir");
+    let policy = policies.path().join("etc-test.toml");
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../policies/default.toml"
+    ))
+    .expect("read");
+    let start = shipped.find("etc = [").expect("etc list");
+    let end = start + shipped[start..].find(']').expect("end of list") + 1;
+    let text = format!(
+        "{}etc = [\"passwd\", \"{name}\"]{}",
+        &shipped[..start],
+        &shipped[end..]
+    );
+    std::fs::write(&policy, text).expect("write policy");
+    let read = || {
+        Run::probe(ws.path(), &["read", host.to_str().expect("utf8")])
+            .opts(&["--policy", policy.to_str().expect("utf8")])
+            .run()
+            .probe_json()[host.to_str().expect("utf8")]["detail"]
+            .as_str()
+            .map(str::to_string)
+    };
+    std::fs::write(&host, "first").expect("write");
+    let first = read();
+    std::fs::write(&host, "second, longer").expect("rewrite");
+    let second = read();
+    let _ = std::fs::remove_file(&host);
+    assert_eq!(first.as_deref(), Some("first"));
+    assert_eq!(
+        second.as_deref(),
+        Some("second, longer"),
+        "the jail saw a stale /etc"
+    );
+}
