@@ -7,7 +7,7 @@
 
 use landlock::{
     Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 use toolbox_spec::FsAccess;
 
@@ -25,7 +25,15 @@ pub struct Outcome {
     pub scoped: bool,
 }
 
-pub fn restrict(spec: &toolbox_spec::Landlock) -> Result<Outcome, SetupError> {
+/// A ruleset made before the root exists; its rules (which need the final paths) come later.
+pub struct Prepared {
+    abi: u32,
+    ruleset: Option<RulesetCreated>,
+}
+
+/// Check the ABI against the floor and create the ruleset — everything that does not need
+/// the jail's root, so it runs before the root is ready.
+pub fn prepare(spec: &toolbox_spec::Landlock) -> Result<Prepared, SetupError> {
     let abi = sys::landlock_abi();
     if abi < spec.min_abi {
         return Err(SetupError::LandlockAbi {
@@ -34,7 +42,7 @@ pub fn restrict(spec: &toolbox_spec::Landlock) -> Result<Outcome, SetupError> {
         });
     }
     if abi == 0 {
-        return Ok(Outcome::default());
+        return Ok(Prepared { abi, ruleset: None });
     }
     let err = |e: landlock::RulesetError| SetupError::Landlock(e.to_string());
     let mut ruleset = Ruleset::default()
@@ -49,31 +57,42 @@ pub fn restrict(spec: &toolbox_spec::Landlock) -> Result<Outcome, SetupError> {
     if spec.scoped {
         ruleset = ruleset.scope(Scope::from_all(TARGET)).map_err(err)?;
     }
-    // no_new_privs comes later in the recipe, after the capabilities are gone; as root we
-    // may restrict ourselves without it.
-    let mut ruleset = ruleset.create().map_err(err)?.no_new_privs(false);
-    for rule in &spec.rules {
-        let fd = PathFd::new(&rule.path)
-            .map_err(|e| SetupError::Landlock(format!("open {}: {e}", rule.path)))?;
-        let is_dir = std::fs::metadata(&rule.path)
-            .map(|m| m.is_dir())
-            .unwrap_or(true);
-        let mut access = rights(rule.access);
-        if !is_dir {
-            access &= AccessFs::from_file(TARGET);
-        }
-        ruleset = ruleset
-            .add_rule(PathBeneath::new(fd, access))
-            .map_err(err)?;
-    }
-    let status = ruleset.restrict_self().map_err(err)?;
-    let fs = status.ruleset != RulesetStatus::NotEnforced;
-    Ok(Outcome {
-        abi: Some(abi),
-        fs,
-        tcp: fs && spec.deny_tcp && abi >= 4,
-        scoped: fs && spec.scoped && abi >= 6,
+    // no_new_privs is already set (no capability is left by now): the crate must not
+    // set it again.
+    let ruleset = ruleset.create().map_err(err)?.no_new_privs(false);
+    Ok(Prepared {
+        abi,
+        ruleset: Some(ruleset),
     })
+}
+
+impl Prepared {
+    /// Add the view's rules (paths in the jail's root) and restrict ourselves.
+    pub fn restrict(self, spec: &toolbox_spec::Landlock) -> Result<Outcome, SetupError> {
+        let Some(mut ruleset) = self.ruleset else {
+            return Ok(Outcome::default());
+        };
+        let err = |e: landlock::RulesetError| SetupError::Landlock(e.to_string());
+        for rule in &spec.rules {
+            let fd = PathFd::new(&rule.path)
+                .map_err(|e| SetupError::Landlock(format!("open {}: {e}", rule.path)))?;
+            let mut access = rights(rule.access);
+            if !rule.dir {
+                access &= AccessFs::from_file(TARGET);
+            }
+            ruleset = ruleset
+                .add_rule(PathBeneath::new(fd, access))
+                .map_err(err)?;
+        }
+        let status = ruleset.restrict_self().map_err(err)?;
+        let fs = status.ruleset != RulesetStatus::NotEnforced;
+        Ok(Outcome {
+            abi: Some(self.abi),
+            fs,
+            tcp: fs && spec.deny_tcp && self.abi >= 4,
+            scoped: fs && spec.scoped && self.abi >= 6,
+        })
+    }
 }
 
 fn rights(access: FsAccess) -> BitFlags<AccessFs> {

@@ -125,13 +125,14 @@ fn prepare(
         .collect();
     sys::install_seccomp(&program).map_err(SetupError::Seccomp)?;
 
+    let landlock = landlock::prepare(&spec.landlock)?;
     // PID 1 writes one byte once the root is built (and we are in it); EOF means it failed.
     let mut byte = [0u8; 1];
     match nix::unistd::read(&root_ready, &mut byte) {
         Ok(1) => drop(root_ready),
         _ => return Err(SetupError::RootNotReady),
     }
-    let landlock = landlock::restrict(&spec.landlock)?;
+    let landlock = landlock.restrict(&spec.landlock)?;
     // With the tool's own ids: the workspace must be theirs to enter.
     nix::unistd::chdir(spec.cwd.as_str()).map_err(|errno| SetupError::Cwd {
         path: spec.cwd.clone(),

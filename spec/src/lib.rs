@@ -122,6 +122,8 @@ pub struct LandlockRule {
     /// A path inside the jail.
     pub path: String,
     pub access: FsAccess,
+    /// Whether it is a directory (a file only takes the file rights of `access`).
+    pub dir: bool,
 }
 
 /// The classes of filesystem access a view grants beneath a path.

@@ -179,18 +179,20 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
         (policy.rw.iter().chain(extra.rw), true, Origin::ExtraRw),
     ] {
         for path in paths {
-            if lstat(path)?.is_none() {
+            let Some(meta) = lstat(path)? else {
                 return Err(inspect(path, io::ErrorKind::NotFound.into()));
-            }
+            };
             let dst = utf8(path)?;
-            rules.push(rule(
-                &dst,
-                if writable {
-                    FsAccess::ReadWrite
-                } else {
-                    FsAccess::ReadExec
-                },
-            ));
+            let access = if writable {
+                FsAccess::ReadWrite
+            } else {
+                FsAccess::ReadExec
+            };
+            rules.push(if meta.is_dir() {
+                rule(&dst, access)
+            } else {
+                file_rule(&dst, access)
+            });
             mounts.push((
                 Mount::Bind {
                     src: dst.clone(),
@@ -244,6 +246,15 @@ fn rule(path: &str, access: FsAccess) -> LandlockRule {
     LandlockRule {
         path: path.to_string(),
         access,
+        dir: true,
+    }
+}
+
+fn file_rule(path: &str, access: FsAccess) -> LandlockRule {
+    LandlockRule {
+        path: path.to_string(),
+        access,
+        dir: false,
     }
 }
 
