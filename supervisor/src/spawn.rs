@@ -1,5 +1,5 @@
-//! Starting the shim: its spec in a memfd, a status pipe, a lifeline, the cgroup
-//! descriptors, and pipes for the tool's output — and nothing else. The supervisor's part in
+//! Starting the shim: a pipe for its spec (sent once the job is planned), a status pipe, a
+//! lifeline, and pipes for the tool's output — and nothing else. The supervisor's part in
 //! the jail ends at the clone flags: between clone and exec its child only places
 //! descriptors (see `sys::spawn`).
 //!
@@ -56,7 +56,7 @@ pub enum Stdin {
     Fd(OwnedFd),
 }
 
-/// Start the shim as PID 1 of new namespaces for a job with this network. It waits for its
+/// Start the shim as PID 1 of a new pid namespace, for a job with this network. It waits for its
 /// spec ([`Shim::send_spec`]): starting it before the job is planned lets its start-up
 /// (exec, runtime set-up) overlap the planning.
 pub fn spawn(shim: &Path, network: Network, stdin: Stdin) -> io::Result<Shim> {
