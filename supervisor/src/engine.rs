@@ -406,7 +406,6 @@ async fn supervise(
     let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
     let escalation = tokio::time::sleep_until(far);
     tokio::pin!(escalation);
-    let mut killed = false;
     let mut drain_deadline = false;
 
     loop {
@@ -471,9 +470,8 @@ async fn supervise(
                     out = None;
                     err = None;
                     status = None;
-                } else if !killed {
+                } else if !run.killed {
                     debug!("grace period over: SIGKILL to every process of the job");
-                    killed = true;
                     run.killed = true;
                     process.signal(control::KILL_ALL);
                     escalation.as_mut().reset(tokio::time::Instant::now() + KILL_WAIT);

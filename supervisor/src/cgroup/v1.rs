@@ -218,7 +218,8 @@ impl JobCgroup {
     }
 
     pub fn try_remove(&self) -> bool {
-        // Children of the pids hierarchy last: an rmdir that fails leaves the rest in place.
+        // Every process of the job is in every hierarchy, so the first rmdir already fails if
+        // one is left; then the rest (pids among them, which the later cleanup reads) stay.
         self.dirs.iter().rev().all(|d| fs::remove_dir_now(&d.dir))
     }
 
