@@ -232,18 +232,23 @@ fn search(asm: &mut Asm, keys: &[(u32, Verdict)]) {
     search(asm, high);
 }
 
+/// The native syscall ABI, as seccomp_data.arch names it.
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xc000_003e;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xc000_00b7;
+
 /// Runs first: foreign syscall ABIs (i386 via `int 0x80`, x32) get EPERM.
 fn prologue(asm: &mut Asm) -> Result<(), SeccompError> {
     asm.stmt(BPF_LD_W_ABS, SECCOMP_DATA_ARCH);
+    asm.jump(
+        BPF_JEQ_K,
+        AUDIT_ARCH,
+        Label::Next,
+        Label::Verdict(Verdict::Deny),
+    );
     if cfg!(target_arch = "x86_64") {
-        const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
         const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-        asm.jump(
-            BPF_JEQ_K,
-            AUDIT_ARCH_X86_64,
-            Label::Next,
-            Label::Verdict(Verdict::Deny),
-        );
         asm.stmt(BPF_LD_W_ABS, SECCOMP_DATA_NR);
         asm.jump(
             BPF_JGE_K,
@@ -253,13 +258,6 @@ fn prologue(asm: &mut Asm) -> Result<(), SeccompError> {
         );
         Ok(())
     } else if cfg!(target_arch = "aarch64") {
-        const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
-        asm.jump(
-            BPF_JEQ_K,
-            AUDIT_ARCH_AARCH64,
-            Label::Next,
-            Label::Verdict(Verdict::Deny),
-        );
         Ok(())
     } else {
         Err(SeccompError::Arch)
@@ -407,20 +405,18 @@ mod tests {
         let program: BpfProgram = eperm.try_into().expect("compile");
         // In front, with inline returns: foreign ABIs get EPERM, clone3 ENOSYS.
         let insn = |code, jt, jf, k| SockFilter { code, jt, jf, k };
-        let mut out = vec![insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_ARCH)];
+        let mut out = vec![
+            insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_ARCH),
+            insn(BPF_JEQ_K, 1, 0, AUDIT_ARCH),
+            insn(BPF_RET_K, 0, 0, errno(libc::EPERM)),
+        ];
         if cfg!(target_arch = "x86_64") {
             out.extend([
-                insn(BPF_JEQ_K, 1, 0, 0xc000_003e),
-                insn(BPF_RET_K, 0, 0, errno(libc::EPERM)),
                 insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR),
                 insn(BPF_JGE_K, 0, 1, 0x4000_0000),
                 insn(BPF_RET_K, 0, 0, errno(libc::EPERM)),
             ]);
         } else {
-            out.extend([
-                insn(BPF_JEQ_K, 1, 0, 0xc000_00b7),
-                insn(BPF_RET_K, 0, 0, errno(libc::EPERM)),
-            ]);
             out.push(insn(BPF_LD_W_ABS, 0, 0, SECCOMP_DATA_NR));
         }
         out.extend([
@@ -474,11 +470,7 @@ mod tests {
     fn the_search_filter_agrees_with_seccompilers_on_every_syscall() {
         let ours = compile().expect("compiles");
         let theirs = reference();
-        let arch = if cfg!(target_arch = "x86_64") {
-            0xc000_003e
-        } else {
-            0xc000_00b7
-        };
+        let arch = AUDIT_ARCH;
         let ns = NAMESPACE_FLAGS;
         let mut arg0s: Vec<u64> = vec![0, libc::SIGCHLD as u64, 0x3d0f00, u64::MAX, 1 << 40];
         arg0s.extend(ns.iter().map(|f| f | libc::SIGCHLD as u64));
@@ -517,11 +509,7 @@ mod tests {
     #[test]
     fn denied_syscalls_get_eperm_and_the_rest_pass() {
         let program = compile().expect("compiles");
-        let arch = if cfg!(target_arch = "x86_64") {
-            0xc000_003e
-        } else {
-            0xc000_00b7
-        };
+        let arch = AUDIT_ARCH;
         assert_eq!(
             run(&program, libc::SYS_mount as u32, arch, [0; 6]),
             errno(libc::EPERM)

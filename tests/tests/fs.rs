@@ -284,9 +284,12 @@ fn the_etc_snapshot_follows_changes_on_the_host() {
         &shipped[end..]
     );
     std::fs::write(&policy, text).expect("write policy");
+    // Snapshots of this test's /etc go to a state directory of its own, not the host's.
+    let state = tempfile::tempdir().expect("tempdir");
     let read = || {
         Run::probe(ws.path(), &["read", host.to_str().expect("utf8")])
             .opts(&["--policy", policy.to_str().expect("utf8")])
+            .caller_env("TOOLBOX_STATE_DIR", state.path().to_str().expect("utf8"))
             .run()
             .probe_json()[host.to_str().expect("utf8")]["detail"]
             .as_str()
@@ -303,4 +306,8 @@ fn the_etc_snapshot_follows_changes_on_the_host() {
         Some("second, longer"),
         "the jail saw a stale /etc"
     );
+    let snapshots = std::fs::read_dir(state.path().join("etc"))
+        .expect("snapshots")
+        .count();
+    assert_eq!(snapshots, 2, "one snapshot per version of /etc");
 }
