@@ -80,6 +80,16 @@ pub enum Event {
     },
 }
 
+/// How a caller wants a job stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cancel {
+    /// What `toolbox run` exits with (and the record says).
+    pub exit_code: i32,
+    /// Time between SIGTERM and SIGKILL, if shorter than the job's own grace (a client
+    /// that hung up reads nothing more; its job need not linger).
+    pub grace: Option<Duration>,
+}
+
 pub struct Engine {
     shim: PathBuf,
     swept: std::sync::atomic::AtomicBool,
@@ -139,6 +149,20 @@ impl Engine {
         }
     }
 
+    /// The record of a job that ended before it started: cancelled while it waited, or
+    /// refused by the engine (`error`).
+    pub fn not_started(&self, plan: &JobPlan, error: Option<String>) -> JobResult {
+        let mut result = self.blank_result(plan);
+        match error {
+            Some(message) => result.error = Some(message),
+            None => {
+                result.status = JobStatus::Cancelled;
+                result.exit_code = exit::SIGNAL_BASE + libc::SIGTERM;
+            }
+        }
+        result
+    }
+
     /// This host's cgroups, detected and prepared once.
     pub fn cgroups(&self) -> Result<&Cgroups, EngineError> {
         self.cgroups
@@ -151,7 +175,7 @@ impl Engine {
             .map_err(|message| EngineError::Cgroups(message.clone()))
     }
 
-    /// Run one job to its end. `cancel` resolves (with the exit code to report) when the
+    /// Run one job to its end. `cancel` resolves (with how to end the job) when the
     /// caller wants the job stopped. Every failure ends up in the record; this never panics
     /// and never leaves a process, cgroup or mount of the job behind.
     pub async fn run(
@@ -159,7 +183,7 @@ impl Engine {
         plan: JobPlan,
         shim: Shim,
         events: UnboundedSender<Event>,
-        cancel: impl Future<Output = i32>,
+        cancel: impl Future<Output = Cancel> + Send,
     ) -> JobResult {
         let span = info_span!("job", id = %plan.job_id, policy = %plan.policy);
         self.run_inner(plan, shim, events, cancel)
@@ -172,7 +196,7 @@ impl Engine {
         plan: JobPlan,
         mut shim: Shim,
         events: UnboundedSender<Event>,
-        cancel: impl Future<Output = i32>,
+        cancel: impl Future<Output = Cancel> + Send,
     ) -> JobResult {
         let started = Instant::now();
         let mut result = self.blank_result(&plan);
@@ -380,7 +404,7 @@ async fn supervise(
     plan: &JobPlan,
     cgroup: &JobCgroup,
     events: &UnboundedSender<Event>,
-    cancel: impl Future<Output = i32>,
+    cancel: impl Future<Output = Cancel> + Send,
 ) -> Run {
     let mut run = Run::default();
     let mut out_cap = Capper::new(plan.limits.output);
@@ -398,7 +422,8 @@ async fn supervise(
     let mut err = Some(&mut stderr);
     let mut status = Some(BufReader::new(&mut status).lines());
 
-    let mut cancel: Option<Pin<Box<dyn Future<Output = i32> + '_>>> = Some(Box::pin(cancel));
+    let mut cancel: Option<Pin<Box<dyn Future<Output = Cancel> + Send + '_>>> =
+        Some(Box::pin(cancel));
     let timeout = tokio::time::sleep(plan.limits.timeout);
     tokio::pin!(timeout);
     // The next deadline of the ending sequence: the grace period, then the wait for the
@@ -454,12 +479,13 @@ async fn supervise(
                 process.signal(control::TERMINATE_ALL);
                 escalation.as_mut().reset(tokio::time::Instant::now() + plan.limits.grace);
             }
-            code = until(&mut cancel), if cancel.is_some() && running && run.ending.is_none() => {
+            how = until(&mut cancel), if cancel.is_some() && running && run.ending.is_none() => {
                 cancel = None;
                 debug!("cancelled: SIGTERM to every process of the job");
-                run.ending = Some(Ending::Cancelled(code));
+                run.ending = Some(Ending::Cancelled(how.exit_code));
                 process.signal(control::TERMINATE_ALL);
-                escalation.as_mut().reset(tokio::time::Instant::now() + plan.limits.grace);
+                let grace = how.grace.map_or(plan.limits.grace, |g| g.min(plan.limits.grace));
+                escalation.as_mut().reset(tokio::time::Instant::now() + grace);
             }
             _ = &mut escalation => {
                 if drain_deadline {
@@ -511,7 +537,7 @@ async fn next_line(
     }
 }
 
-async fn until<T>(future: &mut Option<Pin<Box<dyn Future<Output = T> + '_>>>) -> T {
+async fn until<T>(future: &mut Option<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> T {
     match future {
         Some(future) => future.await,
         None => std::future::pending().await,

@@ -36,6 +36,8 @@ pub enum RequestError {
 /// What a caller asks for; `None` means "what the policy says".
 #[derive(Debug, Clone, Default)]
 pub struct JobRequest {
+    /// The job's id, when the caller picked one already (the daemon does, at admission).
+    pub id: Option<String>,
     pub argv: Vec<String>,
     pub cwd: Option<PathBuf>,
     /// `NAME=VALUE`, or `NAME` to pass the caller's value through.
@@ -137,7 +139,7 @@ pub fn plan(
         },
     )?;
     Ok(JobPlan {
-        job_id: new_job_id(),
+        job_id: request.id.clone().unwrap_or_else(new_job_id),
         policy: policy.name.clone(),
         argv: request.argv,
         env,

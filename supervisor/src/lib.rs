@@ -6,6 +6,8 @@
 #![deny(unsafe_code)]
 
 pub mod cgroup;
+pub mod client;
+pub mod daemon;
 pub mod doctor;
 pub mod engine;
 pub mod etc_snapshot;

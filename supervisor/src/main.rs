@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use toolbox::engine::{Engine, Event, Stream};
+use toolbox::engine::{Cancel, Engine, Event, Stream};
 use toolbox::job::{self, Caller, JobRequest};
 use toolbox::policy::{NetworkMode, Policy};
 use toolbox::record::{exit, JobResult};
@@ -30,6 +30,17 @@ struct Cli {
 enum Command {
     /// Run one command in a jail.
     Run(Box<RunArgs>),
+    /// The daemon: the job API over a Unix socket.
+    Serve(ServeArgs),
+    /// Running and queued jobs of the daemon.
+    Ps {
+        /// The daemon's socket [default: $TOOLBOX_SOCKET, else /run/toolbox/toolbox.sock].
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Print the daemon's JSON as it came.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what this host can enforce, and what not.
     Doctor,
     /// Work with policy files.
@@ -90,12 +101,49 @@ struct RunArgs {
     /// Print the result record as one JSON line on stderr at the end.
     #[arg(long)]
     json: bool,
-    /// Run in this process (the only mode until the daemon exists).
+    /// Run through the daemon listening here (also: $TOOLBOX_SOCKET).
+    #[arg(long, value_name = "PATH", conflicts_with = "local")]
+    socket: Option<PathBuf>,
+    /// Run in this process, even if a daemon is listening.
     #[arg(long)]
     local: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Where to listen (ignored under socket activation: systemd passes the socket).
+    #[arg(long, value_name = "PATH", default_value = toolbox::daemon::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Jobs that run at once.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    max_jobs: u16,
+    /// Jobs that may wait for a slot; past it requests are refused (429).
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_queue: usize,
+    /// Directory of the policies requests may name [default: the usual search path].
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// Append one JSON line per job here.
+    #[arg(long, value_name = "PATH")]
+    audit_log: Option<PathBuf>,
+    /// Group that may use the socket (mode 0660); without it, root only.
+    #[arg(long, value_name = "NAME|GID")]
+    group: Option<String>,
+    /// Also allow this uid (repeatable).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uids: Vec<u32>,
+    /// Also allow members of this gid (repeatable).
+    #[arg(long = "allow-gid", value_name = "GID")]
+    allow_gids: Vec<u32>,
+    /// On SIGTERM, how long running jobs may take to finish before they are cancelled.
+    #[arg(long, value_name = "DUR", default_value = "10s")]
+    drain: Dur,
+    /// Log format on stderr.
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 fn parse_user(text: &str) -> Result<(u32, Option<u32>), String> {
@@ -123,8 +171,11 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging();
+    let json_logs = matches!(&cli.command, Command::Serve(args) if args.log_format == "json");
+    init_logging(json_logs, matches!(cli.command, Command::Serve(_)));
     let code = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Ps { socket, json } => ps(socket, json),
         Command::Run(args) => run(*args).unwrap_or_else(|err| {
             eprintln!("toolbox: {err:#}");
             exit::TOOLBOX_FAILED
@@ -135,20 +186,152 @@ fn main() -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
-fn init_logging() {
+/// Logs go to stderr; `TOOLBOX_LOG` filters them (default: warnings, info for the daemon).
+fn init_logging(json: bool, daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLBOX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(args: ServeArgs) -> i32 {
+    let options = toolbox::daemon::ServeOptions {
+        socket: args.socket,
+        max_jobs: usize::from(args.max_jobs),
+        max_queue: args.max_queue,
+        policies: args.policies,
+        audit_log: args.audit_log,
+        group: args.group,
+        allow_uids: args.allow_uids,
+        allow_gids: args.allow_gids,
+        drain: args.drain.0,
+    };
+    match toolbox::daemon::serve(options) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("toolbox serve: {err:#}");
+            1
+        }
+    }
+}
+
+fn ps(socket: Option<PathBuf>, json: bool) -> i32 {
+    let socket = socket
+        .or_else(|| std::env::var_os("TOOLBOX_SOCKET").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(toolbox::daemon::DEFAULT_SOCKET));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("toolbox ps: {err}");
+            return 1;
+        }
+    };
+    match runtime.block_on(toolbox::client::ps(&socket, json)) {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("toolbox ps: {err:#}");
+            1
+        }
+    }
+}
+
+/// The job request `toolbox run` sends a daemon: the same options, with every path made
+/// absolute here (the daemon has no idea where we are).
+fn remote_body(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
+    if args.policy.contains('/') || args.policy.ends_with(".toml") {
+        anyhow::bail!(
+            "--policy {}: a daemon only runs its own policies, by name; use --local to run a policy file",
+            args.policy
+        );
+    }
+    if args.user.is_some() {
+        anyhow::bail!("--user: through a daemon, jobs run as you; use --local to pick a uid");
+    }
+    let here = std::env::current_dir().context("read the current directory")?;
+    let absolute = |path: &PathBuf| {
+        let joined = here.join(path);
+        joined.canonicalize().unwrap_or(joined)
+    };
+    let cwd = absolute(args.cwd.as_ref().unwrap_or(&here));
+    let mut env = serde_json::Map::new();
+    for entry in &args.env {
+        match entry.split_once('=') {
+            Some((name, value)) => env.insert(name.into(), value.into()),
+            None => match std::env::var(entry) {
+                Ok(value) => env.insert(entry.clone(), value.into()),
+                Err(_) => continue,
+            },
+        };
+    }
+    let mut limits = serde_json::Map::new();
+    if let Some(t) = args.timeout {
+        limits.insert("timeout".into(), format!("{}ms", t.0.as_millis()).into());
+    }
+    if let Some(g) = args.grace {
+        limits.insert("grace".into(), format!("{}ms", g.0.as_millis()).into());
+    }
+    if let Some(m) = args.memory {
+        limits.insert("memory".into(), m.0.into());
+    }
+    if let Some(c) = args.cpus {
+        limits.insert("cpus".into(), c.into());
+    }
+    if let Some(p) = args.pids {
+        limits.insert("pids".into(), p.into());
+    }
+    if let Some(o) = args.output_limit {
+        limits.insert("output".into(), o.0.into());
+    }
+    let mounts: Vec<serde_json::Value> = args
+        .ro
+        .iter()
+        .map(|p| serde_json::json!({ "path": absolute(p), "mode": "ro" }))
+        .chain(
+            args.rw
+                .iter()
+                .map(|p| serde_json::json!({ "path": absolute(p), "mode": "rw" })),
+        )
+        .collect();
+    let mut body = serde_json::json!({
+        "argv": args.command,
+        "cwd": cwd,
+        "env": env,
+        "policy": args.policy,
+        "limits": limits,
+        "mounts": mounts,
+    });
+    if let Some(network) = args.net {
+        body["network"] = serde_json::to_value(network)?;
+    }
+    Ok(body)
 }
 
 fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let _ = args.local;
+    if !args.local {
+        if let Some(socket) = toolbox::client::daemon_socket(args.socket.clone()) {
+            let body = remote_body(&args)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the async runtime")?;
+            return Ok(runtime.block_on(toolbox::client::run(&socket, body, args.json)));
+        }
+    }
     let policy = Policy::load(&args.policy)?;
     let request = JobRequest {
+        id: None,
         argv: args.command,
         cwd: args.cwd,
         env: args.env,
@@ -185,7 +368,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
 
 /// Resolves with the exit code to report when toolbox itself is asked to stop: Ctrl-C,
 /// SIGTERM or a hangup cancel the job (SIGTERM to all of it, SIGKILL after the grace).
-async fn cancel_on_signal() -> i32 {
+async fn cancel_on_signal() -> Cancel {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
@@ -199,7 +382,10 @@ async fn cancel_on_signal() -> i32 {
         _ = term.recv() => libc::SIGTERM,
         _ = hup.recv() => libc::SIGHUP,
     };
-    exit::SIGNAL_BASE + signal
+    Cancel {
+        exit_code: exit::SIGNAL_BASE + signal,
+        grace: None,
+    }
 }
 
 /// Write the tool's output to ours: stdout to stdout, stderr to stderr, with a one-line

@@ -285,3 +285,41 @@ pub fn async_readable(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<O
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into())
 }
+
+/// Take ownership of an inherited descriptor (socket activation hands us fd 3 on), checking
+/// first that it is open.
+pub fn take_fd(fd: RawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; it fails with EBADF if not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open, and nothing else in this process owns it: it was
+    // inherited, and the caller takes it exactly once.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::fcntl::fcntl(
+        &owned,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    Ok(owned)
+}
+
+/// Whether the other end of a connected stream socket has hung up, without consuming
+/// anything it sent.
+pub fn peer_hung_up(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: a one-byte buffer of ours; MSG_PEEK leaves the data queued, MSG_DONTWAIT
+    // never blocks.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => !matches!(Errno::last(), Errno::EAGAIN | Errno::EINTR),
+    }
+}

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub mod daemon;
+
 /// The uid and gid the tests' workspaces belong to (so the tool runs as them).
 pub const TOOL_UID: u32 = 54_321;
 
@@ -198,12 +200,16 @@ impl<'a> Run<'a> {
     }
 
     fn command_line(&self) -> Command {
+        self.command_line_for(true)
+    }
+
+    fn command_line_for(&self, local: bool) -> Command {
         let mut command = Command::new(toolbox());
-        command
-            .arg("run")
-            .arg("--json")
-            .arg("-C")
-            .arg(self.workspace);
+        command.arg("run");
+        if local {
+            command.arg("--local");
+        }
+        command.arg("--json").arg("-C").arg(self.workspace);
         command.arg("--ro").arg(probe());
         command.args(&self.options).arg("--").args(&self.argv);
         command.envs(&self.env).stdin(Stdio::null());
@@ -216,6 +222,12 @@ impl<'a> Run<'a> {
     /// Run to the end.
     pub fn run(&self) -> Job {
         let output = self.command_line().output().expect("run toolbox");
+        finish(output)
+    }
+
+    /// Run to the end through a daemon (give `--socket` with [`Run::opts`]).
+    pub fn run_remote(&self) -> Job {
+        let output = self.command_line_for(false).output().expect("run toolbox");
         finish(output)
     }
 

@@ -1,0 +1,260 @@
+//! The client side of the job API: `toolbox run` through a daemon, and `toolbox ps`.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+use crate::daemon::DEFAULT_SOCKET;
+use crate::record::exit;
+
+/// Which daemon `toolbox run` should use: the one named (`--socket`, then
+/// `$TOOLBOX_SOCKET`), else the default one if it answers; `None` runs in-process.
+pub fn daemon_socket(named: Option<PathBuf>) -> Option<PathBuf> {
+    if let Some(path) = named {
+        return Some(path);
+    }
+    if let Some(path) = std::env::var_os("TOOLBOX_SOCKET").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let default = Path::new(DEFAULT_SOCKET);
+    std::os::unix::net::UnixStream::connect(default)
+        .is_ok()
+        .then(|| default.to_path_buf())
+}
+
+async fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    let stream = UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("connect to the toolbox daemon at {}", socket.display()))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("talk to the toolbox daemon")?;
+    tokio::spawn(connection);
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "toolbox");
+    if body.is_some() {
+        builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
+    let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    sender
+        .send_request(request)
+        .await
+        .context("send the request to the toolbox daemon")
+}
+
+/// The error message of a refusal, or the body as it came.
+fn refusal(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            let error = v.get("error")?;
+            let message = error.get("message")?.as_str()?.to_string();
+            Some(match error.get("field").and_then(|f| f.as_str()) {
+                Some(field) => format!("{field}: {message}"),
+                None => message,
+            })
+        })
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
+}
+
+/// Run a job through the daemon: stream its output to ours, cancel it on Ctrl-C or SIGTERM,
+/// and return the exit code `toolbox run` exits with.
+pub async fn run(socket: &Path, body: serde_json::Value, json: bool) -> i32 {
+    match run_inner(socket, body, json).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("toolbox: {err:#}");
+            exit::TOOLBOX_FAILED
+        }
+    }
+}
+
+async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow::Result<i32> {
+    let response = request(socket, "POST", "/v1/jobs", Some(body.to_string())).await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        anyhow::bail!("the daemon refused the job ({status}): {}", refusal(&bytes));
+    }
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let tell_queue = std::io::stderr().is_terminal();
+    let mut pending = Vec::new();
+    let mut job_id: Option<String> = None;
+    let mut cancel_sent = false;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let frame = tokio::select! {
+            frame = body.frame() => frame,
+            _ = int.recv(), if !cancel_sent => { cancel_sent = true; cancel(socket, job_id.as_deref()).await; continue }
+            _ = term.recv(), if !cancel_sent => { cancel_sent = true; cancel(socket, job_id.as_deref()).await; continue }
+        };
+        let Some(frame) = frame else {
+            anyhow::bail!("the daemon closed the stream before the job's result");
+        };
+        let frame = frame.context("read the job's stream")?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        pending.extend_from_slice(&data);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            let event: serde_json::Value =
+                serde_json::from_slice(&line).context("the daemon sent a line that is not JSON")?;
+            let kind = event.get("type").and_then(|t| t.as_str()).unwrap_or("");
+            let bytes = || -> Vec<u8> {
+                if let Some(text) = event.get("text").and_then(|t| t.as_str()) {
+                    text.as_bytes().to_vec()
+                } else if let Some(encoded) = event.get("base64").and_then(|t| t.as_str()) {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(encoded)
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                }
+            };
+            match kind {
+                "queued" => {
+                    job_id = event
+                        .get("job_id")
+                        .and_then(|v| v.as_str())
+                        .map(String::from);
+                    if tell_queue {
+                        let position = event.get("position").and_then(|p| p.as_u64()).unwrap_or(0);
+                        let _ = stderr
+                            .write_all(
+                                format!("toolbox: waiting for a slot (position {position})\n")
+                                    .as_bytes(),
+                            )
+                            .await;
+                    }
+                }
+                "started" => {
+                    job_id = event
+                        .get("job_id")
+                        .and_then(|v| v.as_str())
+                        .map(String::from);
+                }
+                "stdout" => {
+                    let _ = stdout.write_all(&bytes()).await;
+                }
+                "stderr" => {
+                    let _ = stderr.write_all(&bytes()).await;
+                }
+                "truncated" => {
+                    let stream = event
+                        .get("stream")
+                        .and_then(|s| s.as_str())
+                        .unwrap_or("output");
+                    let dropped = event
+                        .get("dropped_bytes")
+                        .and_then(|n| n.as_u64())
+                        .unwrap_or(0);
+                    let kept = event
+                        .get("kept_bytes")
+                        .and_then(|n| n.as_u64())
+                        .unwrap_or(0);
+                    let marker = format!(
+                        "\n[toolbox: {dropped} bytes of {stream} dropped here; the last {kept} bytes follow]\n"
+                    );
+                    let _ = match stream {
+                        "stderr" => stderr.write_all(marker.as_bytes()).await,
+                        _ => stdout.write_all(marker.as_bytes()).await,
+                    };
+                }
+                "exit" => {
+                    let _ = stdout.flush().await;
+                    let _ = stderr.flush().await;
+                    if let Some(error) = event.get("error").and_then(|e| e.as_str()) {
+                        eprintln!("toolbox: {error}");
+                    }
+                    if json {
+                        let mut record = event.clone();
+                        if let Some(object) = record.as_object_mut() {
+                            object.remove("type");
+                        }
+                        eprintln!("{record}");
+                    }
+                    let code = event
+                        .get("exit_code")
+                        .and_then(|c| c.as_i64())
+                        .unwrap_or(exit::TOOLBOX_FAILED as i64);
+                    return Ok(code as i32);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn cancel(socket: &Path, job_id: Option<&str>) {
+    let Some(id) = job_id else {
+        return;
+    };
+    if let Err(err) = request(socket, "DELETE", &format!("/v1/jobs/{id}"), None).await {
+        eprintln!("toolbox: cancel job {id}: {err:#}");
+    }
+}
+
+/// `toolbox ps`: the daemon's running and queued jobs, one a line.
+pub async fn ps(socket: &Path, json: bool) -> anyhow::Result<()> {
+    let response = request(socket, "GET", "/v1/jobs", None).await?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        anyhow::bail!("the daemon refused ({status}): {}", refusal(&bytes));
+    }
+    if json {
+        println!("{}", String::from_utf8_lossy(&bytes));
+        return Ok(());
+    }
+    let listing: serde_json::Value = serde_json::from_slice(&bytes)?;
+    let mut out = format!(
+        "{:<12}  {:>6}  {:<8}  {:>9}  {:>5}  COMMAND\n",
+        "JOB", "UID", "STATE", "ELAPSED", "QUEUE"
+    );
+    for job in listing["jobs"].as_array().into_iter().flatten() {
+        let argv: Vec<&str> = job["argv"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let elapsed = job["elapsed_ms"].as_u64().unwrap_or(0) as f64 / 1000.0;
+        out.push_str(&format!(
+            "{:<12}  {:>6}  {:<8}  {:>8.1}s  {:>5}  {}\n",
+            job["job_id"].as_str().unwrap_or("?"),
+            job["peer_uid"].as_u64().unwrap_or(0),
+            job["state"].as_str().unwrap_or("?"),
+            elapsed,
+            job["position"]
+                .as_u64()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            argv.join(" ")
+        ));
+    }
+    print!("{out}");
+    Ok(())
+}

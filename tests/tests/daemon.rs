@@ -1,0 +1,620 @@
+//! The daemon (`toolbox serve`): a real daemon on a temporary socket, real jails. Guarantees
+//! 3 (a job ends when its client leaves), 6 (concurrency and the queue), 7 (nothing leaks,
+//! also across a daemon crash) and 8 (bad input), plus access control, the audit log and
+//! socket activation.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use toolbox_tests::daemon::{job_body, nix_kill, request, Daemon};
+use toolbox_tests::{
+    assert_no_leftovers, host_pids_named, probe, require_root, token, toolbox, wait_for, workspace,
+    Run, TOOL_UID,
+};
+
+#[test]
+fn fifty_clients_at_once_never_more_than_eight_running() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    // Each job says when it started and ended, by the host's clock (CLOCK_REALTIME is not
+    // namespaced): the overlap is measured from the jobs themselves.
+    let script = "date +%s%N; sleep 0.3; date +%s%N";
+    let clients: Vec<_> = (0..50)
+        .map(|_| {
+            let body = job_body(ws.path(), &["sh", "-c", script]);
+            let socket = daemon.socket.clone();
+            std::thread::spawn(move || {
+                let mut stream = toolbox_tests::daemon::request_stream(&socket, &body);
+                stream.read_to_end();
+                stream
+            })
+        })
+        .collect();
+    let mut spans = Vec::new();
+    let mut saw_positions = BTreeSet::new();
+    for client in clients {
+        let stream = client.join().expect("client thread");
+        assert_eq!(stream.status, 200, "refused: {:?}", stream.refusal);
+        let exit = stream.exit();
+        assert_eq!(exit["status"], "exited", "{exit}");
+        assert_eq!(exit["exit_code"], 0, "{exit}");
+        for event in &stream.events {
+            if event["type"] == "queued" {
+                saw_positions.insert(event["position"].as_u64().expect("position"));
+            }
+        }
+        let out = String::from_utf8(stream.output("stdout")).expect("utf-8");
+        let times: Vec<u128> = out.lines().map(|l| l.parse().expect("ns")).collect();
+        assert_eq!(times.len(), 2, "{out:?}");
+        spans.push((times[0], times[1]));
+        assert_no_leftovers(exit["job_id"].as_str().expect("id"));
+    }
+    let most = max_overlap(&spans);
+    assert!(most <= 8, "{most} jobs ran at once");
+    assert!(
+        most >= 4,
+        "only {most} at once: the slots are not used in parallel"
+    );
+    assert!(
+        saw_positions.len() > 5 && saw_positions.contains(&1),
+        "queued clients should hear their positions: {saw_positions:?}"
+    );
+    assert_eq!(daemon.audit_lines().len(), 50);
+}
+
+fn max_overlap(spans: &[(u128, u128)]) -> usize {
+    let mut edges: Vec<(u128, i32)> = spans
+        .iter()
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    // Ends sort before starts at the same instant.
+    edges.sort();
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, step) in edges {
+        now += step;
+        most = most.max(now);
+    }
+    most as usize
+}
+
+#[test]
+fn a_full_queue_refuses_at_once_and_disturbs_nothing() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&["--max-jobs", "1", "--max-queue", "1"]);
+    let ws = workspace();
+    let mut running = daemon.submit(&job_body(ws.path(), &["sh", "-c", "sleep 1; echo done"]));
+    assert_eq!(running.until("started").map(|_| ()), Some(()));
+    let mut queued = daemon.submit(&job_body(ws.path(), &["echo", "second"]));
+    let place = queued.until("queued").expect("queued event");
+    assert_eq!(place["position"], 1);
+    let started = Instant::now();
+    let refused = daemon.request(
+        "POST",
+        "/v1/jobs",
+        Some(&job_body(ws.path(), &["echo", "third"]).to_string()),
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refusal should be immediate"
+    );
+    assert_eq!(
+        refused.status,
+        429,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.json()["error"]["code"], "queue_full");
+    running.read_to_end();
+    assert_eq!(running.exit()["exit_code"], 0);
+    assert_eq!(running.output("stdout"), b"done\n");
+    queued.read_to_end();
+    assert_eq!(queued.output("stdout"), b"second\n");
+    assert_eq!(queued.exit()["status"], "exited");
+}
+
+#[test]
+fn a_queued_client_that_leaves_is_dropped_from_the_queue() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&["--max-jobs", "1"]);
+    let ws = workspace();
+    let mut running = daemon.submit(&job_body(ws.path(), &["sleep", "1.5"]));
+    running.until("started").expect("started");
+    let mut leaving = daemon.submit(&job_body(ws.path(), &["echo", "never"]));
+    let id = leaving.until("queued").expect("queued")["job_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut behind = daemon.submit(&job_body(ws.path(), &["echo", "behind"]));
+    assert_eq!(behind.until("queued").expect("queued")["position"], 2);
+    leaving.disconnect();
+    // The one behind moves up, and the leaver is no longer listed.
+    assert_eq!(behind.until("queued").expect("moved up")["position"], 1);
+    let listed = daemon.request("GET", "/v1/jobs", None).json();
+    assert!(
+        !listed.to_string().contains(&id),
+        "the leaver is still listed: {listed}"
+    );
+    behind.read_to_end();
+    assert_eq!(behind.output("stdout"), b"behind\n");
+    let audit = daemon.audit_lines();
+    let line = audit
+        .iter()
+        .find(|l| l["job_id"] == id.as_str())
+        .expect("the leaver is audited");
+    assert_eq!(line["result"]["status"], "cancelled");
+}
+
+#[test]
+fn a_client_that_hangs_up_ends_its_job_within_a_second() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    let token = token("hangup");
+    let mut job = daemon.submit(&job_body(
+        ws.path(),
+        &[&probe().to_string_lossy(), "ignore-term", &token],
+    ));
+    let id = job.until("started").expect("started")["job_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    job.until("stdout").expect("the probe is ready");
+    assert!(
+        wait_for(Duration::from_secs(5), || !host_pids_named(&token)
+            .is_empty()),
+        "the probe's SIGTERM-ignoring child should be running"
+    );
+    let hung_up = Instant::now();
+    job.disconnect();
+    // SIGTERM is ignored and the default grace is 2s: only a prompt kill gets this done
+    // within the second the contract allows.
+    let gone = wait_for(Duration::from_secs(4), || {
+        host_pids_named(&token).is_empty()
+    });
+    assert!(gone, "the job's processes outlived their client");
+    assert!(
+        hung_up.elapsed() < Duration::from_secs(1),
+        "the job's processes lived {:?} past their client",
+        hung_up.elapsed()
+    );
+    assert!(wait_for(Duration::from_secs(1), || {
+        std::panic::catch_unwind(|| assert_no_leftovers(&id)).is_ok()
+    }));
+}
+
+#[test]
+fn delete_cancels_a_running_job() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    let mut job = daemon.submit(&job_body(ws.path(), &["sleep", "60"]));
+    let id = job.until("started").expect("started")["job_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let started = Instant::now();
+    let answer = daemon.request("DELETE", &format!("/v1/jobs/{id}"), None);
+    assert_eq!(answer.status, 202);
+    job.read_to_end();
+    let exit = job.exit();
+    assert_eq!(exit["status"], "cancelled", "{exit}");
+    assert_eq!(exit["exit_code"], 143);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_no_leftovers(&id);
+    let again = daemon.request("DELETE", &format!("/v1/jobs/{id}"), None);
+    assert_eq!(again.status, 404);
+}
+
+#[test]
+fn every_malformed_request_gets_its_4xx_and_the_daemon_carries_on() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    let cwd = ws.path().display().to_string();
+    // A job running through all of it, which must finish untouched.
+    let mut bystander = daemon.submit(&job_body(ws.path(), &["sh", "-c", "sleep 1; echo intact"]));
+    bystander.until("started").expect("started");
+
+    let post = |body: &str| {
+        request(
+            &daemon.socket,
+            "POST",
+            "/v1/jobs",
+            "application/json",
+            Some(body.as_bytes()),
+        )
+    };
+    let cases: Vec<(&str, String, u16, Option<&str>)> = vec![
+        ("not JSON", "{argv: ls".into(), 400, Some("body")),
+        (
+            "unknown field",
+            format!(r#"{{"argv":["ls"],"cwd":"{cwd}","colour":"red"}}"#),
+            400,
+            Some("colour"),
+        ),
+        (
+            "empty argv",
+            format!(r#"{{"argv":[],"cwd":"{cwd}"}}"#),
+            400,
+            Some("argv"),
+        ),
+        (
+            "NUL in argv",
+            format!(r#"{{"argv":["ls","a\u0000b"],"cwd":"{cwd}"}}"#),
+            400,
+            Some("argv[1]"),
+        ),
+        (
+            "NUL in env",
+            format!(r#"{{"argv":["ls"],"cwd":"{cwd}","env":{{"A":"x\u0000y"}}}}"#),
+            400,
+            Some("env.A"),
+        ),
+        (
+            "NUL in a path",
+            format!(
+                r#"{{"argv":["ls"],"cwd":"{cwd}","mounts":[{{"path":"/usr\u0000x","mode":"ro"}}]}}"#
+            ),
+            400,
+            Some("mounts[0].path"),
+        ),
+        (
+            "relative cwd",
+            r#"{"argv":["ls"],"cwd":"some/dir"}"#.into(),
+            400,
+            Some("cwd"),
+        ),
+        (
+            "missing cwd",
+            r#"{"argv":["ls"],"cwd":"/nonexistent/toolbox-test"}"#.into(),
+            400,
+            Some("cwd"),
+        ),
+        (
+            "unknown policy",
+            format!(r#"{{"argv":["ls"],"cwd":"{cwd}","policy":"no-such-policy"}}"#),
+            400,
+            Some("policy"),
+        ),
+        (
+            "policy as a path",
+            format!(r#"{{"argv":["ls"],"cwd":"{cwd}","policy":"/etc/passwd"}}"#),
+            400,
+            Some("policy"),
+        ),
+        (
+            "limit out of range",
+            format!(r#"{{"argv":["ls"],"cwd":"{cwd}","limits":{{"pids":0}}}}"#),
+            400,
+            Some("limits.pids"),
+        ),
+        (
+            "limit of the wrong type",
+            format!(r#"{{"argv":["ls"],"cwd":"{cwd}","limits":{{"memory":"lots"}}}}"#),
+            400,
+            Some("limits.memory"),
+        ),
+        (
+            "limit above the policy",
+            format!(r#"{{"argv":["ls"],"cwd":"{cwd}","limits":{{"memory":"900G"}}}}"#),
+            400,
+            Some("limits.memory"),
+        ),
+    ];
+    for (what, body, status, field) in &cases {
+        let answer = post(body);
+        assert_eq!(
+            answer.status,
+            *status,
+            "{what}: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(
+            answer.error_field().as_deref(),
+            *field,
+            "{what}: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert!(answer.json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    let too_big = format!(
+        r#"{{"argv":["ls"],"cwd":"{cwd}","stdin":"{}"}}"#,
+        "x".repeat(2 << 20)
+    );
+    assert_eq!(post(&too_big).status, 413);
+    let wrong_type = request(
+        &daemon.socket,
+        "POST",
+        "/v1/jobs",
+        "text/plain",
+        Some(b"{}"),
+    );
+    assert_eq!(wrong_type.status, 415);
+    assert_eq!(daemon.request("PUT", "/v1/jobs", Some("{}")).status, 405);
+    assert_eq!(daemon.request("GET", "/v1/nothing", None).status, 404);
+    assert_eq!(
+        daemon.request("GET", "/v1/health", None).json()["status"],
+        "ok"
+    );
+
+    // Still serving, and the bystander never noticed.
+    let next = daemon.job(&job_body(ws.path(), &["echo", "next"]));
+    assert_eq!(next.output("stdout"), b"next\n");
+    bystander.read_to_end();
+    assert_eq!(bystander.output("stdout"), b"intact\n");
+    assert_eq!(bystander.exit()["status"], "exited");
+}
+
+#[test]
+fn a_job_ignoring_sigterm_is_killed_at_its_timeout_while_others_run_on() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    let token = token("timeout");
+    let mut stubborn = daemon.submit(&json!({
+        "argv": [probe(), "ignore-term", token],
+        "cwd": ws.path(),
+        "mounts": [{ "path": probe(), "mode": "ro" }],
+        "limits": { "timeout": "1s", "grace": "500ms" },
+    }));
+    let mut neighbour = daemon.submit(&job_body(ws.path(), &["sh", "-c", "sleep 2.5; echo fine"]));
+    stubborn.read_to_end();
+    let exit = stubborn.exit();
+    assert_eq!(exit["status"], "timeout", "{exit}");
+    assert_eq!(exit["exit_code"], 124);
+    assert!(host_pids_named(&token).is_empty());
+    neighbour.read_to_end();
+    assert_eq!(neighbour.exit()["status"], "exited");
+    assert_eq!(neighbour.output("stdout"), b"fine\n");
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .count()
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+fn zombie_children(pid: i32) -> usize {
+    let mut zombies = 0;
+    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the comm may hold spaces, so split after the ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") && fields.get(1) == Some(&pid.to_string().as_str()) {
+            zombies += 1;
+        }
+    }
+    zombies
+}
+
+#[test]
+fn a_thousand_jobs_leave_fds_and_memory_flat() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    let body = job_body(ws.path(), &["/bin/true"]);
+    for _ in 0..50 {
+        assert_eq!(daemon.job(&body).exit()["exit_code"], 0);
+    }
+    let (fds, rss) = (fd_count(daemon.pid()), rss_kib(daemon.pid()));
+    for _ in 0..1000 {
+        assert_eq!(daemon.job(&body).exit()["exit_code"], 0);
+    }
+    // Let the last connections close on the daemon's side.
+    std::thread::sleep(Duration::from_millis(200));
+    let (fds_after, rss_after) = (fd_count(daemon.pid()), rss_kib(daemon.pid()));
+    eprintln!("daemon fds {fds} -> {fds_after}, RSS {rss} KiB -> {rss_after} KiB");
+    assert_eq!(fds_after, fds, "the daemon leaks descriptors");
+    assert!(
+        rss_after < rss + 2048,
+        "the daemon grew from {rss} to {rss_after} KiB over 1000 jobs"
+    );
+    assert_eq!(zombie_children(daemon.pid()), 0);
+    assert_eq!(daemon.audit_lines().len(), 1050);
+}
+
+#[test]
+fn a_daemon_killed_with_jobs_running_is_cleaned_up_by_the_next_one() {
+    if !require_root() {
+        return;
+    }
+    let mut first = Daemon::start(&[]);
+    let ws = workspace();
+    let token = token("crash");
+    let mut ids = Vec::new();
+    let mut streams = Vec::new();
+    for i in 0..2 {
+        let mut job = first.submit(&job_body(
+            ws.path(),
+            &[
+                &probe().to_string_lossy(),
+                "ignore-term",
+                &format!("{token}{i}"),
+            ],
+        ));
+        ids.push(
+            job.until("started").expect("started")["job_id"]
+                .as_str()
+                .expect("id")
+                .to_string(),
+        );
+        job.until("stdout").expect("ready");
+        streams.push(job);
+    }
+    let old_pid = first.pid();
+    nix_kill(old_pid, libc::SIGKILL).expect("kill -9 the daemon");
+    first.child.wait().expect("reap");
+    // The same socket path, now stale, and the same audit log.
+    let dir = std::mem::replace(&mut first.dir, tempfile::tempdir().expect("tempdir"));
+    let (socket, audit) = (first.socket.clone(), first.audit.clone());
+    let second = Daemon::start_at(dir, socket, audit, &[]);
+    // It answers: by now the old jobs' processes and cgroups must be gone.
+    assert_eq!(second.request("GET", "/v1/health", None).status, 200);
+    assert!(
+        host_pids_named(&token).is_empty(),
+        "jail processes survived the crash"
+    );
+    for id in &ids {
+        assert_no_leftovers(id);
+    }
+    let prefix = format!("toolbox-{old_pid}-");
+    let leftovers = find_named(std::path::Path::new("/sys/fs/cgroup"), &prefix, 8);
+    assert!(leftovers.is_empty(), "stale cgroups: {leftovers:?}");
+    drop(streams);
+}
+
+fn find_named(dir: &std::path::Path, prefix: &str, depth: usize) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            continue;
+        }
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            found.push(entry.path());
+        } else if depth > 0 {
+            found.extend(find_named(&entry.path(), prefix, depth - 1));
+        }
+    }
+    found
+}
+
+#[test]
+fn peers_off_the_allowlist_are_refused_and_allowed_ones_run_as_themselves() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let id_job = |daemon: &Daemon| {
+        Run::command(ws.path(), &["id", "-u"])
+            .opt("--socket")
+            .opt(&daemon.socket.to_string_lossy())
+            .as_uid(TOOL_UID)
+    };
+    let refusing = Daemon::start(&[]);
+    open_dir(&refusing);
+    // Let anyone reach the socket file: the allowlist must still hold them off.
+    std::fs::set_permissions(
+        &refusing.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .expect("chmod");
+    let job = id_job(&refusing).run_remote();
+    assert_eq!(job.code, 125, "{job:?}");
+    assert!(
+        job.stderr.contains("may not use this daemon"),
+        "{}",
+        job.stderr
+    );
+
+    let allowing = Daemon::start(&["--allow-uid", &TOOL_UID.to_string()]);
+    open_dir(&allowing);
+    std::fs::set_permissions(
+        &allowing.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .expect("chmod");
+    let job = id_job(&allowing).run_remote();
+    assert_eq!(job.code, 0, "{job:?}");
+    assert_eq!(job.stdout_text().trim(), TOOL_UID.to_string());
+    let audit = allowing.audit_lines();
+    assert_eq!(audit[0]["peer"]["uid"], TOOL_UID);
+    assert_eq!(audit[0]["uid"], TOOL_UID);
+}
+
+/// Let other users reach the daemon's socket path (its temporary directory is 0700).
+fn open_dir(daemon: &Daemon) {
+    std::fs::set_permissions(
+        daemon.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+}
+
+#[test]
+fn socket_activation_uses_the_inherited_listener() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("activated.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+    let child = toolbox_tests::daemon::spawn_activated(&listener, &dir.path().join("daemon.log"));
+    drop(listener);
+    let mut daemon = toolbox_tests::daemon::Activated { child };
+    let ws = workspace();
+    let answer = request(&socket, "GET", "/v1/health", "application/json", None);
+    assert_eq!(answer.status, 200);
+    let mut job = toolbox_tests::daemon::request_stream(
+        &socket,
+        &job_body(ws.path(), &["echo", "activated"]),
+    );
+    job.read_to_end();
+    assert_eq!(job.output("stdout"), b"activated\n");
+    daemon.stop();
+    // Under activation the socket belongs to systemd: the daemon leaves it in place.
+    assert!(socket.exists());
+}
+
+#[test]
+fn toolbox_run_through_the_daemon_matches_run_local() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    let socket = daemon.socket.to_string_lossy().into_owned();
+    for (argv, code) in [
+        (vec!["sh", "-c", "echo out; echo err >&2; exit 3"], 3),
+        (vec!["sh", "-c", "kill -KILL $$"], 137),
+        (vec!["/nonexistent/cmd"], 127),
+    ] {
+        let remote = Run::command(ws.path(), &argv)
+            .opts(&["--socket", &socket])
+            .run_remote();
+        let local = Run::command(ws.path(), &argv).run();
+        assert_eq!(remote.code, code, "{argv:?} remote: {remote:?}");
+        assert_eq!(local.code, code, "{argv:?} local: {local:?}");
+        assert_eq!(remote.stdout, local.stdout, "{argv:?}");
+    }
+    let listed = std::process::Command::new(toolbox())
+        .args(["ps", "--socket", &socket])
+        .output()
+        .expect("toolbox ps");
+    assert!(listed.status.success());
+    assert!(String::from_utf8_lossy(&listed.stdout).starts_with("JOB"));
+}
