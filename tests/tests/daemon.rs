@@ -618,3 +618,55 @@ fn toolbox_run_through_the_daemon_matches_run_local() {
     assert!(listed.status.success());
     assert!(String::from_utf8_lossy(&listed.stdout).starts_with("JOB"));
 }
+
+#[test]
+fn the_systemd_units_verify() {
+    let Ok(analyze) = which("systemd-analyze") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "systemd-analyze is missing and CI=true: install systemd"
+        );
+        eprintln!("\n!!! SKIPPED: systemd-analyze is not installed !!!\n");
+        return;
+    };
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for unit in ["toolbox.service", "toolbox.socket"] {
+        let text = std::fs::read_to_string(units.join(unit)).expect("unit");
+        assert!(text.contains("/usr/local/bin/toolbox") || unit.ends_with(".socket"));
+        // Point ExecStart at the binary under test: verify checks that it exists.
+        let text = text.replace("/usr/local/bin/toolbox", &toolbox().to_string_lossy());
+        std::fs::write(dir.path().join(unit), text).expect("write");
+    }
+    let service = std::fs::read_to_string(units.join("toolbox.service")).expect("unit");
+    for needed in ["Type=notify", "Delegate=yes", "KillMode=mixed"] {
+        assert!(service.contains(needed), "toolbox.service lacks {needed}");
+    }
+    let out = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(dir.path().join("toolbox.socket"))
+        .arg(dir.path().join("toolbox.service"))
+        .output()
+        .expect("systemd-analyze");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify: {stderr}");
+    // Documentation= points at a file that exists only once installed; anything else is
+    // a real complaint.
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains("Documentation"))
+        .collect();
+    assert!(
+        complaints.is_empty(),
+        "systemd-analyze verify complains: {complaints:?}"
+    );
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
