@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Spawn latency and output throughput of `toolbox run`, against baselines measured in the
-# same run: bare /bin/true and bubblewrap (spawn), a bare pipe (1 GiB flood).
+# Spawn latency and output throughput of `toolbox run`, and the daemon's throughput, latency
+# and memory, each against baselines measured in the same run: bare /bin/true and
+# bubblewrap (spawn), a bare pipe (1 GiB flood), bubblewrap 8 at a time (500 jobs through
+# `toolbox serve` at concurrency 8), `toolbox run --local` (one job through the socket).
 #
 #   scripts/bench-spawn.sh            # 5 rounds of 100 interleaved runs each
 #   scripts/bench-spawn.sh 300        # 5 rounds of 300

@@ -6,7 +6,11 @@
 //! - `flood`: 1 GiB of output through `toolbox run` (capped at 1 MiB) against a bare pipe
 //!   (`head -c 1G /dev/zero | cat`); the throughput ratio and toolbox's peak RSS.
 //!
-//! Usage: spawn-bench spawn|flood|all [--runs N] [--rounds N] [--toolbox PATH]
+//! - `daemon`: `toolbox serve` — 500 `/bin/true` jobs at concurrency 8 against 500
+//!   bubblewrap runs 8 at a time (jobs/s, ratio); one job's latency through the socket
+//!   against `toolbox run --local`; the daemon's RSS idle and under 8 concurrent 1 GiB floods.
+//!
+//! Usage: spawn-bench spawn|flood|daemon|all [--runs N] [--rounds N] [--toolbox PATH]
 //!
 //! `spawn` runs `--rounds` rounds of `--runs` interleaved runs each and reports every
 //! round's ratio and their median: on a shared VM the machine's state drifts over minutes,
@@ -56,11 +60,13 @@ fn main() {
     match mode.as_str() {
         "spawn" => spawn(&options),
         "flood" => flood(&options),
+        "daemon" => daemon(&options),
         "all" => {
             spawn(&options);
             flood(&options);
+            daemon(&options);
         }
-        other => panic!("unknown mode {other} (spawn, flood or all)"),
+        other => panic!("unknown mode {other} (spawn, flood, daemon or all)"),
     }
 }
 
@@ -336,5 +342,179 @@ fn flood(options: &Options) {
         "  toolbox peak RSS: {:.1} MiB  (target: under 32 MiB)",
         peak as f64 / 1024.0
     );
+    let _ = std::fs::remove_dir(&ws);
+}
+
+/// A `toolbox serve` of the benchmark's own, on a temporary socket.
+struct Daemon {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(toolbox: &Path) -> Daemon {
+        let socket =
+            std::env::temp_dir().join(format!("toolbox-bench-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let child = Command::new(toolbox)
+            .args(["serve", "--socket"])
+            .arg(&socket)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start toolbox serve");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "the daemon did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Daemon { child, socket }
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill with our own child's pid and a signal number.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// Post one job and read its stream to the end; panics unless it exited 0.
+fn daemon_job(socket: &Path, body: &str) -> Duration {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    let request = format!(
+        "POST /v1/jobs HTTP/1.1\r\nHost: toolbox\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read");
+    let elapsed = start.elapsed();
+    let text = String::from_utf8_lossy(&response);
+    assert!(
+        text.contains("\"type\":\"exit\"") && text.contains("\"exit_code\":0"),
+        "job failed: {text}"
+    );
+    elapsed
+}
+
+/// `count` runs of `job`, `parallel` at a time; jobs per second.
+fn throughput(count: usize, parallel: usize, job: impl Fn() + Sync) -> f64 {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| {
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
+                    job();
+                }
+            });
+        }
+    });
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+fn daemon(options: &Options) {
+    let ws = workspace();
+    let daemon = Daemon::start(&options.toolbox);
+    std::thread::sleep(Duration::from_millis(200));
+    let idle_kib = daemon.status_kib("VmRSS:");
+    let body = format!(r#"{{"argv":["/bin/true"],"cwd":"{}"}}"#, ws.display());
+    let bwrap = bwrap_argv(&ws);
+    for _ in 0..20 {
+        daemon_job(&daemon.socket, &body);
+    }
+
+    let jobs = 500;
+    println!("\ndaemon throughput: {jobs} /bin/true jobs, 8 at a time, 3 interleaved rounds");
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 1..=3 {
+        let daemon_rate = throughput(jobs, 8, || {
+            daemon_job(&daemon.socket, &body);
+        });
+        ours.push(daemon_rate);
+        let line = match &bwrap {
+            Some(argv) => {
+                let rate = throughput(jobs, 8, || {
+                    run_once(argv);
+                });
+                theirs.push(rate);
+                format!(
+                    "bubblewrap {rate:.0} jobs/s; ratio {:.2}",
+                    daemon_rate / rate
+                )
+            }
+            None => "no bubblewrap baseline".into(),
+        };
+        println!("  round {round}: toolbox serve {daemon_rate:.0} jobs/s, {line}");
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    if !theirs.is_empty() {
+        let (a, b) = (median(&mut ours), median(&mut theirs));
+        println!(
+            "  median: toolbox serve {a:.0} jobs/s, bubblewrap -P8 {b:.0} jobs/s; ratio {:.2} (above 1: the daemon is faster)",
+            a / b
+        );
+    }
+
+    let toolbox = options.toolbox.to_string_lossy().into_owned();
+    let ws_str = ws.to_string_lossy().into_owned();
+    let local: Vec<String> = [&toolbox, "run", "--local", "-C", &ws_str, "--", "/bin/true"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let (mut socket_times, mut local_times) = (Vec::new(), Vec::new());
+    for _ in 0..options.runs.max(100) {
+        socket_times.push(daemon_job(&daemon.socket, &body));
+        local_times.push(run_once(&local));
+    }
+    println!(
+        "\none /bin/true job, {} interleaved runs each:",
+        socket_times.len()
+    );
+    println!(
+        "  through the socket:   median {:.2} ms, p99 {:.2} ms",
+        percentile(&socket_times, 0.5),
+        percentile(&socket_times, 0.99)
+    );
+    println!(
+        "  toolbox run --local:  median {:.2} ms, p99 {:.2} ms",
+        percentile(&local_times, 0.5),
+        percentile(&local_times, 0.99)
+    );
+
+    let flood = format!(
+        r#"{{"argv":["head","-c","1G","/dev/zero"],"cwd":"{}","limits":{{"output":"1M"}}}}"#,
+        ws.display()
+    );
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| daemon_job(&daemon.socket, &flood));
+        }
+    });
+    let floods = start.elapsed();
+    println!(
+        "\ndaemon RSS: idle {:.1} MiB; peak {:.1} MiB after 8 concurrent 1 GiB floods ({:.1} s; target: under 64 MiB)",
+        idle_kib as f64 / 1024.0,
+        daemon.status_kib("VmHWM:") as f64 / 1024.0,
+        floods.as_secs_f64()
+    );
+    drop(daemon);
     let _ = std::fs::remove_dir(&ws);
 }
