@@ -101,14 +101,30 @@ async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow
     let tell_queue = std::io::stderr().is_terminal();
     let mut pending = Vec::new();
     let mut job_id: Option<String> = None;
-    let mut cancel_sent = false;
+    // The signal that made us cancel: the exit status says so, as in-process.
+    let mut cancelled_by: Option<i32> = None;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let frame = tokio::select! {
             frame = body.frame() => frame,
-            _ = int.recv(), if !cancel_sent => { cancel_sent = true; cancel(socket, job_id.as_deref()).await; continue }
-            _ = term.recv(), if !cancel_sent => { cancel_sent = true; cancel(socket, job_id.as_deref()).await; continue }
+            _ = int.recv(), if cancelled_by.is_none() => {
+                cancelled_by = Some(libc::SIGINT);
+                if job_id.is_none() {
+                    // Before the daemon named the job: closing the connection cancels it.
+                    return Ok(exit::SIGNAL_BASE + libc::SIGINT);
+                }
+                cancel(socket, job_id.as_deref()).await;
+                continue
+            }
+            _ = term.recv(), if cancelled_by.is_none() => {
+                cancelled_by = Some(libc::SIGTERM);
+                if job_id.is_none() {
+                    return Ok(exit::SIGNAL_BASE + libc::SIGTERM);
+                }
+                cancel(socket, job_id.as_deref()).await;
+                continue
+            }
         };
         let Some(frame) = frame else {
             anyhow::bail!("the daemon closed the stream before the job's result");
@@ -192,7 +208,7 @@ async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow
                     if json {
                         let mut record = event.clone();
                         if let Some(object) = record.as_object_mut() {
-                            object.remove("type");
+                            object.shift_remove("type");
                         }
                         eprintln!("{record}");
                     }
@@ -200,7 +216,12 @@ async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow
                         .get("exit_code")
                         .and_then(|c| c.as_i64())
                         .unwrap_or(exit::TOOLBOX_FAILED as i64);
-                    return Ok(code as i32);
+                    return Ok(match cancelled_by {
+                        Some(signal) if event["status"] == "cancelled" => {
+                            exit::SIGNAL_BASE + signal
+                        }
+                        _ => code as i32,
+                    });
                 }
                 _ => {}
             }
@@ -210,6 +231,7 @@ async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow
 
 async fn cancel(socket: &Path, job_id: Option<&str>) {
     let Some(id) = job_id else {
+        // Not started yet, so no id: hanging up cancels it (see run_inner).
         return;
     };
     if let Err(err) = request(socket, "DELETE", &format!("/v1/jobs/{id}"), None).await {

@@ -287,14 +287,42 @@ pub fn async_readable(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<O
 }
 
 /// Take ownership of an inherited descriptor (socket activation hands us fd 3 on), checking
-/// first that it is open.
-pub fn take_fd(fd: RawFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: F_GETFD only reads the descriptor's flags; it fails with EBADF if not open.
-    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-        return Err(std::io::Error::last_os_error());
+/// first that it is a listening Unix stream socket.
+pub fn take_listening_unix_socket(fd: RawFd) -> std::io::Result<OwnedFd> {
+    let invalid = |what: &str| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("fd {fd} {what}"))
+    };
+    let int_option = |level: libc::c_int, name: libc::c_int| -> std::io::Result<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: an int-sized buffer and its length; the kernel fails with EBADF or
+        // ENOTSOCK for anything that is not an open socket.
+        let ret = unsafe {
+            libc::getsockopt(
+                fd,
+                level,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if ret < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(value)
+        }
+    };
+    if int_option(libc::SOL_SOCKET, libc::SO_DOMAIN)? != libc::AF_UNIX {
+        return Err(invalid("is not a Unix socket"));
     }
-    // SAFETY: the descriptor is open, and nothing else in this process owns it: it was
-    // inherited, and the caller takes it exactly once.
+    if int_option(libc::SOL_SOCKET, libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err(invalid("is not a stream socket"));
+    }
+    if int_option(libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? == 0 {
+        return Err(invalid("is not listening"));
+    }
+    // SAFETY: the descriptor is an open socket, and nothing else in this process owns it: it
+    // was inherited, nothing has opened a descriptor yet, and the caller takes it once.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     nix::fcntl::fcntl(
         &owned,

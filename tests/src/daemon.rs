@@ -445,7 +445,7 @@ pub fn spawn_activated(listener: &std::os::unix::net::UnixListener, log: &Path) 
     // The shell's pid is the daemon's after exec.
     command
         .arg("-c")
-        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" serve --socket /nonexistent/never-bound.sock")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" serve --socket /proc/never-bound.sock")
         .arg(toolbox())
         .stdin(Stdio::null())
         .stderr(std::fs::File::create(log).expect("log"));
@@ -453,10 +453,17 @@ pub fn spawn_activated(listener: &std::os::unix::net::UnixListener, log: &Path) 
     // close-on-exec, which is how systemd hands sockets over.
     unsafe {
         command.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
+            // dup2 onto itself keeps close-on-exec: clear it instead.
+            let ok = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(fd, 3) == 3
+            };
+            if ok {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
             }
-            Ok(())
         });
     }
     command.spawn().expect("spawn the activated daemon")

@@ -263,6 +263,15 @@ impl<'a> Run<'a> {
         (finish(output), max_rss_kib)
     }
 
+    /// Start through a daemon (give `--socket` with [`Run::opts`]) without waiting.
+    pub fn spawn_remote(&self) -> std::process::Child {
+        self.command_line_for(false)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn toolbox")
+    }
+
     /// Start without waiting.
     pub fn spawn(&self) -> std::process::Child {
         self.command_line()

@@ -577,6 +577,14 @@ fn socket_activation_uses_the_inherited_listener() {
     drop(listener);
     let mut daemon = toolbox_tests::daemon::Activated { child };
     let ws = workspace();
+    let log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        }),
+        "the activated daemon is not answering; its log:\n{}",
+        log()
+    );
     let answer = request(&socket, "GET", "/v1/health", "application/json", None);
     assert_eq!(answer.status, 200);
     let mut job = toolbox_tests::daemon::request_stream(
@@ -669,4 +677,68 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .map(|dir| dir.join(name))
         .find(|p| p.is_file())
         .ok_or(())
+}
+
+#[test]
+fn ctrl_c_on_toolbox_run_cancels_the_job_in_the_daemon() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    let token = token("ctrlc");
+    let socket = daemon.socket.to_string_lossy().into_owned();
+    let client = Run::probe(ws.path(), &["ignore-term", &token])
+        .opts(&["--socket", &socket])
+        .spawn_remote();
+    assert!(
+        wait_for(Duration::from_secs(10), || !host_pids_named(&token)
+            .is_empty()),
+        "the job did not start"
+    );
+    nix_kill(client.id() as i32, libc::SIGINT).expect("Ctrl-C");
+    let job = toolbox_tests::finish(client.wait_with_output().expect("wait"));
+    assert_eq!(job.code, 130, "{job:?}");
+    assert_eq!(job.record.as_ref().expect("record")["status"], "cancelled");
+    assert!(
+        host_pids_named(&token).is_empty(),
+        "the job outlived the cancel"
+    );
+}
+
+#[test]
+fn sigterm_drains_then_cancels_and_leaves_nothing() {
+    if !require_root() {
+        return;
+    }
+    let mut daemon = Daemon::start(&["--drain", "1s"]);
+    let ws = workspace();
+    let token = token("drain");
+    let mut short = daemon.submit(&job_body(
+        ws.path(),
+        &["sh", "-c", "sleep 0.3; echo finished"],
+    ));
+    short.until("started").expect("started");
+    let mut long = daemon.submit(&job_body(
+        ws.path(),
+        &[&probe().to_string_lossy(), "ignore-term", &token],
+    ));
+    let long_id = long.until("started").expect("started")["job_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let started = Instant::now();
+    let status = daemon.stop();
+    assert!(status.success(), "the daemon exited with {status}");
+    // The short job finished within the drain; the long one was cancelled after it, and the
+    // daemon waited for its grace and kill before exiting.
+    short.read_to_end();
+    assert_eq!(short.output("stdout"), b"finished\n");
+    long.read_to_end();
+    assert_eq!(long.exit()["status"], "cancelled");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(host_pids_named(&token).is_empty());
+    assert_no_leftovers(&long_id);
+    assert!(!daemon.socket.exists(), "the socket was left behind");
+    assert_eq!(daemon.audit_lines().len(), 2);
 }

@@ -98,6 +98,10 @@ struct Daemon {
     cancel_all: watch::Sender<bool>,
     live_jobs: AtomicUsize,
     all_done: Notify,
+    /// Flips to true when the daemon stops: connections finish what they serve, then close.
+    closing: watch::Sender<bool>,
+    live_connections: AtomicUsize,
+    connections_done: Notify,
 }
 
 impl Daemon {
@@ -148,15 +152,20 @@ impl Daemon {
 
 /// Run the daemon until SIGTERM or SIGINT.
 pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    // Before anything else opens a descriptor: an inherited listener is fd 3.
+    let inherited = inherited_listener()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("toolbox-serve")
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(serve_async(options))
+    runtime.block_on(serve_async(options, inherited))
 }
 
-async fn serve_async(options: ServeOptions) -> anyhow::Result<()> {
+async fn serve_async(
+    options: ServeOptions,
+    inherited: Option<std::os::unix::net::UnixListener>,
+) -> anyhow::Result<()> {
     let engine = Engine::new()?;
     engine
         .cgroups()
@@ -168,7 +177,13 @@ async fn serve_async(options: ServeOptions) -> anyhow::Result<()> {
         Some(name) => Some(group_id(name)?),
         None => None,
     };
-    let (listener, activated) = listen(&options.socket, group)?;
+    let (listener, activated) = match inherited {
+        Some(listener) => {
+            listener.set_nonblocking(true)?;
+            (UnixListener::from_std(listener)?, true)
+        }
+        None => (listen(&options.socket, group)?, false),
+    };
     let audit = match &options.audit_log {
         Some(path) => Some(audit::AuditLog::open(path)?),
         None => None,
@@ -176,6 +191,7 @@ async fn serve_async(options: ServeOptions) -> anyhow::Result<()> {
     let mut allow_gids = options.allow_gids.clone();
     allow_gids.extend(group);
     let (cancel_all, _) = watch::channel(false);
+    let (closing, _) = watch::channel(false);
     let daemon = Arc::new(Daemon {
         engine,
         slots: Slots::new(options.max_jobs, options.max_queue),
@@ -188,6 +204,9 @@ async fn serve_async(options: ServeOptions) -> anyhow::Result<()> {
         cancel_all,
         live_jobs: AtomicUsize::new(0),
         all_done: Notify::new(),
+        closing,
+        live_connections: AtomicUsize::new(0),
+        connections_done: Notify::new(),
     });
     info!(
         socket = %options.socket.display(),
@@ -203,8 +222,14 @@ async fn serve_async(options: ServeOptions) -> anyhow::Result<()> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    daemon.live_connections.fetch_add(1, Ordering::SeqCst);
                     let daemon = daemon.clone();
-                    tokio::spawn(connection(daemon, stream));
+                    tokio::spawn(async move {
+                        connection(daemon.clone(), stream).await;
+                        if daemon.live_connections.fetch_sub(1, Ordering::SeqCst) == 1 {
+                            daemon.connections_done.notify_waiters();
+                        }
+                    });
                 }
                 Err(err) => {
                     // EMFILE and friends: back off rather than spin.
@@ -222,6 +247,8 @@ async fn serve_async(options: ServeOptions) -> anyhow::Result<()> {
     if !activated {
         let _ = std::fs::remove_file(&options.socket);
     }
+    // Idle connections close now; those streaming a job keep going until its exit event.
+    daemon.closing.send_replace(true);
     // Running jobs get the drain time to finish; then everything left is cancelled.
     let drained = wait_for_jobs(&daemon, options.drain).await;
     if !drained {
@@ -229,30 +256,38 @@ async fn serve_async(options: ServeOptions) -> anyhow::Result<()> {
         daemon.cancel_all.send_replace(true);
         wait_for_jobs(&daemon, Duration::from_secs(30)).await;
     }
+    // Let the last exit events reach their clients.
+    wait_until_zero(
+        &daemon.live_connections,
+        &daemon.connections_done,
+        Duration::from_secs(5),
+    )
+    .await;
     info!("stopped");
     Ok(())
 }
 
 async fn wait_for_jobs(daemon: &Daemon, limit: Duration) -> bool {
+    wait_until_zero(&daemon.live_jobs, &daemon.all_done, limit).await
+}
+
+/// Wait until `count` is zero (`done` is notified when it gets there), at most `limit`.
+async fn wait_until_zero(count: &AtomicUsize, done: &Notify, limit: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let notified = daemon.all_done.notified();
-        if daemon.live_jobs.load(Ordering::SeqCst) == 0 {
+        let notified = done.notified();
+        if count.load(Ordering::SeqCst) == 0 {
             return true;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return daemon.live_jobs.load(Ordering::SeqCst) == 0;
+            return count.load(Ordering::SeqCst) == 0;
         }
     }
 }
 
-/// The listening socket: inherited from systemd (LISTEN_FDS), or bound at `path` with mode
-/// 0660 and `group`. A stale socket file from a dead daemon is replaced; a live daemon's is
-/// not.
-fn listen(path: &Path, group: Option<u32>) -> anyhow::Result<(UnixListener, bool)> {
-    if let Some(listener) = inherited_listener()? {
-        return Ok((listener, true));
-    }
+/// The listening socket bound at `path` with mode 0660 and `group`. A stale socket file from
+/// a dead daemon is replaced; a live daemon's is not.
+fn listen(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!(
@@ -274,11 +309,12 @@ fn listen(path: &Path, group: Option<u32>) -> anyhow::Result<(UnixListener, bool
         nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
             .with_context(|| format!("chgrp {}", path.display()))?;
     }
-    Ok((listener, false))
+    Ok(listener)
 }
 
-/// The first socket systemd passed (socket activation), if it passed one to us.
-fn inherited_listener() -> anyhow::Result<Option<UnixListener>> {
+/// The first socket systemd passed (socket activation), if it passed one to us: fd 3, a
+/// listening Unix stream socket (checked, so a stray descriptor is never taken for it).
+fn inherited_listener() -> anyhow::Result<Option<std::os::unix::net::UnixListener>> {
     let for_us = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|pid| pid.parse::<u32>().ok())
@@ -293,10 +329,9 @@ fn inherited_listener() -> anyhow::Result<Option<UnixListener>> {
     std::env::remove_var("LISTEN_PID");
     std::env::remove_var("LISTEN_FDS");
     std::env::remove_var("LISTEN_FDNAMES");
-    let fd = crate::sys::take_fd(3).context("LISTEN_FDS names fd 3, which is not open")?;
-    let listener = std::os::unix::net::UnixListener::from(fd);
-    listener.set_nonblocking(true)?;
-    Ok(Some(UnixListener::from_std(listener)?))
+    let fd = crate::sys::take_listening_unix_socket(3)
+        .context("socket activation: LISTEN_FDS says fd 3 is our socket")?;
+    Ok(Some(std::os::unix::net::UnixListener::from(fd)))
 }
 
 /// Tell systemd (Type=notify) how we are doing; nothing when not under systemd.
@@ -367,6 +402,7 @@ async fn connection(daemon: Arc<Daemon>, stream: UnixStream) {
             return;
         }
     };
+    let daemon_closing = daemon.closing.clone();
     let allowed = daemon.allowed(&peer);
     if !allowed {
         warn!(
@@ -399,11 +435,21 @@ async fn connection(daemon: Arc<Daemon>, stream: UnixStream) {
             Ok::<_, Infallible>(response)
         }
     });
-    let served = hyper::server::conn::http1::Builder::new()
+    let mut closing = daemon_closing.subscribe();
+    let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEAD_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service)
-        .await;
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = async { let _ = closing.wait_for(|closing| *closing).await; } => {
+            // Finish the response in flight (a job's stream runs to its exit event), take
+            // no further request.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
     if let Err(err) = served {
         tracing::debug!("connection ended: {err}");
     }
