@@ -31,11 +31,33 @@ impl Daemon {
         Daemon::start_at(dir, socket, audit, options)
     }
 
+    /// The same, with these variables in the daemon's environment.
+    pub fn start_with_env(options: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("toolbox-daemon-")
+            .tempdir()
+            .expect("tempdir");
+        let socket = dir.path().join("toolbox.sock");
+        let audit = dir.path().join("audit.jsonl");
+        Daemon::spawn(dir, socket, audit, options, env)
+    }
+
+    /// Start at a given socket and audit log (a restart over a crashed daemon's).
     pub fn start_at(
         dir: tempfile::TempDir,
         socket: PathBuf,
         audit: PathBuf,
         options: &[&str],
+    ) -> Daemon {
+        Daemon::spawn(dir, socket, audit, options, &[])
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        audit: PathBuf,
+        options: &[&str],
+        env: &[(&str, &str)],
     ) -> Daemon {
         let child = Command::new(toolbox())
             .arg("serve")
@@ -45,6 +67,7 @@ impl Daemon {
             .arg(&audit)
             .args(options)
             .env("TOOLBOX_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("daemon.log")).expect("log file"))
             .spawn()

@@ -64,6 +64,19 @@ fn fifty_clients_at_once_never_more_than_eight_running() {
         "queued clients should hear their positions: {saw_positions:?}"
     );
     assert_eq!(daemon.audit_lines().len(), 50);
+    let metrics = String::from_utf8(daemon.request("GET", "/metrics", None).body).expect("text");
+    for line in [
+        "toolbox_jobs_total{status=\"exited\"} 50",
+        "toolbox_jobs_running 0",
+        "toolbox_jobs_queued 0",
+        "toolbox_queue_wait_seconds_count 50",
+        "toolbox_job_duration_seconds_count 50",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
 }
 
 fn max_overlap(spans: &[(u128, u128)]) -> usize {
@@ -117,6 +130,50 @@ fn a_full_queue_refuses_at_once_and_disturbs_nothing() {
     queued.read_to_end();
     assert_eq!(queued.output("stdout"), b"second\n");
     assert_eq!(queued.exit()["status"], "exited");
+}
+
+#[test]
+fn time_in_the_queue_does_not_count_against_the_timeout() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&["--max-jobs", "1"]);
+    let ws = workspace();
+    let mut first = daemon.submit(&job_body(ws.path(), &["sleep", "1.5"]));
+    first.until("started").expect("started");
+    let mut second = daemon.submit(&json!({
+        "argv": ["sh", "-c", "sleep 0.3; echo in time"],
+        "cwd": ws.path(),
+        "limits": { "timeout": "1s" },
+    }));
+    second.until("queued").expect("queued");
+    second.read_to_end();
+    // It waited ~1.5 s for its slot, longer than its 1 s timeout, and still ran to its end.
+    let exit = second.exit();
+    assert_eq!(exit["status"], "exited", "{exit}");
+    assert_eq!(second.output("stdout"), b"in time\n");
+    first.read_to_end();
+}
+
+#[test]
+fn systemd_hears_ready_and_stopping() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut daemon =
+        Daemon::start_with_env(&[], &[("NOTIFY_SOCKET", &notify_path.to_string_lossy())]);
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(daemon.stop().success());
+    let n = notify.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
 }
 
 #[test]
