@@ -106,6 +106,7 @@ pub struct RawLimits {
     pub cpus: f64,
     pub pids: u32,
     pub output: Size,
+    pub stdin: Size,
     pub file_size: Size,
     pub open_files: u64,
 }
@@ -162,6 +163,8 @@ pub struct Limits {
     pub pids: u32,
     /// Output cap per stream, in bytes.
     pub output: u64,
+    /// The most a request over the socket may send as the tool's stdin, in bytes.
+    pub stdin: u64,
     pub file_size: u64,
     pub open_files: u64,
 }
@@ -233,6 +236,7 @@ impl Policy {
             cpus: raw.limits.cpus,
             pids: raw.limits.pids,
             output: raw.limits.output.0,
+            stdin: raw.limits.stdin.0,
             file_size: raw.limits.file_size.0,
             open_files: raw.limits.open_files,
         };
@@ -349,6 +353,9 @@ impl Limits {
                 "output",
                 format!("{} bytes must be between 1K and 1G", self.output),
             ));
+        }
+        if self.stdin > OUTPUT_MAX {
+            return Err(("stdin", format!("{} bytes must be at most 1G", self.stdin)));
         }
         if self.file_size == 0 {
             return Err(("file_size", "must be above 0".into()));

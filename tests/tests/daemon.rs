@@ -391,6 +391,13 @@ fn every_malformed_request_gets_its_4xx_and_the_daemon_carries_on() {
             .as_str()
             .is_some_and(|m| !m.is_empty()));
     }
+    let over_policy = format!(
+        r#"{{"argv":["cat"],"cwd":"{cwd}","stdin":"{}"}}"#,
+        "x".repeat(300 << 10)
+    );
+    let answer = post(&over_policy);
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.error_field().as_deref(), Some("stdin"));
     let too_big = format!(
         r#"{{"argv":["ls"],"cwd":"{cwd}","stdin":"{}"}}"#,
         "x".repeat(2 << 20)
@@ -411,6 +418,10 @@ fn every_malformed_request_gets_its_4xx_and_the_daemon_carries_on() {
         "ok"
     );
 
+    // A request within bounds gets its stdin, bytes intact.
+    let echoed =
+        daemon.job(&json!({"argv": ["cat"], "cwd": ws.path(), "stdin_base64": "aGkA/w=="}));
+    assert_eq!(echoed.output("stdout"), b"hi\0\xff");
     // Still serving, and the bystander never noticed.
     let next = daemon.job(&job_body(ws.path(), &["echo", "next"]));
     assert_eq!(next.output("stdout"), b"next\n");
@@ -798,4 +809,28 @@ fn sigterm_drains_then_cancels_and_leaves_nothing() {
     assert_no_leftovers(&long_id);
     assert!(!daemon.socket.exists(), "the socket was left behind");
     assert_eq!(daemon.audit_lines().len(), 2);
+}
+
+#[test]
+fn a_client_that_never_finishes_its_request_head_is_cut_off() {
+    if !require_root() {
+        return;
+    }
+    use std::io::{Read, Write};
+    let daemon = Daemon::start(&[]);
+    let mut stream = std::os::unix::net::UnixStream::connect(&daemon.socket).expect("connect");
+    stream.write_all(b"GET /v1/hea").expect("half a head");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(20),
+        "the daemon kept a silent connection open for {waited:?}"
+    );
+    // And it still serves everyone else.
+    assert_eq!(daemon.request("GET", "/v1/health", None).status, 200);
 }

@@ -645,7 +645,7 @@ async fn submit(
     let policy_name = api::policy_name(body.policy.as_deref())?.to_string();
     let policy = daemon.load_policy(&policy_name)?;
     let job_id = job::new_job_id();
-    let stdin_cap = policy.limits.output.min(BODY_LIMIT as u64);
+    let stdin_cap = policy.limits.stdin;
     let (request, stdin) = api::to_request(body, &peer, &policy, &job_id, stdin_cap)?;
     let caller = Caller {
         env: BTreeMap::new(),
