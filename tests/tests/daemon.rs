@@ -619,6 +619,24 @@ fn peers_off_the_allowlist_are_refused_and_allowed_ones_run_as_themselves() {
     let job = id_job(&allowing).run_remote();
     assert_eq!(job.code, 0, "{job:?}");
     assert_eq!(job.stdout_text().trim(), TOOL_UID.to_string());
+    // The daemon is root, but lends none of that: a workspace the peer cannot reach itself
+    // (inside a root-only directory) is refused, though the daemon could reach it.
+    let locked = tempfile::tempdir().expect("tempdir");
+    let inside = locked.path().join("inside");
+    std::fs::create_dir(&inside).expect("mkdir");
+    std::os::unix::fs::chown(&inside, Some(TOOL_UID), Some(TOOL_UID)).expect("chown");
+    std::fs::set_permissions(
+        locked.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod");
+    let job = Run::command(&inside, &["true"])
+        .opt("--socket")
+        .opt(&allowing.socket.to_string_lossy())
+        .as_uid(TOOL_UID)
+        .run_remote();
+    assert_eq!(job.code, 125, "{job:?}");
+    assert!(job.stderr.contains("cwd"), "{}", job.stderr);
     let audit = allowing.audit_lines();
     assert_eq!(audit[0]["peer"]["uid"], TOOL_UID);
     assert_eq!(audit[0]["uid"], TOOL_UID);
