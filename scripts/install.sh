@@ -22,8 +22,8 @@ bin="target/x86_64-unknown-linux-gnu/release"
 
 install -d -m 0755 "$dest$prefix/bin" "$dest/etc/toolbox/policies" \
     "$dest/etc/systemd/system" "$dest$prefix/share/doc/toolbox"
-# The shim sits next to toolbox, where toolbox looks for it.
-install -m 0755 "$bin/toolbox" "$bin/toolbox-shim" "$dest$prefix/bin/"
+# toolbox-serve (the daemon) and the shim sit next to toolbox, where toolbox looks for them.
+install -m 0755 "$bin/toolbox" "$bin/toolbox-serve" "$bin/toolbox-shim" "$dest$prefix/bin/"
 # Shipped policies are replaced; policies of your own (other names) are left alone.
 install -m 0644 policies/*.toml "$dest/etc/toolbox/policies/"
 install -m 0644 README.md "$dest$prefix/share/doc/toolbox/README.md"

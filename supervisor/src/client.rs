@@ -5,11 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use base64::Engine as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::daemon::DEFAULT_SOCKET;
@@ -30,31 +26,133 @@ pub fn daemon_socket(named: Option<PathBuf>) -> Option<PathBuf> {
         .then(|| default.to_path_buf())
 }
 
+/// A response: its status, and its body to read as it comes (chunked or not).
+struct Response {
+    status: u16,
+    chunked: bool,
+    /// Bytes of the body still to come when not chunked (`None`: until the end).
+    remaining: Option<u64>,
+    done: bool,
+    reader: BufReader<UnixStream>,
+}
+
+impl Response {
+    fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The next piece of the body; `None` at its end.
+    async fn next_bytes(&mut self) -> anyhow::Result<Option<Vec<u8>>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.chunked {
+            let mut size_line = String::new();
+            if self.reader.read_line(&mut size_line).await? == 0 {
+                anyhow::bail!("the daemon closed the connection mid-response");
+            }
+            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16)
+                .with_context(|| format!("bad chunk size line {size_line:?}"))?;
+            if size == 0 {
+                self.done = true;
+                return Ok(None);
+            }
+            let mut chunk = vec![0; size + 2];
+            self.reader.read_exact(&mut chunk).await?;
+            chunk.truncate(size);
+            return Ok(Some(chunk));
+        }
+        let want = self
+            .remaining
+            .map_or(64 * 1024, |n| n.min(64 * 1024) as usize);
+        if want == 0 {
+            self.done = true;
+            return Ok(None);
+        }
+        let mut buf = vec![0; want];
+        let n = self.reader.read(&mut buf).await?;
+        if n == 0 {
+            self.done = true;
+            return Ok(None);
+        }
+        buf.truncate(n);
+        if let Some(left) = self.remaining.as_mut() {
+            *left -= n as u64;
+        }
+        Ok(Some(buf))
+    }
+
+    async fn body(&mut self) -> anyhow::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        while let Some(bytes) = self.next_bytes().await? {
+            body.extend(bytes);
+        }
+        Ok(body)
+    }
+}
+
+/// One request on a connection of its own (HTTP/1.1, `Connection: close`). Plain code over
+/// the socket: the client side needs no HTTP library, and `toolbox run` stays small.
 async fn request(
     socket: &Path,
     method: &str,
     path: &str,
     body: Option<String>,
-) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
-    let stream = UnixStream::connect(socket)
+) -> anyhow::Result<Response> {
+    let mut stream = UnixStream::connect(socket)
         .await
         .with_context(|| format!("connect to the toolbox daemon at {}", socket.display()))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .context("talk to the toolbox daemon")?;
-    tokio::spawn(connection);
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, "toolbox");
-    if body.is_some() {
-        builder = builder.header(hyper::header::CONTENT_TYPE, "application/json");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: toolbox\r\nConnection: close\r\n");
+    let body = body.unwrap_or_default();
+    if !body.is_empty() {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
     }
-    let request = builder.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
-    sender
-        .send_request(request)
+    head.push_str("\r\n");
+    head.push_str(&body);
+    stream
+        .write_all(head.as_bytes())
         .await
-        .context("send the request to the toolbox daemon")
+        .context("send the request to the toolbox daemon")?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .await
+        .context("read the daemon's answer")?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .with_context(|| format!("the daemon answered {line:?}, not HTTP"))?;
+    let (mut chunked, mut remaining) = (false, None);
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).await? == 0 {
+            anyhow::bail!("the daemon closed the connection mid-header");
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case("chunked");
+            } else if name.eq_ignore_ascii_case("content-length") {
+                remaining = value.parse().ok();
+            }
+        }
+    }
+    Ok(Response {
+        status,
+        chunked,
+        remaining,
+        done: false,
+        reader,
+    })
 }
 
 /// The error message of a refusal, or the body as it came.
@@ -85,15 +183,10 @@ pub async fn run(socket: &Path, body: serde_json::Value, json: bool) -> i32 {
 }
 
 async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow::Result<i32> {
-    let response = request(socket, "POST", "/v1/jobs", Some(body.to_string())).await?;
-    let status = response.status();
-    let mut body = response.into_body();
-    if !status.is_success() {
-        let bytes = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+    let mut response = request(socket, "POST", "/v1/jobs", Some(body.to_string())).await?;
+    if !response.is_success() {
+        let status = response.status;
+        let bytes = response.body().await.unwrap_or_default();
         anyhow::bail!("the daemon refused the job ({status}): {}", refusal(&bytes));
     }
     let mut stdout = tokio::io::stdout();
@@ -105,9 +198,23 @@ async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow
     let mut cancelled_by: Option<i32> = None;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // The stream is read by a task of its own: a signal arriving mid-chunk must not cut a
+    // read short (reading is not cancel-safe; a channel receive is).
+    let (chunks, mut received) = tokio::sync::mpsc::channel(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let next = response.next_bytes().await;
+            let end = !matches!(next, Ok(Some(_)));
+            if chunks.send(next).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    // Dropped on every return: hanging up on the daemon, which cancels a job still running.
+    let _reader = AbortOnDrop(reader);
     loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
+        let bytes = tokio::select! {
+            bytes = received.recv() => bytes.unwrap_or(Ok(None)),
             _ = int.recv(), if cancelled_by.is_none() => {
                 cancelled_by = Some(libc::SIGINT);
                 if job_id.is_none() {
@@ -126,12 +233,8 @@ async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow
                 continue
             }
         };
-        let Some(frame) = frame else {
+        let Some(data) = bytes.context("read the job's stream")? else {
             anyhow::bail!("the daemon closed the stream before the job's result");
-        };
-        let frame = frame.context("read the job's stream")?;
-        let Ok(data) = frame.into_data() else {
-            continue;
         };
         pending.extend_from_slice(&data);
         while let Some(end) = pending.iter().position(|b| *b == b'\n') {
@@ -229,6 +332,14 @@ async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow
     }
 }
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn cancel(socket: &Path, job_id: Option<&str>) {
     let Some(id) = job_id else {
         // Not started yet, so no id: hanging up cancels it (see run_inner).
@@ -241,11 +352,14 @@ async fn cancel(socket: &Path, job_id: Option<&str>) {
 
 /// `toolbox ps`: the daemon's running and queued jobs, one a line.
 pub async fn ps(socket: &Path, json: bool) -> anyhow::Result<()> {
-    let response = request(socket, "GET", "/v1/jobs", None).await?;
-    let status = response.status();
-    let bytes = response.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        anyhow::bail!("the daemon refused ({status}): {}", refusal(&bytes));
+    let mut response = request(socket, "GET", "/v1/jobs", None).await?;
+    let bytes = response.body().await?;
+    if !response.is_success() {
+        anyhow::bail!(
+            "the daemon refused ({}): {}",
+            response.status,
+            refusal(&bytes)
+        );
     }
     if json {
         println!("{}", String::from_utf8_lossy(&bytes));

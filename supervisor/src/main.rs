@@ -30,8 +30,12 @@ struct Cli {
 enum Command {
     /// Run one command in a jail.
     Run(Box<RunArgs>),
-    /// The daemon: the job API over a Unix socket.
-    Serve(ServeArgs),
+    /// The daemon: the job API over a Unix socket (`toolbox serve --help` for its options).
+    #[command(disable_help_flag = true)]
+    Serve {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Running and queued jobs of the daemon.
     Ps {
         /// The daemon's socket [default: $TOOLBOX_SOCKET, else /run/toolbox/toolbox.sock].
@@ -112,40 +116,6 @@ struct RunArgs {
     command: Vec<String>,
 }
 
-#[derive(Args)]
-struct ServeArgs {
-    /// Where to listen (ignored under socket activation: systemd passes the socket).
-    #[arg(long, value_name = "PATH", default_value = toolbox::daemon::DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Jobs that run at once.
-    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    max_jobs: u16,
-    /// Jobs that may wait for a slot; past it requests are refused (429).
-    #[arg(long, value_name = "N", default_value_t = 64)]
-    max_queue: usize,
-    /// Directory of the policies requests may name [default: the usual search path].
-    #[arg(long, value_name = "DIR")]
-    policies: Option<PathBuf>,
-    /// Append one JSON line per job here.
-    #[arg(long, value_name = "PATH")]
-    audit_log: Option<PathBuf>,
-    /// Group that may use the socket (mode 0660); without it, root only.
-    #[arg(long, value_name = "NAME|GID")]
-    group: Option<String>,
-    /// Also allow this uid (repeatable).
-    #[arg(long = "allow-uid", value_name = "UID")]
-    allow_uids: Vec<u32>,
-    /// Also allow members of this gid (repeatable).
-    #[arg(long = "allow-gid", value_name = "GID")]
-    allow_gids: Vec<u32>,
-    /// On SIGTERM, how long running jobs may take to finish before they are cancelled.
-    #[arg(long, value_name = "DUR", default_value = "10s")]
-    drain: Dur,
-    /// Log format on stderr.
-    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    log_format: String,
-}
-
 fn parse_user(text: &str) -> Result<(u32, Option<u32>), String> {
     let number = |s: &str| {
         s.parse::<u32>()
@@ -171,10 +141,9 @@ fn main() -> ExitCode {
             };
         }
     };
-    let json_logs = matches!(&cli.command, Command::Serve(args) if args.log_format == "json");
-    init_logging(json_logs, matches!(cli.command, Command::Serve(_)));
+    init_logging();
     let code = match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve { args } => serve(args),
         Command::Ps { socket, json } => ps(socket, json),
         Command::Run(args) => run(*args).unwrap_or_else(|err| {
             eprintln!("toolbox: {err:#}");
@@ -186,42 +155,33 @@ fn main() -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
-/// Logs go to stderr; `TOOLBOX_LOG` filters them (default: warnings, info for the daemon).
-fn init_logging(json: bool, daemon: bool) {
-    let default = if daemon { "info" } else { "warn" };
+/// Logs go to stderr, warnings only unless `TOOLBOX_LOG` says otherwise.
+fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLBOX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+        .with_target(false)
+        .init();
 }
 
-fn serve(args: ServeArgs) -> i32 {
-    let options = toolbox::daemon::ServeOptions {
-        socket: args.socket,
-        max_jobs: usize::from(args.max_jobs),
-        max_queue: args.max_queue,
-        policies: args.policies,
-        audit_log: args.audit_log,
-        group: args.group,
-        allow_uids: args.allow_uids,
-        allow_gids: args.allow_gids,
-        drain: args.drain.0,
-    };
-    match toolbox::daemon::serve(options) {
-        Ok(()) => 0,
-        Err(err) => {
-            eprintln!("toolbox serve: {err:#}");
-            1
-        }
-    }
+/// `toolbox serve ...` is the `toolbox-serve` binary next to this one: the daemon's HTTP
+/// server stays out of the binary every `toolbox run` execs (its relocations alone cost
+/// each run some 20 page faults at start).
+fn serve(args: Vec<std::ffi::OsString>) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let daemon = std::env::var_os("TOOLBOX_SERVE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(|dir| dir.join("toolbox-serve")))
+        })
+        .unwrap_or_else(|| PathBuf::from("toolbox-serve"));
+    let err = std::process::Command::new(&daemon).args(args).exec();
+    eprintln!("toolbox serve: start {}: {err}", daemon.display());
+    exit::TOOLBOX_FAILED
 }
 
 fn ps(socket: Option<PathBuf>, json: bool) -> i32 {

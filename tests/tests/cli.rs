@@ -104,6 +104,8 @@ fn ctrl_c_cancels_the_whole_job() {
         return;
     }
     let ws = workspace();
+    // Build first: the first test to ask for the binary may wait for cargo.
+    toolbox();
     let started = Instant::now();
     let child = Run::command(ws.path(), &["/bin/sleep", "30"])
         .opts(&["--grace", "1s"])
