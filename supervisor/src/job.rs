@@ -25,6 +25,15 @@ pub enum RequestError {
     },
     #[error("--{field}: {reason}")]
     Limit { field: &'static str, reason: String },
+    /// A request that would loosen the policy past what it allows: refused, never clamped.
+    #[error("{field} {requested}: policy {policy} allows {allowed}")]
+    Override {
+        /// The option as `toolbox run` spells it (`memory`, `net`, `rw`...).
+        field: &'static str,
+        requested: String,
+        allowed: String,
+        policy: String,
+    },
     #[error("--env {entry:?}: {reason}")]
     Env { entry: String, reason: String },
     #[error("--user: {0}")]
@@ -116,17 +125,42 @@ pub fn plan(
     let workspace = workspace(request.cwd.as_deref(), &caller.cwd)?;
     let ro = existing_paths("--ro", &request.ro, &caller.cwd, false)?;
     let rw = existing_paths("--rw", &request.rw, &caller.cwd, true)?;
-
-    let mut limits = policy.limits;
-    limits.timeout = request.timeout.unwrap_or(limits.timeout);
-    limits.grace = request.grace.unwrap_or(limits.grace);
-    limits.memory = request.memory.unwrap_or(limits.memory);
-    limits.cpus = request.cpus.unwrap_or(limits.cpus);
-    limits.pids = request.pids.unwrap_or(limits.pids);
-    limits.output = request.output.unwrap_or(limits.output);
-    limits
-        .check()
-        .map_err(|(field, reason)| RequestError::Limit { field, reason })?;
+    let limits = limits(policy, &request)?;
+    let network = request.network.unwrap_or(policy.network);
+    if !policy.allows_network(network) {
+        let mut allowed = vec![policy.network];
+        allowed.extend(&policy.overrides.network);
+        return Err(override_error(
+            policy,
+            "net",
+            format!("{network:?}").to_lowercase(),
+            allowed
+                .iter()
+                .map(|m| format!("{m:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join(" or "),
+        ));
+    }
+    for (field, paths, under) in [
+        ("ro", &ro, &policy.overrides.allow_ro_under),
+        ("rw", &rw, &policy.overrides.allow_rw_under),
+    ] {
+        for path in paths {
+            if !under.iter().any(|dir| path.starts_with(dir)) {
+                let allowed = if under.is_empty() {
+                    "no extra paths".to_string()
+                } else {
+                    format!("only paths under {}", join_paths(under))
+                };
+                return Err(override_error(
+                    policy,
+                    field,
+                    path.display().to_string(),
+                    allowed,
+                ));
+            }
+        }
+    }
 
     let (uid, gid) = user(request.user, &workspace, caller, policy)?;
     let env = environment(policy, &request.env, caller, &workspace)?;
@@ -146,11 +180,92 @@ pub fn plan(
         workspace,
         uid,
         gid,
-        network: request.network.unwrap_or(policy.network),
+        network,
         limits,
         view,
         landlock_min_abi: policy.landlock_min_abi,
     })
+}
+
+fn override_error(
+    policy: &Policy,
+    field: &'static str,
+    requested: String,
+    allowed: String,
+) -> RequestError {
+    RequestError::Override {
+        field,
+        requested,
+        allowed,
+        policy: policy.name.clone(),
+    }
+}
+
+fn at_most(bound: impl std::fmt::Display) -> String {
+    format!("at most {bound}")
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The job's limits: the policy's, with what the request asks. Tighter is always fine; looser
+/// only up to the policy's `[overrides]`, and anything past that is refused, not clamped.
+fn limits(policy: &Policy, request: &JobRequest) -> Result<Limits, RequestError> {
+    use crate::units::{Dur, Size};
+    let max = &policy.overrides.max;
+    let mut limits = policy.limits;
+    let refuse = |field: &'static str, requested: String, allowed: String| {
+        Err(override_error(policy, field, requested, allowed))
+    };
+    if let Some(t) = request.timeout {
+        if t > max.timeout {
+            return refuse("timeout", Dur(t).to_string(), at_most(Dur(max.timeout)));
+        }
+        limits.timeout = t;
+    }
+    if let Some(g) = request.grace {
+        if g > max.grace {
+            return refuse("grace", Dur(g).to_string(), at_most(Dur(max.grace)));
+        }
+        limits.grace = g;
+    }
+    if let Some(m) = request.memory {
+        if m > max.memory {
+            return refuse("memory", Size(m).to_string(), at_most(Size(max.memory)));
+        }
+        limits.memory = m;
+    }
+    if let Some(c) = request.cpus {
+        if c.is_nan() || c > max.cpus {
+            return refuse("cpus", c.to_string(), at_most(max.cpus));
+        }
+        limits.cpus = c;
+    }
+    if let Some(p) = request.pids {
+        if p > max.pids {
+            return refuse("pids", p.to_string(), at_most(max.pids));
+        }
+        limits.pids = p;
+    }
+    if let Some(o) = request.output {
+        if o > max.output {
+            return refuse(
+                "output-limit",
+                Size(o).to_string(),
+                at_most(Size(max.output)),
+            );
+        }
+        limits.output = o;
+    }
+    limits
+        .check()
+        .map_err(|(field, reason)| RequestError::Limit { field, reason })?;
+    Ok(limits)
 }
 
 pub fn new_job_id() -> String {

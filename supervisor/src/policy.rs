@@ -44,6 +44,17 @@ pub enum NetworkMode {
     Host,
 }
 
+impl NetworkMode {
+    /// How much of the network a mode opens: none < loopback < host.
+    pub fn rank(self) -> u8 {
+        match self {
+            NetworkMode::None => 0,
+            NetworkMode::Loopback => 1,
+            NetworkMode::Host => 2,
+        }
+    }
+}
+
 impl std::str::FromStr for NetworkMode {
     type Err = String;
 
@@ -76,6 +87,31 @@ pub struct RawPolicy {
     pub env: RawEnv,
     pub user: RawUser,
     pub landlock: RawLandlock,
+    #[serde(default)]
+    pub overrides: RawOverrides,
+}
+
+/// How far a request may loosen the policy. Tightening is always allowed; what is not
+/// listed here may not be loosened at all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOverrides {
+    pub timeout: Option<Dur>,
+    pub grace: Option<Dur>,
+    pub memory: Option<Size>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u32>,
+    pub output: Option<Size>,
+    pub file_size: Option<Size>,
+    /// Network modes a request may pick besides the policy's own (and stricter ones).
+    #[serde(default)]
+    pub network: Vec<NetworkMode>,
+    /// Extra read-only binds (`--ro`, `mounts` ro) only beneath these.
+    #[serde(default)]
+    pub allow_ro_under: Vec<PathBuf>,
+    /// Extra read-write binds (`--rw`, `mounts` rw) only beneath these.
+    #[serde(default)]
+    pub allow_rw_under: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +186,16 @@ pub struct Policy {
     pub fallback_uid: u32,
     pub fallback_gid: u32,
     pub landlock_min_abi: u32,
+    pub overrides: Overrides,
+}
+
+/// The most a request may ask for; each at least the policy's own value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overrides {
+    pub max: Limits,
+    pub network: Vec<NetworkMode>,
+    pub allow_ro_under: Vec<PathBuf>,
+    pub allow_rw_under: Vec<PathBuf>,
 }
 
 /// Every limit a job runs under, as numbers.
@@ -246,6 +292,47 @@ impl Policy {
         for var in raw.env.pass.iter().chain(raw.env.set.keys()) {
             check_env_name(var).map_err(|reason| invalid("env", reason))?;
         }
+        let o = &raw.overrides;
+        let max = Limits {
+            timeout: o.timeout.map_or(limits.timeout, |d| d.0),
+            grace: o.grace.map_or(limits.grace, |d| d.0),
+            memory: o.memory.map_or(limits.memory, |s| s.0),
+            cpus: o.cpus.unwrap_or(limits.cpus),
+            pids: o.pids.unwrap_or(limits.pids),
+            output: o.output.map_or(limits.output, |s| s.0),
+            stdin: limits.stdin,
+            file_size: o.file_size.map_or(limits.file_size, |s| s.0),
+            open_files: limits.open_files,
+        };
+        max.check()
+            .map_err(|(field, reason)| invalid(&format!("overrides.{field}"), reason))?;
+        for (field, below) in [
+            ("timeout", max.timeout < limits.timeout),
+            ("grace", max.grace < limits.grace),
+            ("memory", max.memory < limits.memory),
+            ("cpus", max.cpus < limits.cpus),
+            ("pids", max.pids < limits.pids),
+            ("output", max.output < limits.output),
+            ("file_size", max.file_size < limits.file_size),
+        ] {
+            if below {
+                return Err(invalid(
+                    &format!("overrides.{field}"),
+                    format!("is below limits.{field}: the most a request may ask for cannot be less than the policy's own"),
+                ));
+            }
+        }
+        for (field, paths) in [
+            ("overrides.allow_ro_under", &o.allow_ro_under),
+            ("overrides.allow_rw_under", &o.allow_rw_under),
+        ] {
+            for p in paths {
+                check_host_path(p).map_err(|reason| invalid(field, reason))?;
+            }
+        }
+        for p in &o.allow_rw_under {
+            check_writable(p).map_err(|reason| invalid("overrides.allow_rw_under", reason))?;
+        }
         if raw.user.fallback_uid == 0 || raw.user.fallback_gid == 0 {
             return Err(invalid(
                 "user",
@@ -268,7 +355,19 @@ impl Policy {
             fallback_uid: raw.user.fallback_uid,
             fallback_gid: raw.user.fallback_gid,
             landlock_min_abi: raw.landlock.min_abi,
+            overrides: Overrides {
+                max,
+                network: raw.overrides.network,
+                allow_ro_under: raw.overrides.allow_ro_under,
+                allow_rw_under: raw.overrides.allow_rw_under,
+            },
         })
+    }
+
+    /// Whether a request may run in network mode `asked`: the policy's own, anything
+    /// stricter, or a mode the policy's overrides list.
+    pub fn allows_network(&self, asked: NetworkMode) -> bool {
+        asked.rank() <= self.network.rank() || self.overrides.network.contains(&asked)
     }
 
     /// Find a policy by name (a file `NAME.toml` in the policy directories) or by path.

@@ -174,12 +174,31 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
     rules.push(rule("/dev", FsAccess::Device));
     rules.push(rule("/dev/shm", FsAccess::ReadWrite));
 
+    // The policy's own extra paths are skipped when missing (like the system directories: one
+    // policy serves many hosts); a request's must exist.
+    let policy_ro = policy.ro.iter().map(|p| (p, true));
+    let policy_rw = policy.rw.iter().map(|p| (p, true));
     for (paths, writable, origin) in [
-        (policy.ro.iter().chain(extra.ro), false, Origin::ExtraRo),
-        (policy.rw.iter().chain(extra.rw), true, Origin::ExtraRw),
+        (
+            policy_ro
+                .chain(extra.ro.iter().map(|p| (p, false)))
+                .collect::<Vec<_>>(),
+            false,
+            Origin::ExtraRo,
+        ),
+        (
+            policy_rw
+                .chain(extra.rw.iter().map(|p| (p, false)))
+                .collect::<Vec<_>>(),
+            true,
+            Origin::ExtraRw,
+        ),
     ] {
-        for path in paths {
+        for (path, optional) in paths {
             let Some(meta) = lstat(path)? else {
+                if optional {
+                    continue;
+                }
                 return Err(inspect(path, io::ErrorKind::NotFound.into()));
             };
             let dst = utf8(path)?;

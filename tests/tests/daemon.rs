@@ -369,7 +369,7 @@ fn every_malformed_request_gets_its_4xx_and_the_daemon_carries_on() {
         (
             "limit above the policy",
             format!(r#"{{"argv":["ls"],"cwd":"{cwd}","limits":{{"memory":"900G"}}}}"#),
-            400,
+            403,
             Some("limits.memory"),
         ),
     ];

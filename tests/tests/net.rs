@@ -87,9 +87,9 @@ fn host_loopback_tcp_is_unreachable_without_host_network() {
         .opts(&["--net", "loopback"])
         .run()
         .probe_json();
-    // Control: with the host's network the same probe gets through.
+    // Control: the `network` policy (the host's network) gets the same probe through.
     let host = Run::probe(ws.path(), &["connect", &addr])
-        .opts(&["--net", "host"])
+        .opts(&["--policy", "network"])
         .run()
         .probe_json();
     assert_eq!(none["connected"], false, "{none}");
@@ -115,7 +115,7 @@ fn host_abstract_unix_sockets_are_unreachable() {
     // Landlock's scoping (ABI 6) still refuses it.
     let none = Run::probe(ws.path(), &["abstract", &name]).run();
     let host = Run::probe(ws.path(), &["abstract", &name])
-        .opts(&["--net", "host"])
+        .opts(&["--policy", "network"])
         .run();
     assert_eq!(
         none.probe_json()["connected"],

@@ -271,34 +271,6 @@ pub fn to_request(
         }
     }
     let limits = &body.limits;
-    // Until policies say how far a request may loosen them, a request may only tighten.
-    let tighter = |field: &str, asked: f64, policy: f64| {
-        if asked > policy {
-            Err(ApiError::bad(
-                format!("limits.{field}"),
-                format!("may not exceed the policy's {policy}"),
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    if let Some(t) = limits.timeout {
-        tighter(
-            "timeout",
-            t.0.as_secs_f64(),
-            policy.limits.timeout.as_secs_f64(),
-        )?;
-    }
-    if let Some(g) = limits.grace {
-        tighter(
-            "grace",
-            g.0.as_secs_f64(),
-            policy.limits.grace.as_secs_f64(),
-        )?;
-    }
-    if let Some(m) = limits.memory {
-        tighter("memory", m.0 as f64, policy.limits.memory as f64)?;
-    }
     if let Some(c) = limits.cpus {
         if c.is_nan() || c <= 0.0 {
             return Err(ApiError::bad(
@@ -306,24 +278,7 @@ pub fn to_request(
                 "must be a positive number of cores",
             ));
         }
-        tighter("cpus", c, policy.limits.cpus)?;
     }
-    if let Some(p) = limits.pids {
-        tighter("pids", f64::from(p), f64::from(policy.limits.pids))?;
-    }
-    if let Some(o) = limits.output {
-        tighter("output", o.0 as f64, policy.limits.output as f64)?;
-    }
-    if let Some(network) = body.network {
-        if rank(network) > rank(policy.network) {
-            return Err(ApiError::bad(
-                "network",
-                format!("policy {} allows at most {:?}", policy.name, policy.network)
-                    .to_lowercase(),
-            ));
-        }
-    }
-    // Jobs run as the peer; a root peer's as the policy's unprivileged id.
     // A peer whose primary group is root's runs under its own uid's group instead.
     let user = if peer.uid == 0 {
         (policy.fallback_uid, Some(policy.fallback_gid))
@@ -349,14 +304,6 @@ pub fn to_request(
         user: Some(user),
     };
     Ok((request, stdin))
-}
-
-fn rank(mode: NetworkMode) -> u8 {
-    match mode {
-        NetworkMode::None => 0,
-        NetworkMode::Loopback => 1,
-        NetworkMode::Host => 2,
-    }
 }
 
 fn check_path(field: &str, path: &Path) -> Result<(), ApiError> {
@@ -505,20 +452,6 @@ mod tests {
             Some("cwd")
         );
         assert_eq!(field(r#"{"argv":["ls"]}"#.into()).as_deref(), Some("cwd"));
-        assert_eq!(
-            field(format!(
-                r#"{{"argv":["ls"],"cwd":"{cwd}","limits":{{"pids":100000000}}}}"#
-            ))
-            .as_deref(),
-            Some("limits.pids")
-        );
-        assert_eq!(
-            field(format!(
-                r#"{{"argv":["ls"],"cwd":"{cwd}","network":"host"}}"#
-            ))
-            .as_deref(),
-            Some("network")
-        );
         assert_eq!(
             field(format!(
                 r#"{{"argv":["ls"],"cwd":"{cwd}","env":{{"1X":"y"}}}}"#

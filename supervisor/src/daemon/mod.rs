@@ -699,6 +699,20 @@ async fn submit(
 }
 
 fn request_error(err: RequestError) -> ApiError {
+    if let RequestError::Override { field, .. } = &err {
+        let field = match *field {
+            "net" => "network".to_string(),
+            "ro" | "rw" => "mounts".to_string(),
+            "output-limit" => "limits.output".to_string(),
+            limit => format!("limits.{limit}"),
+        };
+        return ApiError {
+            status: 403,
+            code: "policy_forbids",
+            field: Some(field),
+            message: err.to_string(),
+        };
+    }
     let field = match &err {
         RequestError::EmptyCommand | RequestError::Nul { .. } => "argv".to_string(),
         RequestError::Workspace { .. } => "cwd".into(),
@@ -706,6 +720,7 @@ fn request_error(err: RequestError) -> ApiError {
         RequestError::Limit { field, .. } => format!("limits.{field}"),
         RequestError::Env { .. } => "env".into(),
         RequestError::User(_) => "user".into(),
+        RequestError::Override { .. } => "request".into(),
     };
     ApiError::bad(field, err.to_string())
 }
