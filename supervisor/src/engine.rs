@@ -305,7 +305,10 @@ impl Engine {
     fn blank_result(&self, plan: &JobPlan) -> JobResult {
         JobResult {
             job_id: plan.job_id.clone(),
-            policy: plan.policy.clone(),
+            policy: record::PolicyRef {
+                name: plan.policy.clone(),
+                sha256: plan.policy_sha256.clone(),
+            },
             status: JobStatus::SetupError,
             exit_code: exit::TOOLBOX_FAILED,
             signal: None,

@@ -59,6 +59,11 @@ enum PolicyCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Print the effective policy, every value resolved, with its SHA-256.
+    Show {
+        /// A policy name (from the policy directory) or file.
+        policy: String,
+    },
 }
 
 #[derive(Args)]
@@ -151,6 +156,16 @@ fn main() -> ExitCode {
         }),
         Command::Doctor => toolbox::doctor::run(),
         Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
+        Command::Policy(PolicyCommand::Show { policy }) => match Policy::load(&policy) {
+            Ok(policy) => {
+                print!("{}", policy.show());
+                0
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                1
+            }
+        },
     };
     ExitCode::from(code.clamp(0, 255) as u8)
 }

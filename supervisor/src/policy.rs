@@ -24,11 +24,13 @@ pub enum PolicyError {
     },
     #[error("policy {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("policy {path}: {field}: {reason}")]
+    #[error("policy {path}{}: {field}: {reason}", at.map(|(line, column)| format!(", line {line}, column {column}")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
         field: String,
         reason: String,
+        /// Where the field is written (line and column, from 1), when it is.
+        at: Option<(usize, usize)>,
     },
 }
 
@@ -70,14 +72,14 @@ impl std::str::FromStr for NetworkMode {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkspaceAccess {
     Rw,
     Ro,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPolicy {
     pub description: String,
@@ -93,7 +95,7 @@ pub struct RawPolicy {
 
 /// How far a request may loosen the policy. Tightening is always allowed; what is not
 /// listed here may not be loosened at all.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOverrides {
     pub timeout: Option<Dur>,
@@ -114,7 +116,7 @@ pub struct RawOverrides {
     pub allow_rw_under: Vec<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFilesystem {
     pub system: Vec<PathBuf>,
@@ -127,13 +129,13 @@ pub struct RawFilesystem {
     pub tmp_size: Size,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawNetwork {
     pub mode: NetworkMode,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub timeout: Dur,
@@ -147,7 +149,7 @@ pub struct RawLimits {
     pub open_files: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawEnv {
     pub pass: Vec<String>,
@@ -155,14 +157,14 @@ pub struct RawEnv {
     pub set: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUser {
     pub fallback_uid: u32,
     pub fallback_gid: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLandlock {
     pub min_abi: u32,
@@ -187,6 +189,9 @@ pub struct Policy {
     pub fallback_gid: u32,
     pub landlock_min_abi: u32,
     pub overrides: Overrides,
+    /// SHA-256 of the resolved policy ([`Policy::show`]): which policy a job ran under,
+    /// exactly, whatever the file looked like.
+    pub sha256: String,
 }
 
 /// The most a request may ask for; each at least the policy's own value.
@@ -242,7 +247,23 @@ impl Policy {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        Policy::validate(name, path, raw)
+        Policy::validate(name, path, raw).map_err(|err| match err {
+            PolicyError::Invalid {
+                path,
+                field,
+                reason,
+                ..
+            } => {
+                let at = locate(text, &field);
+                PolicyError::Invalid {
+                    path,
+                    field,
+                    reason,
+                    at,
+                }
+            }
+            other => other,
+        })
     }
 
     fn validate(name: &str, path: &Path, raw: RawPolicy) -> Result<Policy, PolicyError> {
@@ -250,6 +271,7 @@ impl Policy {
             path: path.to_path_buf(),
             field: field.to_string(),
             reason,
+            at: None,
         };
         for (field, paths) in [
             ("filesystem.system", &raw.filesystem.system),
@@ -361,7 +383,79 @@ impl Policy {
                 allow_ro_under: raw.overrides.allow_ro_under,
                 allow_rw_under: raw.overrides.allow_rw_under,
             },
-        })
+            sha256: String::new(),
+        }
+        .hashed())
+    }
+
+    fn hashed(mut self) -> Policy {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.resolved().as_bytes());
+        self.sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
+        self
+    }
+
+    /// The effective policy, every value resolved, in the file format it came in, headed by
+    /// its name and hash.
+    pub fn show(&self) -> String {
+        format!(
+            "# policy {} (sha256 {})\n{}",
+            self.name,
+            self.sha256,
+            self.resolved()
+        )
+    }
+
+    /// The resolved policy as TOML: what [`Policy::sha256`] is the hash of.
+    fn resolved(&self) -> String {
+        let o = &self.overrides;
+        let raw = RawPolicy {
+            description: self.description.clone(),
+            filesystem: RawFilesystem {
+                system: self.system.clone(),
+                etc: self.etc.clone(),
+                ro: self.ro.clone(),
+                rw: self.rw.clone(),
+                workspace: self.workspace,
+                tmp_size: Size(self.tmp_size),
+            },
+            network: RawNetwork { mode: self.network },
+            limits: RawLimits {
+                timeout: Dur(self.limits.timeout),
+                grace: Dur(self.limits.grace),
+                memory: Size(self.limits.memory),
+                cpus: self.limits.cpus,
+                pids: self.limits.pids,
+                output: Size(self.limits.output),
+                stdin: Size(self.limits.stdin),
+                file_size: Size(self.limits.file_size),
+                open_files: self.limits.open_files,
+            },
+            env: RawEnv {
+                pass: self.env_pass.clone(),
+                set: self.env_set.iter().cloned().collect(),
+            },
+            user: RawUser {
+                fallback_uid: self.fallback_uid,
+                fallback_gid: self.fallback_gid,
+            },
+            landlock: RawLandlock {
+                min_abi: self.landlock_min_abi,
+            },
+            overrides: RawOverrides {
+                timeout: Some(Dur(o.max.timeout)),
+                grace: Some(Dur(o.max.grace)),
+                memory: Some(Size(o.max.memory)),
+                cpus: Some(o.max.cpus),
+                pids: Some(o.max.pids),
+                output: Some(Size(o.max.output)),
+                file_size: Some(Size(o.max.file_size)),
+                network: o.network.clone(),
+                allow_ro_under: o.allow_ro_under.clone(),
+                allow_rw_under: o.allow_rw_under.clone(),
+            },
+        };
+        toml::to_string(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 
     /// Whether a request may run in network mode `asked`: the policy's own, anything
@@ -513,6 +607,38 @@ pub fn check_env_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Where `table.key` is written in a policy file: the line and column of the key, or of the
+/// table's header when the key is not written out. Plain TOML as policies are written (a
+/// `[table]` header, then `key = ...` lines); `None` when it cannot tell.
+fn locate(text: &str, field: &str) -> Option<(usize, usize)> {
+    let (table, key) = field.split_once('.').unwrap_or(("", field));
+    let mut in_table = table.is_empty();
+    let mut header = None;
+    for (i, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let column = line.len() - trimmed.len() + 1;
+        if let Some(name) = trimmed.strip_prefix('[') {
+            let name = name.split(']').next().unwrap_or("").trim();
+            in_table = name == table;
+            if in_table {
+                header = Some((i + 1, column));
+            }
+            continue;
+        }
+        if in_table {
+            let written = trimmed
+                .split('=')
+                .next()
+                .map(|k| k.trim().trim_matches('"'))
+                .unwrap_or("");
+            if trimmed.contains('=') && written == key {
+                return Some((i + 1, column));
+            }
+        }
+    }
+    header
+}
+
 /// Where named policies are looked up, in order.
 pub fn policy_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
@@ -592,5 +718,26 @@ mod tests {
         }
         assert!(check_host_path(Path::new("relative")).is_err());
         assert!(check_host_path(Path::new("/a/../etc")).is_err());
+    }
+}
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    #[test]
+    fn every_shipped_policy_shows_as_a_file_that_parses_back_to_itself() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        for name in ["default", "strict", "network", "build"] {
+            let path = dir.join(format!("{name}.toml"));
+            let policy = Policy::load_file(name, &path).expect("loads");
+            let shown = policy.show();
+            let again = Policy::parse(name, Path::new("shown.toml"), &shown).expect("parses back");
+            assert_eq!(again, policy, "{name}: show() is not the same policy");
+            assert_eq!(again.sha256.len(), 64);
+        }
+        let default = Policy::load_file("default", &dir.join("default.toml")).expect("default");
+        let strict = Policy::load_file("strict", &dir.join("strict.toml")).expect("strict");
+        assert_ne!(default.sha256, strict.sha256);
     }
 }

@@ -31,7 +31,7 @@ pub mod exit {
 #[derive(Debug, Clone, Serialize)]
 pub struct JobResult {
     pub job_id: String,
-    pub policy: String,
+    pub policy: PolicyRef,
     pub status: JobStatus,
     /// What `toolbox run` exits with.
     pub exit_code: i32,
@@ -53,6 +53,14 @@ pub struct JobResult {
     pub stdout_dropped_bytes: u64,
     pub stderr_dropped_bytes: u64,
     pub isolation: Isolation,
+}
+
+/// The policy a job ran under: its name, and the SHA-256 of its resolved content
+/// (`toolbox policy show NAME` prints both).
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyRef {
+    pub name: String,
+    pub sha256: String,
 }
 
 /// What was enforced — reported by the jail itself just before exec, never what was merely

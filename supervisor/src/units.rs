@@ -92,8 +92,10 @@ impl fmt::Display for Dur {
             write!(f, "{ms}ms")
         } else if ms % 60_000 != 0 || ms == 0 {
             write!(f, "{}s", ms / 1000)
-        } else {
+        } else if ms % 3_600_000 != 0 {
             write!(f, "{}m", ms / 60_000)
+        } else {
+            write!(f, "{}h", ms / 3_600_000)
         }
     }
 }
@@ -104,6 +106,18 @@ fn split_number(text: &str) -> Option<(f64, &str)> {
         .unwrap_or(text.len());
     let number: f64 = text[..end].parse().ok()?;
     Some((number, text[end..].trim()))
+}
+
+impl serde::Serialize for Size {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl serde::Serialize for Dur {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// TOML accepts sizes as strings (`"512M"`) or plain integers (bytes).
@@ -168,6 +182,7 @@ mod tests {
             assert!(bad.parse::<Dur>().is_err(), "{bad:?} parsed");
         }
         assert_eq!(Dur(Duration::from_secs(120)).to_string(), "2m");
+        assert_eq!(Dur(Duration::from_secs(7200)).to_string(), "2h");
         assert_eq!(Dur(Duration::from_millis(2500)).to_string(), "2500ms");
     }
 }

@@ -146,6 +146,8 @@ impl Job {
 /// A job to run: `toolbox run [options] --json -C workspace --ro probe -- argv`.
 pub struct Run<'a> {
     workspace: &'a Path,
+    /// Whether the probe is bound in read-only (it is unless a test says otherwise).
+    bind_probe: bool,
     options: Vec<String>,
     env: BTreeMap<String, String>,
     argv: Vec<String>,
@@ -159,6 +161,7 @@ impl<'a> Run<'a> {
         argv.extend(args.iter().map(|s| s.to_string()));
         Run {
             workspace,
+            bind_probe: true,
             options: Vec::new(),
             env: BTreeMap::new(),
             argv,
@@ -170,11 +173,18 @@ impl<'a> Run<'a> {
     pub fn command(workspace: &'a Path, argv: &[&str]) -> Run<'a> {
         Run {
             workspace,
+            bind_probe: true,
             options: Vec::new(),
             env: BTreeMap::new(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
             uid: None,
         }
+    }
+
+    /// Do not bind the probe in (for policies that allow no extra paths).
+    pub fn without_probe(mut self) -> Self {
+        self.bind_probe = false;
+        self
     }
 
     pub fn opt(mut self, option: &str) -> Self {
@@ -210,7 +220,9 @@ impl<'a> Run<'a> {
             command.arg("--local");
         }
         command.arg("--json").arg("-C").arg(self.workspace);
-        command.arg("--ro").arg(probe());
+        if self.bind_probe {
+            command.arg("--ro").arg(probe());
+        }
         command.args(&self.options).arg("--").args(&self.argv);
         command.envs(&self.env).stdin(Stdio::null());
         if let Some(uid) = self.uid {

@@ -52,7 +52,7 @@ impl AuditLog {
             "peer": peer,
             "argv": plan.argv,
             "cwd": cwd,
-            "policy": plan.policy,
+            "policy": { "name": plan.policy, "sha256": plan.policy_sha256 },
             "uid": plan.uid,
             "gid": plan.gid,
             "network": plan.network,

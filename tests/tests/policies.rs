@@ -1,0 +1,293 @@
+//! Policies: the shipped ones load and run; broken files are refused with the line and a
+//! reason; a request may tighten every limit, loosen it only up to the policy's bound (from
+//! the command line and over the socket alike), and never widen the filesystem or network
+//! where the policy does not allow it; `strict` really makes the workspace read-only.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::json;
+use toolbox_tests::daemon::{job_body, Daemon};
+use toolbox_tests::{require_root, toolbox, workspace, Run};
+
+fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+const SHIPPED: [&str; 4] = ["default", "strict", "network", "build"];
+
+#[test]
+fn every_shipped_policy_checks_and_runs() {
+    if !require_root() {
+        return;
+    }
+    let files: Vec<PathBuf> = SHIPPED
+        .iter()
+        .map(|name| policies_dir().join(format!("{name}.toml")))
+        .collect();
+    let out = Command::new(toolbox())
+        .args(["policy", "check"])
+        .args(&files)
+        .output()
+        .expect("policy check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.matches(": ok").count(), SHIPPED.len(), "{stdout}");
+    let ws = workspace();
+    for name in SHIPPED {
+        let job = Run::command(ws.path(), &["/bin/true"])
+            .without_probe()
+            .opts(&["--policy", name])
+            .run();
+        assert_eq!(job.code, 0, "policy {name}: {job:?}");
+        assert_eq!(job.record()["policy"]["name"], name);
+    }
+}
+
+/// The default policy with one edit: `from` replaced by `to`.
+fn edited(from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(policies_dir().join("default.toml")).expect("default");
+    assert!(text.contains(from), "default.toml has no {from:?}");
+    text.replacen(from, to, 1)
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .map(|i| i + 1)
+        .unwrap_or_else(|| panic!("{needle:?} not in the edited file"))
+}
+
+#[test]
+fn broken_policy_files_each_get_their_own_error_with_the_line() {
+    // (what, edit from, edit to, the line that is wrong, words the error must have)
+    let cases: [(&str, &str, &str, &str, &str); 9] = [
+        (
+            "unknown key",
+            "pids = 256",
+            "pids = 256\ncolour = \"red\"",
+            "colour",
+            "unknown field `colour`",
+        ),
+        (
+            "wrong type",
+            "pids = 256",
+            "pids = \"many\"",
+            "pids = \"many\"",
+            "invalid type",
+        ),
+        (
+            "relative path",
+            "ro = []",
+            "ro = [\"relative/dir\"]",
+            "relative/dir",
+            "absolute",
+        ),
+        (
+            "a .. component",
+            "ro = []",
+            "ro = [\"/usr/../etc\"]",
+            "/usr/../etc",
+            "..",
+        ),
+        (
+            "negative limit",
+            "pids = 256",
+            "pids = -1",
+            "pids = -1",
+            "invalid value",
+        ),
+        (
+            "absurd limit",
+            "memory = \"1G\"",
+            "memory = \"900T\"",
+            "memory = \"900T\"",
+            "memory",
+        ),
+        (
+            "duplicate key",
+            "pids = 256",
+            "pids = 256\npids = 512",
+            "pids = 512",
+            "duplicate key",
+        ),
+        (
+            "rw over /usr",
+            "rw = []",
+            "rw = [\"/usr\"]",
+            "rw = [\"/usr\"]",
+            "system",
+        ),
+        (
+            "bound below the limit",
+            "memory = \"4G\"",
+            "memory = \"512M\"",
+            "memory = \"512M\"",
+            "below",
+        ),
+    ];
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (what, from, to, bad_line, words) in cases {
+        let text = edited(from, to);
+        let file = dir.path().join("broken.toml");
+        std::fs::write(&file, &text).expect("write");
+        let out = Command::new(toolbox())
+            .args(["policy", "check"])
+            .arg(&file)
+            .output()
+            .expect("policy check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: accepted");
+        assert!(
+            stderr.contains(&file.display().to_string()),
+            "{what}: no path in {stderr}"
+        );
+        let line = line_of(&text, bad_line);
+        assert!(
+            stderr.contains(&format!("line {line}")),
+            "{what}: the error should point at line {line}: {stderr}"
+        );
+        assert!(stderr.contains(words), "{what}: {words:?} not in {stderr}");
+    }
+}
+
+/// (option, a tighter value, a looser value within the default policy's bound, a value
+/// past the bound, the bound as the message gives it, the socket's limits key)
+const LIMITS: [(&str, &str, &str, &str, &str, &str); 6] = [
+    ("--timeout", "10s", "10m", "2h", "30m", "timeout"),
+    ("--grace", "1s", "10s", "5m", "30s", "grace"),
+    ("--memory", "256M", "2G", "64G", "4G", "memory"),
+    ("--cpus", "0.5", "1.5", "8", "2", "cpus"),
+    ("--pids", "64", "512", "100000", "1024", "pids"),
+    ("--output-limit", "64K", "8M", "512M", "16M", "output"),
+];
+
+#[test]
+fn a_request_tightens_freely_and_loosens_only_to_the_bound_from_the_command_line() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    for (option, tighter, within, past, bound, _) in LIMITS {
+        for ok in [tighter, within] {
+            let job = Run::command(ws.path(), &["/bin/true"])
+                .opts(&[option, ok])
+                .run();
+            assert_eq!(job.code, 0, "{option} {ok}: {job:?}");
+        }
+        let job = Run::command(ws.path(), &["/bin/true"])
+            .opts(&[option, past])
+            .run();
+        assert_eq!(job.code, 125, "{option} {past} should be refused: {job:?}");
+        let name = option.trim_start_matches("--");
+        assert!(
+            job.stderr.contains(name) && job.stderr.contains(past) && job.stderr.contains(bound),
+            "{option} {past}: the refusal should name the field, the value and the bound {bound}: {}",
+            job.stderr
+        );
+    }
+    let refused = |opts: &[&str], words: &str| {
+        let job = Run::command(ws.path(), &["/bin/true"]).opts(opts).run();
+        assert_eq!(job.code, 125, "{opts:?}: {job:?}");
+        assert!(job.stderr.contains(words), "{opts:?}: {}", job.stderr);
+    };
+    refused(&["--net", "host"], "none or loopback");
+    refused(
+        &["--policy", "strict", "--net", "loopback"],
+        "policy strict",
+    );
+    refused(&["--rw", "/root"], "only paths under");
+    let job = Run::command(ws.path(), &["/bin/true"])
+        .without_probe()
+        .opts(&["--policy", "strict", "--ro", "/usr/share"])
+        .run();
+    assert_eq!(job.code, 125, "{job:?}");
+    assert!(job.stderr.contains("no extra paths"), "{}", job.stderr);
+    let job = Run::command(ws.path(), &["/bin/true"])
+        .opts(&["--net", "loopback"])
+        .run();
+    assert_eq!(job.code, 0, "{job:?}");
+}
+
+#[test]
+fn a_request_tightens_freely_and_loosens_only_to_the_bound_over_the_socket() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    for (option, tighter, within, past, bound, key) in LIMITS {
+        let value = |v: &str| -> serde_json::Value {
+            match key {
+                "cpus" | "pids" => serde_json::from_str(v).expect("number"),
+                _ => json!(v),
+            }
+        };
+        for ok in [tighter, within] {
+            let mut body = job_body(ws.path(), &["/bin/true"]);
+            body["limits"] = json!({ key: value(ok) });
+            let job = daemon.job(&body);
+            assert_eq!(job.status, 200, "{key} {ok}: {:?}", job.refusal);
+            assert_eq!(job.exit()["exit_code"], 0, "{key} {ok}");
+        }
+        let mut body = job_body(ws.path(), &["/bin/true"]);
+        body["limits"] = json!({ key: value(past) });
+        let answer = daemon.request("POST", "/v1/jobs", Some(&body.to_string()));
+        assert_eq!(
+            answer.status,
+            403,
+            "{option} {past}: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        assert_eq!(
+            answer.error_field().as_deref(),
+            Some(format!("limits.{key}").as_str())
+        );
+        let message = answer.json()["error"]["message"]
+            .as_str()
+            .expect("message")
+            .to_string();
+        assert!(message.contains(bound), "{key}: {message}");
+    }
+    let mut body = job_body(ws.path(), &["/bin/true"]);
+    body["network"] = json!("host");
+    let answer = daemon.request("POST", "/v1/jobs", Some(&body.to_string()));
+    assert_eq!(answer.status, 403);
+    assert_eq!(answer.error_field().as_deref(), Some("network"));
+    let mut body = job_body(ws.path(), &["/bin/true"]);
+    body["mounts"] = json!([{ "path": "/root", "mode": "rw" }]);
+    let answer = daemon.request("POST", "/v1/jobs", Some(&body.to_string()));
+    assert_eq!(answer.status, 403);
+    assert_eq!(answer.error_field().as_deref(), Some("mounts"));
+}
+
+#[test]
+fn strict_makes_the_workspace_read_only() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let target = ws.path().join("written");
+    let script = format!(
+        "echo x > {} && echo workspace-writable; echo y > /tmp/t && echo tmp-writable",
+        target.display()
+    );
+    let job = Run::command(ws.path(), &["sh", "-c", &script])
+        .without_probe()
+        .opts(&["--policy", "strict"])
+        .run();
+    let out = job.stdout_text();
+    assert!(!out.contains("workspace-writable"), "{out}");
+    assert!(
+        out.contains("tmp-writable"),
+        "strict keeps a private /tmp: {out}"
+    );
+    assert!(!target.exists());
+    // Control: the default policy writes there.
+    let job = Run::command(ws.path(), &["sh", "-c", &script]).run();
+    assert!(job.stdout_text().contains("workspace-writable"), "{job:?}");
+}
