@@ -291,3 +291,66 @@ fn strict_makes_the_workspace_read_only() {
     let job = Run::command(ws.path(), &["sh", "-c", &script]).run();
     assert!(job.stdout_text().contains("workspace-writable"), "{job:?}");
 }
+
+#[test]
+fn sighup_reloads_keeps_running_jobs_on_their_policy_and_survives_a_broken_edit() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let custom = dir.path().join("custom.toml");
+    let default = std::fs::read_to_string(policies_dir().join("default.toml")).expect("default");
+    let with_pids = |pids: u32| default.replacen("pids = 256", &format!("pids = {pids}"), 1);
+    std::fs::write(&custom, with_pids(100)).expect("write");
+    // Another file that is broken from the start must not take the rest down.
+    std::fs::write(dir.path().join("broken.toml"), "limits = 3\n").expect("write");
+    let policies = dir.path().to_string_lossy().into_owned();
+    let daemon = Daemon::start(&["--policies", &policies]);
+    let ws = workspace();
+    let body = |argv: &[&str]| {
+        let mut body = job_body(ws.path(), argv);
+        body["policy"] = json!("custom");
+        body
+    };
+    let pids_of = |job: &toolbox_tests::daemon::JobStream| {
+        job.exit()["isolation"]["cgroup_limits"]["pids"]
+            .as_u64()
+            .expect("pids")
+    };
+    assert_eq!(pids_of(&daemon.job(&body(&["/bin/true"]))), 100);
+    let broken = daemon.request(
+        "POST",
+        "/v1/jobs",
+        Some(&json!({"argv": ["true"], "cwd": ws.path(), "policy": "broken"}).to_string()),
+    );
+    assert_eq!(broken.status, 400);
+    assert!(String::from_utf8_lossy(&broken.body).contains("cannot be used"));
+
+    // A job that starts before the edit keeps the policy it started with.
+    let mut running = daemon.submit(&body(&["sleep", "1"]));
+    running.until("started").expect("started");
+    std::fs::write(&custom, with_pids(50)).expect("edit");
+    toolbox_tests::daemon::nix_kill(daemon.pid(), libc::SIGHUP).expect("SIGHUP");
+    assert!(toolbox_tests::wait_for(
+        std::time::Duration::from_secs(5),
+        || { pids_of(&daemon.job(&body(&["/bin/true"]))) == 50 }
+    ));
+    running.read_to_end();
+    assert_eq!(
+        pids_of(&running),
+        100,
+        "the running job changed policy mid-run"
+    );
+
+    // A broken edit keeps the last good version, and the log says so.
+    std::fs::write(&custom, "[limits]\npids = \"many\"\n").expect("break");
+    toolbox_tests::daemon::nix_kill(daemon.pid(), libc::SIGHUP).expect("SIGHUP");
+    assert!(
+        toolbox_tests::wait_for(std::time::Duration::from_secs(5), || daemon
+            .log()
+            .contains("keeping the last good version")),
+        "{}",
+        daemon.log()
+    );
+    assert_eq!(pids_of(&daemon.job(&body(&["/bin/true"]))), 50);
+}

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod audit;
 pub mod metrics;
+pub mod policies;
 pub mod queue;
 
 use std::collections::BTreeMap;
@@ -32,7 +33,6 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::engine::{Cancel, Engine, Event, Stream};
 use crate::job::{self, Caller, JobPlan, RequestError};
-use crate::policy::Policy;
 use crate::record::JobResult;
 use crate::spawn::Stdin;
 use api::{ApiError, Peer};
@@ -91,7 +91,7 @@ struct Daemon {
     jobs: Mutex<BTreeMap<String, JobEntry>>,
     metrics: metrics::Metrics,
     audit: Option<audit::AuditLog>,
-    policies: Option<PathBuf>,
+    policies: policies::PolicyStore,
     allow_uids: Vec<u32>,
     allow_gids: Vec<u32>,
     /// Flips to true when every job is to be cancelled (shutdown after the drain).
@@ -118,35 +118,6 @@ impl Daemon {
                 .allow_gids
                 .iter()
                 .any(|gid| peer.gid == *gid || peer.groups.contains(gid))
-    }
-
-    fn load_policy(&self, name: &str) -> Result<Policy, ApiError> {
-        let found = match &self.policies {
-            Some(dir) => {
-                let path = dir.join(format!("{name}.toml"));
-                if path.is_file() {
-                    Policy::load_file(name, &path).map(Some)
-                } else if name == "default" {
-                    Policy::load("default").map(Some)
-                } else {
-                    Ok(None)
-                }
-            }
-            None => match Policy::load(name) {
-                Ok(policy) => Ok(Some(policy)),
-                Err(crate::policy::PolicyError::NotFound { .. }) => Ok(None),
-                Err(err) => Err(err),
-            },
-        };
-        match found {
-            Ok(Some(policy)) => Ok(policy),
-            Ok(None) => Err(ApiError::bad("policy", format!("no policy named {name:?}"))),
-            Err(err) => Err(ApiError::new(
-                500,
-                "policy_broken",
-                format!("policy {name:?} cannot be loaded: {err}"),
-            )),
-        }
     }
 }
 
@@ -198,7 +169,7 @@ async fn serve_async(
         jobs: Mutex::new(BTreeMap::new()),
         metrics: metrics::Metrics::default(),
         audit,
-        policies: options.policies.clone(),
+        policies: policies::PolicyStore::open(options.policies.clone()),
         allow_uids: options.allow_uids.clone(),
         allow_gids,
         cancel_all,
@@ -218,6 +189,7 @@ async fn serve_async(
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -239,6 +211,10 @@ async fn serve_async(
             },
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the policies");
+                daemon.policies.reload();
+            }
         }
     }
     info!("shutting down: no new connections");
@@ -643,7 +619,7 @@ async fn submit(
     };
     let body = api::parse_body(&bytes)?;
     let policy_name = api::policy_name(body.policy.as_deref())?.to_string();
-    let policy = daemon.load_policy(&policy_name)?;
+    let policy = daemon.policies.get(&policy_name)?;
     let job_id = job::new_job_id();
     let stdin_cap = policy.limits.stdin;
     let (request, stdin) = api::to_request(body, &peer, &policy, &job_id, stdin_cap)?;
