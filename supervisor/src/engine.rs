@@ -263,7 +263,7 @@ impl Engine {
     }
 
     fn spec(&self, plan: &JobPlan, cgroup: &JobCgroup) -> Result<JailSpec, String> {
-        let seccomp = seccomp::filter().map_err(|e| e.to_string())?;
+        let seccomp = seccomp::filter_for(&plan.seccomp).map_err(|e| e.to_string())?;
         Ok(JailSpec {
             job_id: plan.job_id.clone(),
             argv: plan.argv.clone(),
@@ -341,6 +341,7 @@ impl Engine {
                 }),
                 capabilities: "none",
                 network: format!("{:?}", plan.network).to_lowercase(),
+                seccomp_profile: format!("{:?}", plan.seccomp.base).to_lowercase(),
                 ..Isolation::default()
             },
         }

@@ -105,6 +105,7 @@ pub struct JobPlan {
     pub limits: Limits,
     pub view: View,
     pub landlock_min_abi: u32,
+    pub seccomp: crate::seccomp::Profile,
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -187,6 +188,7 @@ pub fn plan(
         limits,
         view,
         landlock_min_abi: policy.landlock_min_abi,
+        seccomp: policy.seccomp.clone(),
     })
 }
 

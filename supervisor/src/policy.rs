@@ -90,7 +90,20 @@ pub struct RawPolicy {
     pub user: RawUser,
     pub landlock: RawLandlock,
     #[serde(default)]
+    pub seccomp: RawSeccomp,
+    #[serde(default)]
     pub overrides: RawOverrides,
+}
+
+/// The seccomp filter: a named base list, and syscalls to deny besides or allow anyway.
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSeccomp {
+    pub profile: crate::seccomp::Base,
+    #[serde(default)]
+    pub deny: Vec<String>,
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 /// How far a request may loosen the policy. Tightening is always allowed; what is not
@@ -188,6 +201,7 @@ pub struct Policy {
     pub fallback_uid: u32,
     pub fallback_gid: u32,
     pub landlock_min_abi: u32,
+    pub seccomp: crate::seccomp::Profile,
     pub overrides: Overrides,
     /// SHA-256 of the resolved policy ([`Policy::show`]): which policy a job ran under,
     /// exactly, whatever the file looked like.
@@ -355,6 +369,24 @@ impl Policy {
         for p in &o.allow_rw_under {
             check_writable(p).map_err(|reason| invalid("overrides.allow_rw_under", reason))?;
         }
+        let seccomp = crate::seccomp::Profile {
+            base: raw.seccomp.profile,
+            deny: raw.seccomp.deny.clone(),
+            allow: raw.seccomp.allow.clone(),
+        };
+        seccomp.check().map_err(|reason| {
+            let field = if raw
+                .seccomp
+                .allow
+                .iter()
+                .any(|n| reason.contains(&format!("{n:?}")))
+            {
+                "seccomp.allow"
+            } else {
+                "seccomp.deny"
+            };
+            invalid(field, reason)
+        })?;
         if raw.user.fallback_uid == 0 || raw.user.fallback_gid == 0 {
             return Err(invalid(
                 "user",
@@ -377,6 +409,7 @@ impl Policy {
             fallback_uid: raw.user.fallback_uid,
             fallback_gid: raw.user.fallback_gid,
             landlock_min_abi: raw.landlock.min_abi,
+            seccomp,
             overrides: Overrides {
                 max,
                 network: raw.overrides.network,
@@ -441,6 +474,11 @@ impl Policy {
             },
             landlock: RawLandlock {
                 min_abi: self.landlock_min_abi,
+            },
+            seccomp: RawSeccomp {
+                profile: self.seccomp.base,
+                deny: self.seccomp.deny.clone(),
+                allow: self.seccomp.allow.clone(),
             },
             overrides: RawOverrides {
                 timeout: Some(Dur(o.max.timeout)),

@@ -76,6 +76,8 @@ pub struct Isolation {
     pub landlock_tcp: bool,
     pub landlock_scoped: bool,
     pub seccomp: bool,
+    /// The policy's seccomp profile (`default`, `strict`).
+    pub seccomp_profile: String,
     pub no_new_privs: bool,
     pub capabilities: &'static str,
     pub uid: Option<u32>,

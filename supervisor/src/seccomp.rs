@@ -164,9 +164,232 @@ enum Verdict {
     Ioctl,
 }
 
-/// Compile the filter (uncached; see [`filter`]).
+/// The base deny list a policy starts from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Base {
+    /// The escape and kernel-attack surface ([`DENIED`]).
+    #[default]
+    Default,
+    /// The default list, and calls ordinary tools never need ([`STRICT_EXTRA`]).
+    Strict,
+}
+
+/// A policy's filter: a base list, more syscalls to deny, some of the list to allow.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Profile {
+    pub base: Base,
+    /// Names, as the policy wrote them (checked against [`syscall_number`]).
+    pub deny: Vec<String>,
+    pub allow: Vec<String>,
+}
+
+/// Calls the `strict` profile also denies: personality (turning ASLR off), comparing and
+/// stealing other processes' descriptors and memory hints, NUMA placement, secret memory,
+/// fanotify.
+#[cfg(target_arch = "x86_64")]
+const STRICT_EXTRA: &[i64] = &[
+    libc::SYS_personality,
+    libc::SYS_kcmp,
+    libc::SYS_process_madvise,
+    libc::SYS_mbind,
+    libc::SYS_set_mempolicy,
+    libc::SYS_migrate_pages,
+    libc::SYS_move_pages,
+    libc::SYS_memfd_secret,
+    libc::SYS_fanotify_init,
+];
+#[cfg(target_arch = "aarch64")]
+const STRICT_EXTRA: &[i64] = &[
+    libc::SYS_personality,
+    libc::SYS_kcmp,
+    libc::SYS_process_madvise,
+    libc::SYS_mbind,
+    libc::SYS_set_mempolicy,
+    libc::SYS_migrate_pages,
+    libc::SYS_move_pages,
+    libc::SYS_memfd_secret,
+    libc::SYS_fanotify_init,
+];
+
+/// What a policy may name in `deny` or `allow`.
+macro_rules! syscall_table {
+    ($($name:ident),* $(,)?) => {
+        &[$((stringify!($name), libc::$name as i64)),*]
+    };
+}
+
+/// The syscalls a policy can name (without the `SYS_`): the deny lists, and calls operators
+/// commonly want gone.
+const NAMED: &[(&str, i64)] = syscall_table![
+    SYS_acct,
+    SYS_add_key,
+    SYS_adjtimex,
+    SYS_bpf,
+    SYS_chroot,
+    SYS_clock_adjtime,
+    SYS_clock_settime,
+    SYS_delete_module,
+    SYS_finit_module,
+    SYS_fsconfig,
+    SYS_fsmount,
+    SYS_fsopen,
+    SYS_fspick,
+    SYS_init_module,
+    SYS_io_uring_enter,
+    SYS_io_uring_register,
+    SYS_io_uring_setup,
+    SYS_kexec_file_load,
+    SYS_kexec_load,
+    SYS_keyctl,
+    SYS_lookup_dcookie,
+    SYS_mount,
+    SYS_mount_setattr,
+    SYS_move_mount,
+    SYS_name_to_handle_at,
+    SYS_nfsservctl,
+    SYS_open_by_handle_at,
+    SYS_open_tree,
+    SYS_perf_event_open,
+    SYS_pidfd_getfd,
+    SYS_pivot_root,
+    SYS_process_vm_readv,
+    SYS_process_vm_writev,
+    SYS_ptrace,
+    SYS_quotactl,
+    SYS_quotactl_fd,
+    SYS_reboot,
+    SYS_request_key,
+    SYS_setns,
+    SYS_settimeofday,
+    SYS_swapoff,
+    SYS_swapon,
+    SYS_syslog,
+    SYS_umount2,
+    SYS_unshare,
+    SYS_userfaultfd,
+    SYS_vhangup,
+    SYS_personality,
+    SYS_kcmp,
+    SYS_process_madvise,
+    SYS_mbind,
+    SYS_set_mempolicy,
+    SYS_migrate_pages,
+    SYS_move_pages,
+    SYS_memfd_secret,
+    SYS_fanotify_init,
+    SYS_socket,
+    SYS_socketpair,
+    SYS_connect,
+    SYS_bind,
+    SYS_listen,
+    SYS_accept,
+    SYS_accept4,
+    SYS_execveat,
+    SYS_inotify_init1,
+    SYS_memfd_create,
+    SYS_mknodat,
+    SYS_chown,
+    SYS_fchown,
+    SYS_fchownat,
+    SYS_sched_setaffinity,
+    SYS_sched_setscheduler,
+    SYS_setpriority,
+    SYS_pidfd_open,
+    SYS_pidfd_send_signal,
+    SYS_process_mrelease,
+    SYS_landlock_create_ruleset,
+];
+
+/// Calls a policy may allow out of the deny lists: costly or risky, but not a way out of
+/// the jail. Everything else in the lists stays denied whatever a policy says.
+const ALLOWABLE: &[&str] = &[
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "perf_event_open",
+    "userfaultfd",
+    "personality",
+    "kcmp",
+    "process_madvise",
+    "mbind",
+    "set_mempolicy",
+    "migrate_pages",
+    "move_pages",
+    "memfd_secret",
+    "fanotify_init",
+    "vhangup",
+    "acct",
+];
+
+/// The number of a syscall a policy names (`"personality"`), if it is one it can name.
+pub fn syscall_number(name: &str) -> Option<i64> {
+    NAMED
+        .iter()
+        .find(|(n, _)| n.strip_prefix("SYS_") == Some(name))
+        .map(|(_, nr)| *nr)
+}
+
+impl Profile {
+    /// Check the names: each one known; `allow` only for [`ALLOWABLE`] calls.
+    pub fn check(&self) -> Result<(), String> {
+        for name in self.deny.iter().chain(&self.allow) {
+            if syscall_number(name).is_none() {
+                return Err(format!("{name:?} is not a syscall a policy can name"));
+            }
+        }
+        for name in &self.allow {
+            if !ALLOWABLE.contains(&name.as_str()) {
+                return Err(format!(
+                    "{name:?} can never be allowed: it is part of how the jail holds"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether this is the plain default (the shared, precompiled filter).
+    pub fn is_default(&self) -> bool {
+        self.base == Base::Default && self.deny.is_empty() && self.allow.is_empty()
+    }
+
+    fn denied(&self) -> Vec<i64> {
+        let mut list: Vec<i64> = DENIED.to_vec();
+        if self.base == Base::Strict {
+            list.extend(STRICT_EXTRA);
+        }
+        list.extend(self.deny.iter().filter_map(|n| syscall_number(n)));
+        let allowed: Vec<i64> = self
+            .allow
+            .iter()
+            .filter_map(|n| syscall_number(n))
+            .collect();
+        list.retain(|nr| !allowed.contains(nr));
+        // The calls with their own verdicts are never plain entries.
+        list.retain(|nr| ![libc::SYS_clone, libc::SYS_clone3, libc::SYS_ioctl].contains(nr));
+        list.sort_unstable();
+        list.dedup();
+        list
+    }
+}
+
+/// The filter for a profile: the shared one for the default, else compiled now (~12 µs).
+pub fn filter_for(
+    profile: &Profile,
+) -> Result<std::borrow::Cow<'static, [SockFilter]>, SeccompError> {
+    if profile.is_default() {
+        return filter().map(std::borrow::Cow::Borrowed);
+    }
+    compile_list(&profile.denied()).map(std::borrow::Cow::Owned)
+}
+
+/// Compile the default filter (uncached; see [`filter`]).
 pub fn compile() -> Result<Vec<SockFilter>, SeccompError> {
-    let mut keys: Vec<(u32, Verdict)> = DENIED
+    compile_list(DENIED)
+}
+
+fn compile_list(denied: &[i64]) -> Result<Vec<SockFilter>, SeccompError> {
+    let mut keys: Vec<(u32, Verdict)> = denied
         .iter()
         .map(|&nr| (nr as u32, Verdict::Deny))
         .collect();
@@ -545,5 +768,41 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), DENIED.len(), "a syscall is listed twice");
+    }
+
+    #[test]
+    fn profiles_add_and_remove_calls_but_never_the_jail_s_own() {
+        let strict = Profile {
+            base: Base::Strict,
+            ..Profile::default()
+        };
+        assert!(strict.denied().contains(&libc::SYS_personality));
+        assert!(!Profile::default().denied().contains(&libc::SYS_personality));
+        let custom = Profile {
+            base: Base::Default,
+            deny: vec!["socket".into()],
+            allow: vec!["io_uring_setup".into()],
+        };
+        custom.check().expect("valid");
+        assert!(custom.denied().contains(&libc::SYS_socket));
+        assert!(!custom.denied().contains(&libc::SYS_io_uring_setup));
+        assert!(custom.denied().contains(&libc::SYS_mount));
+        for bad in ["mount", "unshare", "ptrace", "bpf"] {
+            let profile = Profile {
+                allow: vec![bad.into()],
+                ..Profile::default()
+            };
+            assert!(profile.check().is_err(), "{bad} could be allowed");
+        }
+        let unknown = Profile {
+            deny: vec!["frobnicate".into()],
+            ..Profile::default()
+        };
+        assert!(unknown.check().is_err());
+        assert!(filter_for(&custom).expect("compiles").len() > 10);
+        assert!(matches!(
+            filter_for(&Profile::default()).expect("shared"),
+            std::borrow::Cow::Borrowed(_)
+        ));
     }
 }

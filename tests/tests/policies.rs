@@ -65,7 +65,21 @@ fn line_of(text: &str, needle: &str) -> usize {
 #[test]
 fn broken_policy_files_each_get_their_own_error_with_the_line() {
     // (what, edit from, edit to, the line that is wrong, words the error must have)
-    let cases: [(&str, &str, &str, &str, &str); 9] = [
+    let cases: [(&str, &str, &str, &str, &str); 11] = [
+        (
+            "unknown seccomp profile",
+            "profile = \"default\"",
+            "profile = \"paranoid\"",
+            "paranoid",
+            "unknown variant `paranoid`",
+        ),
+        (
+            "allowing a jail call",
+            "allow = []",
+            "allow = [\"mount\"]",
+            "allow = [\"mount\"]",
+            "can never be allowed",
+        ),
         (
             "unknown key",
             "pids = 256",
@@ -287,6 +301,23 @@ fn strict_makes_the_workspace_read_only() {
         "strict keeps a private /tmp: {out}"
     );
     assert!(!target.exists());
+    // strict's seccomp profile also refuses personality (setarch -R turns ASLR off with it).
+    let aslr = Run::command(ws.path(), &["setarch", "-R", "true"])
+        .without_probe()
+        .opts(&["--policy", "strict"])
+        .run();
+    assert_ne!(aslr.code, 0, "{aslr:?}");
+    assert!(
+        aslr.stderr.contains("Operation not permitted"),
+        "{}",
+        aslr.stderr
+    );
+    assert_eq!(aslr.record()["isolation"]["seccomp_profile"], "strict");
+    let aslr = Run::command(ws.path(), &["setarch", "-R", "true"]).run();
+    assert_eq!(
+        aslr.code, 0,
+        "control: the default profile allows it: {aslr:?}"
+    );
     // Control: the default policy writes there.
     let job = Run::command(ws.path(), &["sh", "-c", &script]).run();
     assert!(job.stdout_text().contains("workspace-writable"), "{job:?}");
