@@ -23,6 +23,34 @@ const KEEP_UNUSED: Duration = Duration::from_secs(8 * 86400);
 /// How stale a snapshot's "last used" time may get before a job refreshes it.
 const TOUCH_AFTER: Duration = Duration::from_secs(3600);
 
+/// An empty, read-only regular file in the state directory: what a masked file is covered
+/// with (a device node like /dev/null would not open under a nodev bind).
+pub fn empty_file() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let dir = state_dir();
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("empty");
+    let usable = |meta: &std::fs::Metadata| {
+        meta.file_type().is_file() && meta.len() == 0 && meta.uid() == 0 && meta.mode() & 0o222 == 0
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(&path) {
+        if usable(&meta) {
+            return Ok(path);
+        }
+        std::fs::remove_file(&path)?;
+    }
+    let tmp = dir.join(format!("empty.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
 pub fn state_dir() -> PathBuf {
     std::env::var_os("TOOLBOX_STATE_DIR")
         .map_or_else(|| PathBuf::from("/run/toolbox"), PathBuf::from)

@@ -140,6 +140,12 @@ pub struct RawFilesystem {
     pub rw: Vec<PathBuf>,
     pub workspace: WorkspaceAccess,
     pub tmp_size: Size,
+    /// Private, writable tmpfs mounts besides /tmp (sized like it).
+    #[serde(default)]
+    pub tmpfs: Vec<PathBuf>,
+    /// Paths of the view to hide: directories show empty, files read as /dev/null.
+    #[serde(default)]
+    pub masked: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize, serde::Serialize)]
@@ -194,6 +200,8 @@ pub struct Policy {
     pub rw: Vec<PathBuf>,
     pub workspace: WorkspaceAccess,
     pub tmp_size: u64,
+    pub tmpfs: Vec<PathBuf>,
+    pub masked: Vec<PathBuf>,
     pub network: NetworkMode,
     pub limits: Limits,
     pub env_pass: Vec<String>,
@@ -291,6 +299,8 @@ impl Policy {
             ("filesystem.system", &raw.filesystem.system),
             ("filesystem.ro", &raw.filesystem.ro),
             ("filesystem.rw", &raw.filesystem.rw),
+            ("filesystem.tmpfs", &raw.filesystem.tmpfs),
+            ("filesystem.masked", &raw.filesystem.masked),
         ] {
             for p in paths {
                 check_host_path(p).map_err(|reason| invalid(field, reason))?;
@@ -298,6 +308,15 @@ impl Policy {
         }
         for p in &raw.filesystem.rw {
             check_writable(p).map_err(|reason| invalid("filesystem.rw", reason))?;
+        }
+        for p in &raw.filesystem.tmpfs {
+            check_writable(p).map_err(|reason| invalid("filesystem.tmpfs", reason))?;
+            if [Path::new("/tmp"), Path::new("/dev/shm")].contains(&p.as_path()) {
+                return Err(invalid(
+                    "filesystem.tmpfs",
+                    format!("{} is the jail's own already", p.display()),
+                ));
+            }
         }
         for entry in &raw.filesystem.etc {
             let rel = Path::new(entry);
@@ -402,6 +421,8 @@ impl Policy {
             rw: raw.filesystem.rw,
             workspace: raw.filesystem.workspace,
             tmp_size: raw.filesystem.tmp_size.0,
+            tmpfs: raw.filesystem.tmpfs,
+            masked: raw.filesystem.masked,
             network: raw.network.mode,
             limits,
             env_pass: raw.env.pass,
@@ -451,6 +472,8 @@ impl Policy {
                 rw: self.rw.clone(),
                 workspace: self.workspace,
                 tmp_size: Size(self.tmp_size),
+                tmpfs: self.tmpfs.clone(),
+                masked: self.masked.clone(),
             },
             network: RawNetwork { mode: self.network },
             limits: RawLimits {

@@ -33,6 +33,8 @@ enum Origin {
     Jail,
     ExtraRo,
     ExtraRw,
+    Tmpfs,
+    Masked,
 }
 
 impl Origin {
@@ -44,6 +46,8 @@ impl Origin {
             Origin::Jail => "part of the jail (/tmp, /proc or /dev)",
             Origin::ExtraRo => "a --ro path",
             Origin::ExtraRw => "a --rw path",
+            Origin::Tmpfs => "a policy tmpfs",
+            Origin::Masked => "a masked path",
         }
     }
 }
@@ -221,6 +225,54 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
                 origin,
             ));
         }
+    }
+
+    // The policy's extra tmpfs mounts: private, writable, sized like /tmp.
+    for path in &policy.tmpfs {
+        let dst = utf8(path)?;
+        rules.push(rule(&dst, FsAccess::ReadWrite));
+        mounts.push((
+            Mount::Tmpfs {
+                dst,
+                size: policy.tmp_size,
+                mode: 0o1777,
+            },
+            Origin::Tmpfs,
+        ));
+    }
+    // Masked paths: a directory is covered by an empty, root-owned tmpfs the tool cannot
+    // write; a file by an empty read-only file. Only what the view shows can be masked; the rest is
+    // invisible already.
+    for path in &policy.masked {
+        let shown = mounts.iter().any(|(mount, origin)| {
+            matches!(
+                origin,
+                Origin::System | Origin::ExtraRo | Origin::ExtraRw | Origin::Workspace
+            ) && path.starts_with(mount.dst())
+        });
+        let Some(meta) = lstat(path)? else { continue };
+        if !shown || meta.file_type().is_symlink() {
+            continue;
+        }
+        let dst = utf8(path)?;
+        mounts.push((
+            if meta.is_dir() {
+                Mount::Tmpfs {
+                    dst,
+                    size: 4096,
+                    mode: 0o555,
+                }
+            } else {
+                let empty = crate::etc_snapshot::empty_file()
+                    .map_err(|source| inspect(Path::new("<state>/empty"), source))?;
+                Mount::Bind {
+                    src: utf8(&empty)?,
+                    dst,
+                    writable: false,
+                }
+            },
+            Origin::Masked,
+        ));
     }
 
     for (i, (a, origin_a)) in mounts.iter().enumerate() {

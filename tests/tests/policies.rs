@@ -385,3 +385,50 @@ fn sighup_reloads_keeps_running_jobs_on_their_policy_and_survives_a_broken_edit(
     );
     assert_eq!(pids_of(&daemon.job(&body(&["/bin/true"]))), 50);
 }
+
+#[test]
+fn a_policy_can_add_tmpfs_mounts_and_mask_paths() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("masking.toml");
+    let text = edited("tmpfs = []", "tmpfs = [\"/var/tmp\"]").replacen(
+        "masked = []",
+        "masked = [\"/usr/share/doc\", \"/usr/share/common-licenses/GPL-3\"]",
+        1,
+    );
+    std::fs::write(&file, text).expect("write");
+    assert!(Path::new("/usr/share/common-licenses/GPL-3").is_file());
+    assert!(std::fs::read_dir("/usr/share/doc")
+        .expect("doc")
+        .next()
+        .is_some());
+    let ws = workspace();
+    let script = "echo doc=$(ls -A /usr/share/doc | wc -l); \
+                  echo gpl3=$(wc -c < /usr/share/common-licenses/GPL-3); \
+                  echo x > /var/tmp/t && echo var-tmp-writable; \
+                  echo listed=$(ls /usr/share/common-licenses | grep -cx GPL-3); \
+                  mkdir /usr/share/doc/new 2>/dev/null || echo mask-not-writable";
+    let job = Run::command(ws.path(), &["sh", "-c", script])
+        .opts(&["--policy", file.to_str().expect("utf8")])
+        .run();
+    let out = job.stdout_text();
+    // The masked directory is empty and unwritable, the masked file reads empty (its
+    // name stays), /var/tmp is a private writable tmpfs.
+    for expected in [
+        "doc=0",
+        "gpl3=0",
+        "var-tmp-writable",
+        "listed=1",
+        "mask-not-writable",
+    ] {
+        assert!(
+            out.lines().any(|l| l == expected),
+            "no {expected:?} in {out:?}: {job:?}"
+        );
+    }
+    // Control: the default policy shows both.
+    let job = Run::command(ws.path(), &["sh", "-c", "ls -A /usr/share/doc | wc -l"]).run();
+    assert_ne!(job.stdout_text().trim(), "0");
+}
