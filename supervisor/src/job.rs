@@ -345,6 +345,23 @@ fn user(
     caller: &Caller,
     policy: &Policy,
 ) -> Result<(u32, u32), RequestError> {
+    if policy.run_as == policy::RunAs::Fixed {
+        if let Some((uid, gid)) = requested {
+            return Err(override_error(
+                policy,
+                "user",
+                match gid {
+                    Some(gid) => format!("{uid}:{gid}"),
+                    None => uid.to_string(),
+                },
+                format!(
+                    "only its fixed {}:{}",
+                    policy.fallback_uid, policy.fallback_gid
+                ),
+            ));
+        }
+        return Ok((policy.fallback_uid, policy.fallback_gid));
+    }
     if let Some((uid, gid)) = requested {
         if uid == 0 || gid == Some(0) {
             return Err(RequestError::User(

@@ -179,8 +179,22 @@ pub struct RawEnv {
 #[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawUser {
+    #[serde(default)]
+    pub run_as: RunAs,
     pub fallback_uid: u32,
     pub fallback_gid: u32,
+}
+
+/// Whom the tool runs as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunAs {
+    /// Whoever owns the work: the workspace's owner (`toolbox run`; the user behind sudo if
+    /// root owns it) or the caller (over the socket); the fallback ids when that is root.
+    #[default]
+    Owner,
+    /// Always the fallback uid and gid, whoever asks.
+    Fixed,
 }
 
 #[derive(Debug, Deserialize, serde::Serialize)]
@@ -206,6 +220,7 @@ pub struct Policy {
     pub limits: Limits,
     pub env_pass: Vec<String>,
     pub env_set: Vec<(String, String)>,
+    pub run_as: RunAs,
     pub fallback_uid: u32,
     pub fallback_gid: u32,
     pub landlock_min_abi: u32,
@@ -427,6 +442,7 @@ impl Policy {
             limits,
             env_pass: raw.env.pass,
             env_set: raw.env.set.into_iter().collect(),
+            run_as: raw.user.run_as,
             fallback_uid: raw.user.fallback_uid,
             fallback_gid: raw.user.fallback_gid,
             landlock_min_abi: raw.landlock.min_abi,
@@ -492,6 +508,7 @@ impl Policy {
                 set: self.env_set.iter().cloned().collect(),
             },
             user: RawUser {
+                run_as: self.run_as,
                 fallback_uid: self.fallback_uid,
                 fallback_gid: self.fallback_gid,
             },

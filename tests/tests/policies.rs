@@ -432,3 +432,34 @@ fn a_policy_can_add_tmpfs_mounts_and_mask_paths() {
     let job = Run::command(ws.path(), &["sh", "-c", "ls -A /usr/share/doc | wc -l"]).run();
     assert_ne!(job.stdout_text().trim(), "0");
 }
+
+#[test]
+fn a_fixed_user_policy_runs_every_job_as_its_id() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("fixed.toml");
+    let text = edited("\nrun_as = \"owner\"\n", "\nrun_as = \"fixed\"\n")
+        .replacen("fallback_uid = 65534", "fallback_uid = 54329", 1)
+        .replacen("fallback_gid = 65534", "fallback_gid = 54329", 1);
+    std::fs::write(&file, text).expect("write");
+    let policy = file.to_str().expect("utf8");
+    let ws = workspace();
+    let job = Run::command(ws.path(), &["id", "-u"])
+        .opts(&["--policy", policy])
+        .run();
+    assert_eq!(job.stdout_text().trim(), "54329", "{job:?}");
+    // Control: the default runs it as the workspace's owner.
+    let job = Run::command(ws.path(), &["id", "-u"]).run();
+    assert_eq!(
+        job.stdout_text().trim(),
+        toolbox_tests::TOOL_UID.to_string()
+    );
+    // Asking for another id is loosening what the policy fixed: refused.
+    let job = Run::command(ws.path(), &["id", "-u"])
+        .opts(&["--policy", policy, "--user", "54330"])
+        .run();
+    assert_eq!(job.code, 125, "{job:?}");
+    assert!(job.stderr.contains("fixed 54329:54329"), "{}", job.stderr);
+}

@@ -279,13 +279,16 @@ pub fn to_request(
             ));
         }
     }
-    // A peer whose primary group is root's runs under its own uid's group instead.
-    let user = if peer.uid == 0 {
-        (policy.fallback_uid, Some(policy.fallback_gid))
+    // A peer whose primary group is root's runs under its own uid's group instead. A policy
+    // that runs every job as one fixed id decides alone.
+    let user = if policy.run_as == crate::policy::RunAs::Fixed {
+        None
+    } else if peer.uid == 0 {
+        Some((policy.fallback_uid, Some(policy.fallback_gid)))
     } else if peer.gid == 0 {
-        (peer.uid, None)
+        Some((peer.uid, None))
     } else {
-        (peer.uid, Some(peer.gid))
+        Some((peer.uid, Some(peer.gid)))
     };
     let request = JobRequest {
         id: Some(job_id.to_string()),
@@ -301,7 +304,7 @@ pub fn to_request(
         network: body.network,
         ro,
         rw,
-        user: Some(user),
+        user,
     };
     Ok((request, stdin))
 }
