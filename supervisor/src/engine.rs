@@ -643,6 +643,17 @@ fn classify(run: &Run, stats: &CgroupStats) -> (JobStatus, i32, Option<i32>, Opt
         Some(ToolEnd::Exited(_)) => None,
         None => run.killed.then_some(sigkill),
     };
+    // A job cancelled or timed out while its jail was still being built fails its set-up
+    // because of that: the ending is what happened to it.
+    match run.ending {
+        Some(Ending::Cancelled(code)) if run.tool.is_none() => {
+            return (JobStatus::Cancelled, code, signal_of(run.tool), None)
+        }
+        Some(Ending::Timeout) if run.tool.is_none() => {
+            return (JobStatus::Timeout, exit::TIMEOUT, signal_of(run.tool), None)
+        }
+        _ => {}
+    }
     if let Some(error) = &run.setup_error {
         return (
             JobStatus::SetupError,
