@@ -643,16 +643,16 @@ fn classify(run: &Run, stats: &CgroupStats) -> (JobStatus, i32, Option<i32>, Opt
         Some(ToolEnd::Exited(_)) => None,
         None => run.killed.then_some(sigkill),
     };
-    // A job cancelled or timed out while its jail was still being built fails its set-up
-    // because of that: the ending is what happened to it.
+    // The ending comes first: a job cancelled or timed out while its jail was still being
+    // built fails its set-up because of that, and the ending is what happened to it.
     match run.ending {
-        Some(Ending::Cancelled(code)) if run.tool.is_none() => {
-            return (JobStatus::Cancelled, code, signal_of(run.tool), None)
-        }
-        Some(Ending::Timeout) if run.tool.is_none() => {
+        Some(Ending::Timeout) => {
             return (JobStatus::Timeout, exit::TIMEOUT, signal_of(run.tool), None)
         }
-        _ => {}
+        Some(Ending::Cancelled(code)) => {
+            return (JobStatus::Cancelled, code, signal_of(run.tool), None)
+        }
+        None => {}
     }
     if let Some(error) = &run.setup_error {
         return (
@@ -676,15 +676,6 @@ fn classify(run: &Run, stats: &CgroupStats) -> (JobStatus, i32, Option<i32>, Opt
             )
         };
         return (JobStatus::SetupError, code, None, Some(message));
-    }
-    match run.ending {
-        Some(Ending::Timeout) => {
-            return (JobStatus::Timeout, exit::TIMEOUT, signal_of(run.tool), None)
-        }
-        Some(Ending::Cancelled(code)) => {
-            return (JobStatus::Cancelled, code, signal_of(run.tool), None)
-        }
-        None => {}
     }
     match run.tool {
         Some(ToolEnd::Exited(code)) => (JobStatus::Exited, code, None, None),

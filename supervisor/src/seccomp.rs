@@ -187,19 +187,6 @@ pub struct Profile {
 /// Calls the `strict` profile also denies: personality (turning ASLR off), comparing and
 /// stealing other processes' descriptors and memory hints, NUMA placement, secret memory,
 /// fanotify.
-#[cfg(target_arch = "x86_64")]
-const STRICT_EXTRA: &[i64] = &[
-    libc::SYS_personality,
-    libc::SYS_kcmp,
-    libc::SYS_process_madvise,
-    libc::SYS_mbind,
-    libc::SYS_set_mempolicy,
-    libc::SYS_migrate_pages,
-    libc::SYS_move_pages,
-    libc::SYS_memfd_secret,
-    libc::SYS_fanotify_init,
-];
-#[cfg(target_arch = "aarch64")]
 const STRICT_EXTRA: &[i64] = &[
     libc::SYS_personality,
     libc::SYS_kcmp,

@@ -22,13 +22,7 @@ pub struct Daemon {
 impl Daemon {
     /// Start `toolbox serve` with these extra options, and wait until it answers.
     pub fn start(options: &[&str]) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("toolbox-daemon-")
-            .tempdir()
-            .expect("tempdir");
-        let socket = dir.path().join("toolbox.sock");
-        let audit = dir.path().join("audit.jsonl");
-        Daemon::start_at(dir, socket, audit, options)
+        Daemon::start_with_env(options, &[])
     }
 
     /// The same, with these variables in the daemon's environment.
