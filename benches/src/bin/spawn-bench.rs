@@ -211,8 +211,13 @@ fn spawn(options: &Options) {
     );
     for round in 1..=options.rounds {
         let start = contenders[0].times.len();
-        for _ in 0..options.runs {
-            for contender in &mut contenders {
+        // Each run leaves work behind (a network namespace's teardown, RCU callbacks) that
+        // lands on whatever runs next; rotating the order spreads that evenly, where a fixed
+        // order would always hand one contender's leftovers to the same other one.
+        let n = contenders.len();
+        for i in 0..options.runs {
+            for k in 0..n {
+                let contender = &mut contenders[(i + k) % n];
                 contender.times.push(run_once(&contender.argv));
             }
         }
