@@ -93,7 +93,8 @@ pub struct Cancel {
 pub struct Engine {
     shim: PathBuf,
     swept: std::sync::atomic::AtomicBool,
-    /// Detected and prepared on first use: a one-shot `toolbox run` starts its shim first.
+    /// Detected and prepared on first use: on cgroup v1 a one-shot `toolbox run` starts its
+    /// shim first; on v2 [`Engine::prestart`] prepares them before the shim exists.
     cgroups: std::sync::OnceLock<Result<Cgroups, String>>,
 }
 
@@ -126,6 +127,12 @@ impl Engine {
     /// Start the shim for a job with this network mode, before the job is planned: the
     /// shim's own start-up then overlaps the planning. Hand it to [`Engine::run`].
     pub fn prestart(&self, network: NetworkMode, stdin: Stdin) -> Result<Shim, EngineError> {
+        // On cgroup v2 the supervisor moves into its leaf before it has a child: a shim born
+        // in the cgroup that must delegate controllers would keep it from doing so. (A
+        // failure here comes back, cached, when the job asks for its cgroup.)
+        if Cgroups::unified_host() {
+            let _ = self.cgroups();
+        }
         spawn::spawn(&self.shim, jail_network(network), stdin).map_err(|source| {
             EngineError::Spawn {
                 path: self.shim.clone(),

@@ -122,6 +122,13 @@ pub enum Cgroups {
 }
 
 impl Cgroups {
+    /// Whether `/sys/fs/cgroup` is a unified (cgroup v2) hierarchy: one statfs, cheap
+    /// enough to ask before anything else is done.
+    pub fn unified_host() -> bool {
+        nix::sys::statfs::statfs("/sys/fs/cgroup")
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+    }
+
     /// Detect the host's cgroups as this process sees them.
     pub fn detect() -> Result<Cgroups, CgroupError> {
         let read = |path: &str| {
