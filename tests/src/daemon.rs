@@ -53,6 +53,15 @@ impl Daemon {
         options: &[&str],
         env: &[(&str, &str)],
     ) -> Daemon {
+        // One cgroup per socket, as one systemd service: a restart shares its predecessor's.
+        let unit = format!(
+            "daemon-{}",
+            socket
+                .parent()
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
         let child = Command::new(toolbox())
             .arg("serve")
             .arg("--socket")
@@ -61,6 +70,7 @@ impl Daemon {
             .arg(&audit)
             .args(options)
             .env("TOOLBOX_LOG", "info")
+            .env(crate::UNIT_ENV, unit)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("daemon.log")).expect("log file"))

@@ -56,9 +56,20 @@ fn bin_dir() -> PathBuf {
 }
 
 /// `toolbox`, built (once per test binary) for the same target and profile as the tests.
+/// With `TOOLBOX_TEST_PREBUILT=1` (the VM tier, which has no cargo) the binaries next to the
+/// test executable are used as they are.
 pub fn toolbox() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
+        if std::env::var("TOOLBOX_TEST_PREBUILT").as_deref() == Ok("1") {
+            let toolbox = bin_dir().join("toolbox");
+            assert!(
+                toolbox.is_file(),
+                "TOOLBOX_TEST_PREBUILT=1 but {} is missing",
+                toolbox.display()
+            );
+            return toolbox;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut args = vec!["build", "--quiet", "-p", "toolbox", "-p", "toolbox-shim"];
         if !cfg!(debug_assertions) {
@@ -76,6 +87,36 @@ pub fn toolbox() -> &'static Path {
         assert!(toolbox.is_file(), "{} was not built", toolbox.display());
         toolbox
     })
+}
+
+/// The variable naming the cgroup a `toolbox` started by a test runs in, for supervisors that
+/// must share one (a daemon and its restart, a killed run and the next). The host ignores
+/// it: there every toolbox shares the test's own cgroup anyway. In the cgroup v2 VM tier
+/// (scripts/vm-test.sh), where each toolbox gets a scope of its own as
+/// `systemd-run --scope` would give it, it picks the scope `$TOOLBOX_TEST_SCOPES/<unit>.scope`.
+pub const UNIT_ENV: &str = "TOOLBOX_TEST_UNIT";
+
+/// Where a supervisor started with [`UNIT_ENV`] set to `unit` puts its job cgroups: the
+/// test's own cgroup (v1: in the pids hierarchy), or in the VM tier that unit's scope.
+pub fn job_cgroup_parent(unit: &str) -> PathBuf {
+    if let Some(scopes) = std::env::var_os("TOOLBOX_TEST_SCOPES") {
+        return PathBuf::from(scopes).join(format!("{unit}.scope"));
+    }
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.splitn(3, ':').collect()).collect();
+    let pids = lines
+        .iter()
+        .find(|f| f.len() == 3 && f[1].split(',').any(|c| c == "pids"));
+    match pids {
+        Some(f) => PathBuf::from("/sys/fs/cgroup/pids").join(f[2].trim_start_matches('/')),
+        None => {
+            let f = lines
+                .iter()
+                .find(|f| f.len() == 3 && f[0] == "0")
+                .expect("a cgroup v2 line");
+            PathBuf::from("/sys/fs/cgroup").join(f[2].trim_start_matches('/'))
+        }
+    }
 }
 
 /// The probe binary (cargo builds it before the tests), bound into jobs read-only at the

@@ -2,28 +2,7 @@
 //! its own jobs through `finish`); job cgroups left by a supervisor that died are removed
 //! by the next one.
 
-use std::path::PathBuf;
-
-use toolbox_tests::{require_root, workspace, Run};
-
-/// This process's cgroup directory in the v1 pids hierarchy, or the v2 one.
-fn own_cgroup_dir() -> PathBuf {
-    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
-    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.splitn(3, ':').collect()).collect();
-    let pids = lines
-        .iter()
-        .find(|f| f.len() == 3 && f[1].split(',').any(|c| c == "pids"));
-    match pids {
-        Some(f) => PathBuf::from("/sys/fs/cgroup/pids").join(f[2].trim_start_matches('/')),
-        None => {
-            let f = lines
-                .iter()
-                .find(|f| f.len() == 3 && f[0] == "0")
-                .expect("a cgroup v2 line");
-            PathBuf::from("/sys/fs/cgroup").join(f[2].trim_start_matches('/'))
-        }
-    }
-}
+use toolbox_tests::{job_cgroup_parent, require_root, workspace, Run, UNIT_ENV};
 
 #[test]
 fn job_cgroups_of_a_dead_supervisor_are_swept() {
@@ -36,13 +15,18 @@ fn job_cgroups_of_a_dead_supervisor_are_swept() {
         .expect("spawn");
     let dead_pid = dead.id();
     dead.wait().expect("wait");
-    let stale = own_cgroup_dir().join(format!(
+    let unit = toolbox_tests::token("sweep");
+    let parent = job_cgroup_parent(&unit);
+    std::fs::create_dir_all(&parent).expect("the supervisor's cgroup");
+    let stale = parent.join(format!(
         "toolbox-{dead_pid}-{}",
         toolbox_tests::token("stale").replace('-', "")
     ));
     std::fs::create_dir(&stale).expect("create a stale job cgroup");
     let ws = workspace();
-    let job = Run::command(ws.path(), &["/bin/true"]).run();
+    let job = Run::command(ws.path(), &["/bin/true"])
+        .caller_env(UNIT_ENV, &unit)
+        .run();
     assert_eq!(job.code, 0, "{job:?}");
     let swept = !stale.exists();
     if !swept {
@@ -63,7 +47,10 @@ fn a_supervisor_killed_mid_job_takes_its_jail_along_and_the_next_run_sweeps_its_
     }
     let ws = workspace();
     let mark = toolbox_tests::token("orphan");
-    let mut toolbox = Run::probe(ws.path(), &["sleep", "30", &mark]).spawn();
+    let unit = toolbox_tests::token("killed");
+    let mut toolbox = Run::probe(ws.path(), &["sleep", "30", &mark])
+        .caller_env(UNIT_ENV, &unit)
+        .spawn();
     let supervisor = toolbox.id();
     assert!(
         toolbox_tests::wait_for(std::time::Duration::from_secs(5), || {
@@ -84,7 +71,7 @@ fn a_supervisor_killed_mid_job_takes_its_jail_along_and_the_next_run_sweeps_its_
     );
     let prefix = format!("toolbox-{supervisor}-");
     let left = || {
-        std::fs::read_dir(own_cgroup_dir())
+        std::fs::read_dir(job_cgroup_parent(&unit))
             .expect("read cgroup dir")
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
@@ -94,7 +81,9 @@ fn a_supervisor_killed_mid_job_takes_its_jail_along_and_the_next_run_sweeps_its_
         "expected the killed supervisor's cgroup to be left for the sweep"
     );
     // ... and the next run removes what it could not.
-    let next = Run::command(ws.path(), &["/bin/true"]).run();
+    let next = Run::command(ws.path(), &["/bin/true"])
+        .caller_env(UNIT_ENV, &unit)
+        .run();
     assert_eq!(next.code, 0, "{next:?}");
     assert!(!left(), "the dead supervisor's job cgroup was not swept");
 }

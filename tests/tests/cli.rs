@@ -104,14 +104,19 @@ fn ctrl_c_cancels_the_whole_job() {
         return;
     }
     let ws = workspace();
-    // Build first: the first test to ask for the binary may wait for cargo.
-    toolbox();
-    let started = Instant::now();
-    let child = Run::command(ws.path(), &["/bin/sleep", "30"])
+    let mark = toolbox_tests::token("ctrlc");
+    let child = Run::probe(ws.path(), &["sleep", "30", &mark])
         .opts(&["--grace", "1s"])
         .spawn();
-    std::thread::sleep(Duration::from_millis(400));
-    // Our own child, not yet reaped: the pid is still its.
+    // Once the tool runs (toolbox is past its start-up, however slow the machine)...
+    assert!(
+        toolbox_tests::wait_for(Duration::from_secs(20), || {
+            !toolbox_tests::host_probe_pids(&mark).is_empty()
+        }),
+        "the job never started"
+    );
+    // ... Ctrl-C. Our own child, not yet reaped: the pid is still its.
+    let started = Instant::now();
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status();
@@ -122,6 +127,10 @@ fn ctrl_c_cancels_the_whole_job() {
         started.elapsed() < Duration::from_secs(5),
         "cancel took {:?}",
         started.elapsed()
+    );
+    assert!(
+        toolbox_tests::host_probe_pids(&mark).is_empty(),
+        "the tool outlived the cancelled job"
     );
 }
 

@@ -171,7 +171,8 @@ fn systemd_hears_ready_and_stopping() {
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).expect("READY=1");
     assert_eq!(&buf[..n], b"READY=1");
-    assert!(daemon.stop().success());
+    let status = daemon.stop();
+    assert!(status.success(), "{status:?}; its log:\n{}", daemon.log());
     let n = notify.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
 }

@@ -55,7 +55,11 @@ fn no_capabilities_no_new_privs_seccomp_on() {
 /// arguments) is not EPERM: in the jail they must be EPERM, so these prove the filter. The
 /// others in the probe's battery (acct, fsopen, move_mount, pivot_root, reboot,
 /// settimeofday, swapon, swapoff, syslog, …) fail with EPERM even unfiltered, because the
-/// kernel checks a capability first; they are still required to fail.
+/// kernel checks a capability first; they are still required to fail. Some answer
+/// differently by kernel, so they are left out here too: the kexec and module calls give
+/// EPERM where the kernel has kexec and modules (Debian's) and ENOSYS where it has not
+/// (ours); open_by_handle_at checks its capability before its arguments on 6.1 (the VM
+/// tier's kernel) but not on ours.
 const DISCRIMINATING: &[&str] = &[
     "mount",
     "umount2",
@@ -71,13 +75,7 @@ const DISCRIMINATING: &[&str] = &[
     "keyctl",
     "add_key",
     "request_key",
-    "kexec_load",
-    "kexec_file_load",
-    "init_module",
-    "finit_module",
-    "delete_module",
     "userfaultfd",
-    "open_by_handle_at",
     "name_to_handle_at",
     "io_uring_setup",
     "io_uring_enter",
@@ -129,16 +127,20 @@ fn forbidden_syscalls_fail_with_eperm() {
         .output()
         .expect("control probe");
     let control: Value = serde_json::from_slice(&control.stdout).expect("control json");
-    for name in DISCRIMINATING {
-        let errno = control[*name]
-            .as_i64()
-            .unwrap_or_else(|| panic!("{name} missing from the control"));
-        assert_ne!(
-            errno,
-            i64::from(libc::EPERM),
-            "{name} gives EPERM even unfiltered: not a discriminating check"
-        );
-    }
+    let undiscriminating: Vec<&str> = DISCRIMINATING
+        .iter()
+        .copied()
+        .filter(|name| {
+            control[*name]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{name} missing from the control"))
+                == i64::from(libc::EPERM)
+        })
+        .collect();
+    assert!(
+        undiscriminating.is_empty(),
+        "{undiscriminating:?} give EPERM even unfiltered: not discriminating checks ({control})"
+    );
 }
 
 #[test]
