@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # The cgroup v2 test tier: boot a Debian kernel under qemu with cgroup v1 disabled
-# (cgroup_no_v1=all, cgroup2 at /sys/fs/cgroup), run toolbox in it, report on the serial
-# console, power off. The host's own tests cover cgroup v1; this covers v2 on a real kernel.
+# (cgroup_no_v1=all, cgroup2 alone at /sys/fs/cgroup, as on a systemd host), and run in it
+# `toolbox doctor`, a few checks of its own and the same integration test binaries the host
+# runs (jail and daemon suites); report on the serial console, power off. The host's tests
+# cover cgroup v1; this covers v2 on a real kernel.
 #
-#   scripts/vm-test.sh            # as root: KVM when /dev/kvm works, TCG otherwise
+#   scripts/vm-test.sh                        # as root
+#   VM_TEST_ARGS=limits:: scripts/vm-test.sh  # only the tests whose name has this in it
 #
+# KVM when a probe boot shows it works, TCG otherwise (VM_TEST_ACCEL=kvm|tcg forces one).
 # Nothing is installed on the host but qemu and busybox-static (Debian packages): the kernel
 # is fetched with `apt-get download` and unpacked into target/vm/, the root filesystem is an
-# initramfs built here from busybox, the toolbox binaries and the shared libraries of the
-# few host programs the jobs use. The whole run is bounded by a hard timeout on qemu.
+# initramfs built here from busybox, the toolbox and test binaries, and a few host programs
+# with their shared libraries. The whole run is bounded by a hard timeout on qemu
+# (VM_TEST_TIMEOUT, default 540 s).
 #
-# Exit status: 0 when every check in the VM passed, 1 when one failed or the VM never
-# reported. The last line is a summary: `vm-test: N passed, M failed`.
+# In the VM each `toolbox` runs in a cgroup of its own (scripts/vm/scoped), as
+# `systemd-run --scope -p Delegate=yes` or a service with Delegate=yes gives it on a systemd
+# host; one check runs it in a shared cgroup, where it must refuse and say what to do.
+#
+# Exit status: 0 when every check and test in the VM passed, 1 when one failed or the VM
+# never reported. The last line is a summary: `vm-test: N passed, M failed` (tests counted
+# one by one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root_dir=$PWD
@@ -26,7 +36,10 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 [ -x /bin/busybox ] && /bin/busybox --list | grep -qx switch_root || need+=(busybox-static)
 if [ "${#need[@]}" -gt 0 ]; then
     echo "vm-test: installing ${need[*]}" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+    apt_install() {
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null
+    }
+    apt_install "${need[@]}" || { apt-get update -q >/dev/null && apt_install "${need[@]}"; }
 fi
 
 cache="$root_dir/target/vm"
@@ -52,24 +65,27 @@ if [ ! -d "$kdir/boot" ]; then
 fi
 vmlinuz=$(ls "$kdir"/boot/vmlinuz-*)
 
-echo "vm-test: building toolbox" >&2
-cargo build -q --release -p toolbox -p toolbox-shim
-bin="$root_dir/target/x86_64-unknown-linux-gnu/release"
+echo "vm-test: building toolbox and the integration test binaries" >&2
+cargo build -q -p toolbox -p toolbox-shim
+# The suites as the host runs them (debug; they use the binaries next to them in bin/).
+suites=$(cargo test -q -p toolbox-tests --no-run --message-format=json 2>/dev/null |
+    sed -n 's/.*"kind":\["test"\].*"executable":"\([^"]*\)".*/\1/p')
+if [ -z "$suites" ]; then
+    echo "vm-test: cargo test --no-run named no test binaries" >&2
+    exit 1
+fi
+bin="$root_dir/target/x86_64-unknown-linux-gnu/debug"
 
 # The root filesystem. Binaries keep their host paths, so what the jail binds in the VM is
 # laid out as on the host (/usr merged, /bin -> usr/bin).
 rootfs="$cache/rootfs"
 rm -rf "$rootfs"
-mkdir -p "$rootfs"/{usr/bin,usr/sbin,usr/lib,usr/lib64,etc,proc,sys,dev,tmp,run,root,mnt,var/tmp}
+mkdir -p "$rootfs"/{usr/bin,usr/sbin,usr/lib,usr/lib64,etc,proc,sys,dev,tmp,run,root,mnt,var/tmp,vm}
 ln -s usr/bin "$rootfs/bin"
 ln -s usr/sbin "$rootfs/sbin"
 ln -s usr/lib "$rootfs/lib"
 ln -s usr/lib64 "$rootfs/lib64"
 chmod 1777 "$rootfs/tmp" "$rootfs/var/tmp"
-cp /bin/busybox "$rootfs/usr/bin/busybox"
-for applet in $(/bin/busybox --list); do
-    [ -e "$rootfs/usr/bin/$applet" ] || ln -s busybox "$rootfs/usr/bin/$applet"
-done
 # A host program and the shared libraries it loads, at their host paths.
 add_program() {
     local program=$1
@@ -79,106 +95,104 @@ add_program() {
     done
 }
 # setarch: busybox has none, and the strict policy's seccomp test needs personality().
-add_program "$(command -v setarch)"
-mkdir -p "$rootfs$bin"
-for b in toolbox toolbox-shim toolbox-serve; do
+# sleep and date from coreutils: the tests name processes through argv[0] (which busybox
+# takes for the applet to run) and read the clock in nanoseconds (%N), which busybox lacks.
+# dash as /bin/sh, as on a Debian host: busybox's sh would run its own date applet.
+for program in setarch sleep date dash; do
+    add_program "$(command -v "$program")"
+done
+ln -s dash "$rootfs/usr/bin/sh"
+# A few files the tests bind or list from /usr/share.
+mkdir -p "$rootfs/usr/share"
+cp -r /usr/share/common-licenses "$rootfs/usr/share/"
+mkdir -p "$rootfs/usr/share/doc"
+cp -r /usr/share/doc/dash "$rootfs/usr/share/doc/"
+cp /bin/busybox "$rootfs/usr/bin/busybox"
+for applet in $(/bin/busybox --list); do
+    [ -e "$rootfs/usr/bin/$applet" ] || ln -s busybox "$rootfs/usr/bin/$applet"
+done
+mkdir -p "$rootfs$bin/deps"
+for b in toolbox-shim toolbox-serve probe; do
     cp "$bin/$b" "$rootfs$bin/$b"
 done
+# `toolbox` itself is reached through /vm/scoped: a cgroup of its own per run, as
+# `systemd-run --scope -p Delegate=yes` gives it on a systemd host.
+cp "$bin/toolbox" "$rootfs$bin/toolbox.bin"
+printf '#!/bin/sh\nexec /vm/scoped %s "$@"\n' "$bin/toolbox.bin" >"$rootfs$bin/toolbox"
+chmod 0755 "$rootfs$bin/toolbox"
+for suite in $suites; do
+    cp "$suite" "$rootfs$bin/deps/"
+done
+# Debug info off (symbols stay, for backtraces): a third of the initramfs to unpack.
+strip --strip-debug "$rootfs$bin"/* "$rootfs$bin"/deps/* 2>/dev/null || true
+# busybox's switch_root insists on a regular /init in the initramfs.
+install -m 0755 scripts/vm/init "$rootfs/init"
+install -m 0755 scripts/vm/scoped "$rootfs/vm/scoped"
+cp scripts/vm/checks.sh "$rootfs/vm/"
+{
+    echo "BIN=$bin"
+    echo "VM_TEST_ARGS=\"${VM_TEST_ARGS:-}\""
+    echo "SUITES=\"$(for s in $suites; do printf '%s ' "$bin/deps/$(basename "$s")"; done)\""
+} >"$rootfs/vm/env"
+# The suites read the shipped policies and units from the source tree, at its host path.
+mkdir -p "$rootfs$root_dir/tests"
+cp -r policies systemd "$rootfs$root_dir/"
 mkdir -p "$rootfs/etc/toolbox/policies"
 cp policies/*.toml "$rootfs/etc/toolbox/policies/"
-cat >"$rootfs/etc/passwd" <<'EOF'
+cat >"$rootfs/etc/passwd" <<'EOP'
 root:x:0:0:root:/root:/bin/sh
 nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
-EOF
-cat >"$rootfs/etc/group" <<'EOF'
+EOP
+cat >"$rootfs/etc/group" <<'EOP'
 root:x:0:
 nogroup:x:65534:
-EOF
+EOP
+# Secrets the jail must keep out, readable by anyone here so only the view can.
+echo "root:VMTEST-SHADOW-SECRET:19000:0:99999:7:::" >"$rootfs/etc/shadow"
+echo "root:VMTEST-GSHADOW-SECRET::" >"$rootfs/etc/gshadow"
+chmod 0644 "$rootfs/etc/shadow" "$rootfs/etc/gshadow"
 echo "127.0.0.1 localhost" >"$rootfs/etc/hosts"
 echo "hosts: files" >"$rootfs/etc/nsswitch.conf"
 : >"$rootfs/etc/resolv.conf"
 echo "toolbox-vm" >"$rootfs/etc/hostname"
 
-cat >"$rootfs/init" <<EOF
-#!/bin/sh
-# PID 1 of the VM. The initramfs is rootfs, where pivot_root (which every jail does) is
-# refused: copy it into a tmpfs and switch to that first.
-if [ ! -e /.switched ]; then
-    mount -t proc proc /proc
-    mount -t tmpfs -o mode=0755 root /mnt
-    for entry in /*; do
-        case "\$entry" in /mnt|/proc) ;; *) cp -a "\$entry" /mnt/ ;; esac
-    done
-    mkdir -p /mnt/mnt /mnt/proc
-    touch /mnt/.switched
-    umount /proc
-    exec switch_root /mnt /init
-fi
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mkdir -p /dev/shm /dev/pts
-mount -t tmpfs -o mode=1777 shm /dev/shm
-mount -t tmpfs -o mode=0755 run /run
-mount -t cgroup2 cgroup2 /sys/fs/cgroup
-ip link set lo up
-hostname toolbox-vm
-export PATH=/usr/bin:/usr/sbin HOME=/root
-# As systemd sets up a host: the controllers on at the root, the work in a child cgroup of
-# its own (toolbox must enable them further down and keep out of the internal-process rule).
-echo "+memory +pids +cpu" >/sys/fs/cgroup/cgroup.subtree_control
-mkdir /sys/fs/cgroup/vm-test.scope
-echo \$\$ >/sys/fs/cgroup/vm-test.scope/cgroup.procs
-sh /vm-checks.sh
-poweroff -f
-EOF
-chmod 0755 "$rootfs/init"
-
-cat >"$rootfs/vm-checks.sh" <<EOF
-# Runs inside the VM. Each check prints VMTEST-PASS or VMTEST-FAIL and a name.
-passed=0
-failed=0
-check() {
-    name=\$1
-    shift
-    if "\$@"; then
-        echo "VMTEST-PASS \$name"
-        passed=\$((passed + 1))
-    else
-        echo "VMTEST-FAIL \$name"
-        failed=\$((failed + 1))
-    fi
-}
-toolbox=$bin/toolbox
-echo "== kernel \$(uname -r); cgroup mounts: \$(awk '\$3 ~ /^cgroup/ {print \$3 " at " \$2}' /proc/mounts)"
-check "no cgroup v1 hierarchy" sh -c "! awk '\\\$3 == \\"cgroup\\" {found=1} END {exit !found}' /proc/mounts"
-check "toolbox doctor" sh -c "\$toolbox doctor; test \\\$? = 0"
-mkdir -p /work-vm && chown 65534:65534 /work-vm
-check "a job runs" sh -c "\$toolbox run --local -C /work-vm -- /bin/sh -c 'echo hello' | grep -qx hello"
-echo "VMTEST-SUMMARY \$passed \$failed"
-EOF
-
 echo "vm-test: packing the initramfs" >&2
 (cd "$rootfs" && find . | /bin/busybox cpio -o -H newc 2>/dev/null) | gzip -1 >"$cache/initramfs.gz"
 
-# TCG by default for now: on our Firecracker hosts /dev/kvm opens, but a nested guest hangs
-# right after the BIOS (-cpu host also trips on MSR 0x10a). VM_TEST_ACCEL=kvm forces KVM;
-# a short KVM boot probe that falls back to TCG is still to come.
-accel=(-accel tcg)
-if [ "${VM_TEST_ACCEL:-tcg}" = kvm ]; then
-    accel=(-enable-kvm -cpu host,-arch-capabilities)
+# KVM when it really boots a guest, TCG otherwise. /dev/kvm existing is not enough: on a
+# nested host without virtualization extensions it opens, but the guest hangs right after
+# the BIOS. A probe boot (seconds under KVM) decides; VM_TEST_ACCEL=kvm|tcg skips it.
+qemu_base=(qemu-system-x86_64 -m 4096 -smp 2 -nographic -no-reboot -monitor none -display none
+    -net none -kernel "$vmlinuz" -initrd "$cache/initramfs.gz")
+cmdline="console=ttyS0 panic=-1 cgroup_no_v1=all rdinit=/init quiet"
+kvm=(-accel kvm -cpu host,-arch-capabilities)
+accel_choice="${VM_TEST_ACCEL:-auto}"
+if [ "$accel_choice" = auto ]; then
+    accel_choice=tcg
+    if [ -w /dev/kvm ]; then
+        probe_log="$cache/kvm-probe.log"
+        rm -f "$probe_log"
+        timeout --kill-after=5 20 "${qemu_base[@]}" "${kvm[@]}" \
+            -append "$cmdline vmtest.probe" -serial "file:$probe_log" >/dev/null 2>&1 || true
+        if grep -q VMTEST-BOOTED "$probe_log" 2>/dev/null; then
+            accel_choice=kvm
+        else
+            echo "vm-test: /dev/kvm is there but a KVM guest did not boot in 20s; using TCG" >&2
+        fi
+    fi
 fi
+accel=(-accel tcg)
+[ "$accel_choice" = kvm ] && accel=("${kvm[@]}")
+# For .ci/run: which accelerator the tier ran under.
+echo "$accel_choice" >"$cache/accel"
 log="$cache/console.log"
-echo "vm-test: booting $(basename "$vmlinuz") (${accel[*]}), console in $log" >&2
+echo "vm-test: booting $(basename "$vmlinuz") ($accel_choice), console in $log" >&2
 set +e
-timeout --kill-after=10 "$timeout_secs" qemu-system-x86_64 "${accel[@]}" \
-    -m 4096 -smp 2 -nographic -no-reboot \
-    -kernel "$vmlinuz" -initrd "$cache/initramfs.gz" \
-    -append "console=ttyS0 panic=-1 cgroup_no_v1=all rdinit=/init quiet" \
-    -serial "file:$log" -monitor none -display none -net none
+timeout --kill-after=10 "$timeout_secs" "${qemu_base[@]}" "${accel[@]}" \
+    -append "$cmdline" -serial "file:$log"
 qemu_status=$?
 set -e
-grep -E '^(==|VMTEST-|test |running |failures|test result)' "$log" | tr -d '\r' || true
+tr -d '\r' <"$log" | sed -n '/^== kernel/,$p' | grep -v '^$' || true
 summary=$(tr -d '\r' <"$log" | awk '/^VMTEST-SUMMARY/ {print $2, $3}' | tail -1)
 if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
     echo "vm-test: the VM did not finish within ${timeout_secs}s" >&2
