@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The cgroup v2 test tier: boot a Debian kernel under qemu with cgroup v1 disabled
-# (cgroup_no_v1=all, cgroup2 alone at /sys/fs/cgroup, as on a systemd host), and run in it
+# (cgroup_no_v1=all, cgroup2 alone at /sys/fs/cgroup, as on a systemd host) — and a second
+# time with systemd's hybrid v1 layout — and run in it
 # `toolbox doctor`, a few checks of its own and the same integration test binaries the host
 # runs (jail and daemon suites); report on the serial console, power off. The host's tests
 # cover cgroup v1; this covers v2 on a real kernel.
 #
-#   scripts/vm-test.sh                        # as root
-#   VM_TEST_ARGS=limits:: scripts/vm-test.sh  # only the tests whose name has this in it
+#   scripts/vm-test.sh                             # as root
+#   VM_TEST_ARGS=limits:: scripts/vm-test.sh       # only the tests whose name has this in it
+#   VM_TEST_LAYOUTS=v2 scripts/vm-test.sh          # one boot only: v2, or hybrid
 #
 # KVM when a probe boot shows it works, TCG otherwise (VM_TEST_ACCEL=kvm|tcg forces one).
 # Nothing is installed on the host but qemu and busybox-static (Debian packages): the kernel
@@ -164,7 +166,7 @@ echo "vm-test: packing the initramfs" >&2
 # the BIOS. A probe boot (seconds under KVM) decides; VM_TEST_ACCEL=kvm|tcg skips it.
 qemu_base=(qemu-system-x86_64 -m 4096 -smp 2 -nographic -no-reboot -monitor none -display none
     -net none -kernel "$vmlinuz" -initrd "$cache/initramfs.gz")
-cmdline="console=ttyS0 panic=-1 cgroup_no_v1=all rdinit=/init quiet"
+cmdline="console=ttyS0 panic=-1 rdinit=/init quiet"
 kvm=(-accel kvm -cpu host,-arch-capabilities)
 accel_choice="${VM_TEST_ACCEL:-auto}"
 if [ "$accel_choice" = auto ]; then
@@ -183,24 +185,40 @@ if [ "$accel_choice" = auto ]; then
 fi
 accel=(-accel tcg)
 [ "$accel_choice" = kvm ] && accel=("${kvm[@]}")
-# For .ci/run: which accelerator the tier ran under.
-echo "$accel_choice" >"$cache/accel"
-log="$cache/console.log"
-echo "vm-test: booting $(basename "$vmlinuz") ($accel_choice), console in $log" >&2
-set +e
-timeout --kill-after=10 "$timeout_secs" "${qemu_base[@]}" "${accel[@]}" \
-    -append "$cmdline" -serial "file:$log"
-qemu_status=$?
-set -e
-tr -d '\r' <"$log" | sed -n '/^== kernel/,$p' | grep -v '^$' || true
-summary=$(tr -d '\r' <"$log" | awk '/^VMTEST-SUMMARY/ {print $2, $3}' | tail -1)
-if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
-    echo "vm-test: the VM did not finish within ${timeout_secs}s" >&2
-fi
-if [ -z "$summary" ]; then
-    echo "vm-test: 0 passed, 1 failed (the VM never reported; see $log)"
-    exit 1
-fi
-read -r passed failed <<<"$summary"
-echo "vm-test: $passed passed, $failed failed"
-[ "$failed" = 0 ]
+# One boot per layout: v2 (cgroup v1 off, as on a systemd host), then hybrid (systemd's v1
+# layout with cpu and cpuacct mounted together — ours keeps them apart — on the VM's kernel).
+total_passed=0
+total_failed=0
+for layout in ${VM_TEST_LAYOUTS:-v2 hybrid}; do
+    case "$layout" in
+        v2) layout_args="cgroup_no_v1=all" ;;
+        hybrid) layout_args="vmtest.hybrid" ;;
+        *)
+            echo "vm-test: unknown layout $layout (VM_TEST_LAYOUTS: v2 hybrid)" >&2
+            exit 1
+            ;;
+    esac
+    log="$cache/console-$layout.log"
+    rm -f "$log"
+    echo "vm-test: booting $(basename "$vmlinuz") ($accel_choice, $layout), console in $log" >&2
+    set +e
+    timeout --kill-after=10 "$timeout_secs" "${qemu_base[@]}" "${accel[@]}" \
+        -append "$cmdline $layout_args" -serial "file:$log"
+    qemu_status=$?
+    set -e
+    tr -d '\r' <"$log" | sed -n '/^== /,$p' | grep -v '^$' || true
+    summary=$(tr -d '\r' <"$log" | awk '/^VMTEST-SUMMARY/ {print $2, $3}' | tail -1)
+    if [ "$qemu_status" = 124 ] || [ "$qemu_status" = 137 ]; then
+        echo "vm-test: the $layout VM did not finish within ${timeout_secs}s" >&2
+    fi
+    if [ -z "$summary" ]; then
+        echo "vm-test: the $layout VM never reported; see $log" >&2
+        summary="0 1"
+    fi
+    read -r passed failed <<<"$summary"
+    echo "vm-test: $layout: $passed passed, $failed failed"
+    total_passed=$((total_passed + passed))
+    total_failed=$((total_failed + failed))
+done
+echo "vm-test: $total_passed passed, $total_failed failed"
+[ "$total_failed" = 0 ]

@@ -1,4 +1,5 @@
-# The checks of the cgroup v2 test VM, run by /vm/init. /vm/env names the binaries:
+# The checks of the cgroup test VM, run by /vm/init with VM_LAYOUT=v2 or hybrid. /vm/env
+# names the binaries:
 #   BIN     the directory of the toolbox binaries (the tests' target/<triple>/debug)
 #   SUITES  the integration test executables
 #   VM_TEST_ARGS  extra arguments for each of them (a test name filter, say)
@@ -18,29 +19,37 @@ toolbox=$BIN/toolbox.bin
 ws=/work-vm
 mkdir -p $ws && chown 65534:65534 $ws
 
-echo "== kernel $(uname -r); cgroup mounts: $(awk '$3 ~ /^cgroup/ {print $3 " at " $2}' /proc/mounts)"
-check "no cgroup v1 hierarchy" sh -c "! awk '\$3 == \"cgroup\" {f=1} END {exit !f}' /proc/mounts"
-
-# Run from this shell's cgroup, which holds other processes: toolbox cannot delegate
-# controllers out of it and must say so, and what to do, instead of running unlimited.
-out=$($toolbox run --local -C $ws -- /bin/true 2>&1)
-code=$?
-echo "$out" | sed 's/^/    /'
-check "a shared cgroup is refused (125) with the way out" \
-    sh -c "[ $code = 125 ] && echo \"\$1\" | grep -q 'systemd-run --scope'" - "$out"
+echo "== $VM_LAYOUT: kernel $(uname -r); cgroup mounts: $(awk '$3 ~ /^cgroup/ {print $3 " at " $2}' /proc/mounts | tr '\n' ' ')"
+if [ "$VM_LAYOUT" = v2 ]; then
+    check "no cgroup v1 hierarchy" sh -c "! awk '\$3 == \"cgroup\" {f=1} END {exit !f}' /proc/mounts"
+    # Run from this shell's cgroup, which holds other processes: toolbox cannot delegate
+    # controllers out of it and must say so, and what to do, instead of running unlimited.
+    out=$($toolbox run --local -C $ws -- /bin/true 2>&1)
+    code=$?
+    echo "$out" | sed 's/^/    /'
+    check "a shared cgroup is refused (125) with the way out" \
+        sh -c "[ $code = 125 ] && echo \"\$1\" | grep -q 'systemd-run --scope'" - "$out"
+    scopes=/sys/fs/cgroup/vm-test.slice
+else
+    check "v1 memory, pids and cpu hierarchies" sh -c "awk '\$3 == \"cgroup\" {print \$4}' /proc/mounts |
+        grep -c 'memory\\|pids\\|cpu,cpuacct' | grep -qx 3"
+    scopes=
+fi
 
 /vm/scoped $toolbox doctor
-check "toolbox doctor (in a scope of its own)" [ $? = 0 ]
+check "toolbox doctor" [ $? = 0 ]
 record=$(/vm/scoped $toolbox run --local --json -C $ws -- /bin/sh -c 'echo hello' 2>&1 >/tmp/hello)
 echo "$record" | sed 's/^/    /'
 check "a job runs" grep -qx hello /tmp/hello
-check "its record says cgroup v2" sh -c "echo \"\$1\" | grep -q '\"cgroup\":\"v2\"'" - "$record"
+version=$([ "$VM_LAYOUT" = v2 ] && echo v2 || echo v1)
+check "its record says cgroup $version" sh -c "echo \"\$1\" | grep -q '\"cgroup\":\"$version\"'" - "$record"
 
 for suite in $SUITES; do
     name=$(basename "$suite" | sed 's/-[0-9a-f]*$//')
     echo "== suite $name"
     # shellcheck disable=SC2086 # VM_TEST_ARGS: extra libtest arguments, split
-    CI=true TOOLBOX_TEST_PREBUILT=1 TOOLBOX_TEST_SCOPES=/sys/fs/cgroup/vm-test.slice \
+    # TOOLBOX_TEST_SCOPES (v2): where each toolbox's scope is, for the tests that look.
+    env ${scopes:+TOOLBOX_TEST_SCOPES=$scopes} CI=true TOOLBOX_TEST_PREBUILT=1 \
         RUST_BACKTRACE=1 "$suite" --test-threads=2 --skip the_systemd_units_verify \
         $VM_TEST_ARGS >/tmp/suite.out 2>&1
     code=$?
@@ -61,16 +70,24 @@ done
 left=$(find /sys/fs/cgroup -type d -name 'toolbox-*')
 echo "$left" | sed '/^$/d; s/^/    left: /'
 check "no job cgroup left after the suites" [ -z "$left" ]
-# What systemd does once a scope's processes are gone: remove it, with what is under it.
-# A scope that cannot go still holds a process.
-for scope in /sys/fs/cgroup/vm-test.slice/*.scope; do
-    case "$scope" in */checks.scope) continue ;; esac
-    find "$scope" -depth -type d -exec rmdir {} \; 2>/dev/null
-done
-busy=$(ls -d /sys/fs/cgroup/vm-test.slice/*.scope | grep -v /checks.scope)
-for scope in $busy; do
-    echo "    busy: $scope: $(find "$scope" -name cgroup.procs -exec cat {} \; | tr '\n' ' ')"
-done
-check "every scope emptied (no process left)" [ -z "$busy" ]
-
+if [ -n "$scopes" ]; then
+    # What systemd does once a scope's processes are gone: remove it, with what is under it.
+    # A scope that cannot go still holds a process.
+    for scope in "$scopes"/*.scope; do
+        case "$scope" in */checks.scope) continue ;; esac
+        find "$scope" -depth -type d -exec rmdir {} \; 2>/dev/null
+    done
+    busy=$(ls -d "$scopes"/*.scope | grep -v /checks.scope)
+    for scope in $busy; do
+        echo "    busy: $scope: $(find "$scope" -name cgroup.procs -exec cat {} \; | tr '\n' ' ')"
+    done
+    check "every scope emptied (no process left)" [ -z "$busy" ]
+fi
+# No process of any job left, whatever cgroup it might have got into.
+strays=$(for dir in /proc/[0-9]*; do
+    cmdline=$(tr '\0' ' ' <"$dir/cmdline" 2>/dev/null)
+    case "$cmdline" in *toolbox-shim* | */probe* | tbtest-*) echo "${dir#/proc/}: $cmdline" ;; esac
+done)
+echo "$strays" | sed '/^$/d; s/^/    stray: /'
+check "no jail or probe process left" [ -z "$strays" ]
 echo "VMTEST-SUMMARY $passed $failed"
