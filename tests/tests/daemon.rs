@@ -508,7 +508,12 @@ fn a_thousand_jobs_leave_fds_and_memory_flat() {
     wait_for(Duration::from_secs(5), || fd_count(daemon.pid()) <= fds);
     let (fds_after, rss_after) = (fd_count(daemon.pid()), rss_kib(daemon.pid()));
     eprintln!("daemon fds {fds} -> {fds_after}, RSS {rss} KiB -> {rss_after} KiB");
-    assert_eq!(fds_after, fds, "the daemon leaks descriptors");
+    // Fewer is fine: on a slow machine the baseline can still count a closing connection.
+    // A leak of one per job would be a thousand more.
+    assert!(
+        fds_after <= fds,
+        "the daemon leaks descriptors: {fds} -> {fds_after}"
+    );
     assert!(
         rss_after < rss + 2048,
         "the daemon grew from {rss} to {rss_after} KiB over 1000 jobs"
