@@ -137,7 +137,8 @@ cp scripts/vm/checks.sh "$rootfs/vm/"
     echo "VM_TEST_ARGS=\"${VM_TEST_ARGS:-}\""
     echo "SUITES=\"$(for s in $suites; do printf '%s ' "$bin/deps/$(basename "$s")"; done)\""
 } >"$rootfs/vm/env"
-# The suites read the shipped policies and units from the source tree, at its host path.
+# The suites read the shipped policies and units from the source tree, at its host path,
+# as $CARGO_MANIFEST_DIR/../policies: tests/ must exist for the `..` to resolve.
 mkdir -p "$rootfs$root_dir/tests"
 cp -r policies systemd "$rootfs$root_dir/"
 mkdir -p "$rootfs/etc/toolbox/policies"

@@ -99,7 +99,7 @@ pub const UNIT_ENV: &str = "TOOLBOX_TEST_UNIT";
 /// Where a supervisor started with [`UNIT_ENV`] set to `unit` puts its job cgroups: the
 /// test's own cgroup (v1: in the pids hierarchy), or in the VM tier that unit's scope.
 pub fn job_cgroup_parent(unit: &str) -> PathBuf {
-    if let Some(scopes) = std::env::var_os("TOOLBOX_TEST_SCOPES") {
+    if let Some(scopes) = std::env::var_os("TOOLBOX_TEST_SCOPES").filter(|s| !s.is_empty()) {
         return PathBuf::from(scopes).join(format!("{unit}.scope"));
     }
     let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
