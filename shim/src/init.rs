@@ -96,6 +96,7 @@ pub fn run(
         }
     };
     place_elsewhere(tool, cpus.as_ref());
+    let helper = network.as_ref().map(NetHelper::pid);
     // Only the tool's own process joins the cgroup: the job's cgroup holds exactly the
     // tool's processes.
     drop((cgroup, ready_r, network));
@@ -107,6 +108,13 @@ pub fn run(
         let _ = kill(tool, Signal::SIGKILL);
         let _ = waitpid(tool, None);
         return Ok(crate::SHIM_FAILED);
+    }
+    // The network helper leaves once the tool has joined its namespace (or given up), which
+    // the tool does before it waits for the root. Reaped here, it is gone before the tool
+    // runs: the tool's pid namespace holds PID 1 and the tool's own processes, nothing else
+    // for it to see or signal.
+    if let Some(helper) = helper {
+        while waitpid(helper, None) == Err(nix::errno::Errno::EINTR) {}
     }
     // If the tool already gave up (and said why), there is no reader: it is reaped below.
     let _ = nix::unistd::write(&ready_w, b"r");

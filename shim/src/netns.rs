@@ -16,6 +16,8 @@ use crate::{report, sys};
 
 /// PID 1's and the tool's handle on the helper.
 pub struct NetHelper {
+    /// The helper's pid, for PID 1 to reap it.
+    pid: nix::unistd::Pid,
     /// The helper's pidfd: `setns` through it joins its network namespace.
     pidfd: OwnedFd,
     /// One byte once the namespace is ready; EOF if the helper failed (and said why).
@@ -43,6 +45,7 @@ pub fn start() -> Result<NetHelper, SetupError> {
             drop((ready_w, hold_r));
             let pidfd = sys::pidfd_open(pid.as_raw()).map_err(SetupError::Fork)?;
             Ok(NetHelper {
+                pid,
                 pidfd,
                 ready: ready_r,
                 _hold: hold_w,
@@ -67,6 +70,11 @@ fn helper(ready: OwnedFd, hold: OwnedFd) -> ! {
 }
 
 impl NetHelper {
+    /// The helper's pid (in the jail's pid namespace).
+    pub fn pid(&self) -> nix::unistd::Pid {
+        self.pid
+    }
+
     /// Join the helper's network namespace (the tool's process, as root); dropping the handle
     /// then lets the helper go.
     pub fn join(self) -> Result<(), SetupError> {
