@@ -1,7 +1,7 @@
 //! Reading the host's cgroup layout, and the small file operations both backends share.
 //! Cgroup control files are written, never created: a missing file is an error.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -122,8 +122,35 @@ pub fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     file.write_all(value.as_bytes()).map_err(err)
 }
 
+/// A whole kernel-generated text file (procfs, cgroupfs) in as few reads as it takes. Such
+/// files claim a size of 0, so `std::fs::read_to_string` starts with small probing reads
+/// (seven of them for our mountinfo, each generating the text anew); one large buffer
+/// reads them in one go.
+pub fn read_text(path: &Path) -> std::io::Result<String> {
+    const CHUNK: usize = 16 * 1024;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
+    loop {
+        if buf.capacity() - buf.len() < CHUNK / 4 {
+            buf.reserve(CHUNK);
+        }
+        let start = buf.len();
+        buf.resize(buf.capacity(), 0);
+        match file.read(&mut buf[start..]) {
+            Ok(0) => {
+                buf.truncate(start);
+                break;
+            }
+            Ok(n) => buf.truncate(start + n),
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => buf.truncate(start),
+            Err(err) => return Err(err),
+        }
+    }
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 pub fn read(path: &Path) -> Result<String, CgroupError> {
-    std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
+    read_text(path).map_err(|source| CgroupError::Read {
         path: path.to_path_buf(),
         source,
     })
@@ -131,7 +158,7 @@ pub fn read(path: &Path) -> Result<String, CgroupError> {
 
 /// A file holding one number; `None` when it is missing or unreadable (an older kernel).
 pub fn read_u64(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+    read_text(path).ok()?.trim().parse().ok()
 }
 
 /// The value of `key` in a flat keyed file (`key value` per line: memory.events, cpu.stat).
@@ -144,7 +171,7 @@ pub fn keyed(text: &str, key: &str) -> Option<u64> {
 
 /// The pids in a `cgroup.procs`; none if the cgroup is already gone.
 pub fn read_pids(procs: &Path) -> Result<Vec<i32>, CgroupError> {
-    match std::fs::read_to_string(procs) {
+    match read_text(procs) {
         Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(source) => Err(CgroupError::Read {

@@ -131,12 +131,7 @@ impl Cgroups {
 
     /// Detect the host's cgroups as this process sees them.
     pub fn detect() -> Result<Cgroups, CgroupError> {
-        let read = |path: &str| {
-            std::fs::read_to_string(path).map_err(|source| CgroupError::Read {
-                path: path.into(),
-                source,
-            })
-        };
+        let read = |path: &str| fs::read(Path::new(path));
         Cgroups::detect_from(
             Path::new("/"),
             &read("/proc/self/mountinfo")?,

@@ -205,7 +205,7 @@ impl JobCgroup {
         };
         let oom_kills = self
             .file("memory", "memory.oom_control")
-            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|p| fs::read_text(&p).ok())
             .and_then(|text| fs::keyed(&text, "oom_kill"))
             .unwrap_or(0);
         CgroupStats {

@@ -192,7 +192,7 @@ impl JobCgroup {
     pub fn stats(&self) -> CgroupStats {
         let number = |name: &str| fs::read_u64(&self.dir.join(name));
         let keyed = |name: &str, key: &str| {
-            std::fs::read_to_string(self.dir.join(name))
+            fs::read_text(&self.dir.join(name))
                 .ok()
                 .and_then(|text| fs::keyed(&text, key))
         };
