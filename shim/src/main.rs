@@ -53,6 +53,7 @@ fn main() {
 }
 
 fn run() -> Result<i32, SetupError> {
+    sys::reset_signals().map_err(SetupError::Signals)?;
     // Step one of the recipe: nothing we did not ask for survives into the jail, and what
     // we did ask for is close-on-exec, so the tool never inherits it.
     sys::close_fds_from(fds::LIFELINE + 1).map_err(SetupError::CloseFds)?;

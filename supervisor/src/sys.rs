@@ -30,26 +30,16 @@ struct ChildContext {
     error: libc::c_int,
 }
 
-/// The child's whole life: signals back to their defaults and unblocked, descriptors in
-/// place, exec. Only async-signal-safe calls; no Rust runtime, no allocation.
+/// The child's whole life: descriptors in place, exec. Every signal stays blocked, as the
+/// parent blocked them for the clone, so no handler of ours can run here; exec resets the
+/// handlers, and the shim resets what exec keeps (ignored signals, the mask) first thing.
+/// Only async-signal-safe calls; no Rust runtime, no allocation.
 extern "C" fn exec_child(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the ChildContext the parent keeps alive (and does not touch) until
     // this child has exec'd or exited: CLONE_VFORK suspends it until then.
     let ctx = unsafe { &mut *(arg as *mut ChildContext) };
-    // SAFETY: sigaction/sigprocmask/dup2/execve/_exit are async-signal-safe; the sigaction
-    // structure and sigset are on this child's own stack; without CLONE_SIGHAND the child
-    // has its own copy of the handler table, so resetting it leaves the parent's alone.
+    // SAFETY: dup2/execve/_exit are async-signal-safe and touch only `ctx`.
     unsafe {
-        let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = libc::SIG_DFL;
-        for signal in 1..libc::SIGRTMAX() {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::sigaction(signal, &action, std::ptr::null_mut());
-            }
-        }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
         for &(from, to) in &ctx.moves[..ctx.count] {
             if libc::dup2(from, to) < 0 {
                 ctx.error = *libc::__errno_location();
@@ -123,7 +113,8 @@ pub fn spawn(
     let stack_top = unsafe { stack.as_mut_ptr().add(stack.len()) } as usize & !15;
 
     // Block every signal in this thread across the clone: a handler of ours must never run
-    // in the child while it shares our memory. The child unblocks after resetting them.
+    // in the child while it shares our memory. The child execs with them blocked; the shim
+    // resets its signals itself.
     // SAFETY: sigset_t is plain data, initialised by sigfillset before use.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above.

@@ -193,6 +193,9 @@ pub struct Run<'a> {
     env: BTreeMap<String, String>,
     argv: Vec<String>,
     uid: Option<u32>,
+    /// Whether toolbox starts with signals ignored and blocked (see
+    /// [`Run::caller_disturbs_signals`]).
+    disturbed_signals: bool,
 }
 
 impl<'a> Run<'a> {
@@ -207,6 +210,7 @@ impl<'a> Run<'a> {
             env: BTreeMap::new(),
             argv,
             uid: None,
+            disturbed_signals: false,
         }
     }
 
@@ -219,6 +223,7 @@ impl<'a> Run<'a> {
             env: BTreeMap::new(),
             argv: argv.iter().map(|s| s.to_string()).collect(),
             uid: None,
+            disturbed_signals: false,
         }
     }
 
@@ -250,6 +255,14 @@ impl<'a> Run<'a> {
         self
     }
 
+    /// Start toolbox the way a careless caller might: SIGHUP, SIGUSR2, SIGPIPE and SIGRTMIN+2
+    /// ignored (as `nohup` or a Python parent leave them), SIGUSR1 and SIGRTMIN+5 blocked.
+    /// Ignored and blocked signals survive exec.
+    pub fn caller_disturbs_signals(mut self) -> Self {
+        self.disturbed_signals = true;
+        self
+    }
+
     fn command_line(&self) -> Command {
         self.command_line_for(true)
     }
@@ -268,6 +281,9 @@ impl<'a> Run<'a> {
         command.envs(&self.env).stdin(Stdio::null());
         if let Some(uid) = self.uid {
             std::os::unix::process::CommandExt::uid(&mut command, uid);
+        }
+        if self.disturbed_signals {
+            disturb_signals(&mut command);
         }
         command
     }
@@ -332,6 +348,29 @@ impl<'a> Run<'a> {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn toolbox")
+    }
+}
+
+#[allow(unsafe_code)]
+fn disturb_signals(command: &mut Command) {
+    let rtmin = libc::SIGRTMIN();
+    let ignored = [libc::SIGHUP, libc::SIGUSR2, libc::SIGPIPE, rtmin + 2];
+    let blocked = [libc::SIGUSR1, rtmin + 5];
+    // SAFETY: between fork and exec the closure only calls signal and sigprocmask (both
+    // async-signal-safe) on plain data it owns.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, move || {
+            for signal in ignored {
+                libc::signal(signal, libc::SIG_IGN);
+            }
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for signal in blocked {
+                libc::sigaddset(&mut set, signal);
+            }
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
     }
 }
 

@@ -65,6 +65,32 @@ fn kill_minus_one_harms_no_host_process() {
 }
 
 #[test]
+fn the_tool_starts_with_no_signal_ignored_or_blocked() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let fields = |job: &toolbox_tests::Job| -> Vec<String> {
+        job.stdout_text()
+            .lines()
+            .filter(|l| l.starts_with("SigIgn:") || l.starts_with("SigBlk:"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    // grep, not the probe: a Rust program ignores SIGPIPE itself.
+    let argv = ["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"];
+    let job = Run::command(ws.path(), &argv)
+        .caller_disturbs_signals()
+        .run();
+    assert_eq!(job.code, 0, "{job:?}");
+    assert_eq!(
+        fields(&job),
+        ["SigBlk: 0000000000000000", "SigIgn: 0000000000000000"],
+        "{job:?}"
+    );
+}
+
+#[test]
 fn background_processes_die_with_the_main_process() {
     if !require_root() {
         return;
