@@ -124,28 +124,11 @@ pub fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 
 /// A whole kernel-generated text file (procfs, cgroupfs) in as few reads as it takes. Such
 /// files claim a size of 0, so `std::fs::read_to_string` starts with small probing reads
-/// (seven of them for our mountinfo, each generating the text anew); one large buffer
-/// reads them in one go.
+/// (seven of them for our mountinfo, each generating the text anew); room for the whole
+/// text up front reads it in one go.
 pub fn read_text(path: &Path) -> std::io::Result<String> {
-    const CHUNK: usize = 16 * 1024;
-    let mut file = std::fs::File::open(path)?;
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK);
-    loop {
-        if buf.capacity() - buf.len() < CHUNK / 4 {
-            buf.reserve(CHUNK);
-        }
-        let start = buf.len();
-        buf.resize(buf.capacity(), 0);
-        match file.read(&mut buf[start..]) {
-            Ok(0) => {
-                buf.truncate(start);
-                break;
-            }
-            Ok(n) => buf.truncate(start + n),
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => buf.truncate(start),
-            Err(err) => return Err(err),
-        }
-    }
+    let mut buf = Vec::with_capacity(16 * 1024);
+    std::fs::File::open(path)?.read_to_end(&mut buf)?;
     String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
