@@ -33,16 +33,20 @@ const HANDLED: [Signal; 5] = [
     Signal::SIGUSR1,
 ];
 
-/// Before the spec arrives: check we are PID 1 of a pid namespace of our own, make the mount
-/// namespace (costly, so made here, overlapping the supervisor's planning, rather than by
-/// its clone), and start the helper that makes the tool's network namespace meanwhile.
+/// Before the spec arrives: check we are PID 1 of a pid namespace of our own, make the mount,
+/// ipc and uts namespaces (made here, overlapping the supervisor's planning, rather than by
+/// its clone, which the supervisor waits out), and start the helper that makes the tool's
+/// network namespace meanwhile.
 pub fn enter_namespaces(network: Network) -> Result<Option<NetHelper>, SetupError> {
     // Everything that follows — kill(-1) above all — is only safe in a pid namespace of our
     // own.
     if nix::unistd::getpid().as_raw() != 1 {
         return Err(SetupError::NotPidOne(nix::unistd::getpid().as_raw()));
     }
-    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(SetupError::Namespaces)?;
+    nix::sched::unshare(
+        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS,
+    )
+    .map_err(SetupError::Namespaces)?;
     match network {
         Network::Isolated => netns::start().map(Some),
         Network::Host => Ok(None),

@@ -4,9 +4,9 @@
 //! a status pipe on fd 4 (see `toolbox_spec::fds`). It is single-threaded, has no async runtime and never unwinds:
 //! a panic is reported over the status pipe and the process exits.
 //!
-//! The supervisor starts the shim as PID 1 of a new pid namespace (with its own ipc and uts
-//! namespaces); the shim makes the mount namespace while the supervisor is still planning
-//! the job, and the tool's process makes its network namespace while PID 1 builds the root.
+//! The supervisor starts the shim as PID 1 of a new pid namespace; the shim makes the mount,
+//! ipc and uts namespaces while the supervisor is still planning the job, and a helper
+//! makes the network namespace, which the tool's process joins.
 //! Two processes, each with one job:
 //! - [`init`] — PID 1: builds the root ([`mounts`]), brings up `lo`, forks the tool, reaps,
 //!   forwards signals, and ends the whole jail when the tool ends;

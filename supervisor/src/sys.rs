@@ -53,15 +53,15 @@ extern "C" fn exec_child(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 /// Start `program` with `argv` as the first process of new namespaces (`namespaces`:
-/// CLONE_NEW* flags) with an empty environment, default signals, and exactly the
-/// descriptors in `fds`. Returns its pid and a pidfd.
+/// CLONE_NEW* flags) with an empty environment, every signal blocked (the shim resets
+/// them), and exactly the descriptors in `fds`. Returns its pid and a pidfd.
 ///
 /// Like `posix_spawn`, this is a vfork: the supervisor's memory is shared with the child,
 /// not copied, and the calling thread waits until the child has exec'd. Creating the
 /// namespaces with the process itself saves a whole process per job (about 0.1–0.2 ms on
-/// our VMs): the shim is PID 1 from its first instruction. Only the cheap namespaces are
-/// made here; the shim makes the costly ones (network, mount) itself, while the supervisor
-/// plans the job.
+/// our VMs): the shim is PID 1 from its first instruction. Only the pid namespace, which
+/// must come with the process, is made here; the shim makes the others itself while the
+/// supervisor plans the job.
 pub fn spawn(
     program: &std::ffi::CStr,
     argv: &[&std::ffi::CStr],

@@ -35,6 +35,13 @@ fn no_capabilities_no_new_privs_seccomp_on() {
         "the tool must lead its own session: {status}"
     );
     assert_eq!(status["hostname"], "toolbox");
+    // Every namespace is the job's own, none the host's (ours).
+    for ns in ["cgroup", "ipc", "mnt", "net", "pid", "uts"] {
+        let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("read our ns");
+        let jail = status["ns"][ns].as_str().expect("ns");
+        assert!(jail.starts_with(&format!("{ns}:[")), "{ns}: {status}");
+        assert_ne!(jail, host.to_string_lossy(), "{ns} is the host's: {status}");
+    }
     // Its cgroup namespace is rooted at the job's cgroup.
     assert!(
         status["cgroup"]

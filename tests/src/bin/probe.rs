@@ -119,12 +119,27 @@ fn status() -> Value {
         .unwrap_or_default()
         .trim());
     report["cgroup"] = json!(std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
+    report["ns"] = own_namespaces();
     report["pids"] = json!(readdir("/proc")
         .unwrap_or_default()
         .split(' ')
         .filter(|e| e.parse::<u32>().is_ok())
         .count());
     report
+}
+
+/// Each namespace this process is in, as `/proc/self/ns` names it (`ipc:[4026531839]`).
+fn own_namespaces() -> Value {
+    ["cgroup", "ipc", "mnt", "net", "pid", "uts"]
+        .iter()
+        .map(|ns| {
+            let link = std::fs::read_link(format!("/proc/self/ns/{ns}"))
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (ns.to_string(), json!(link))
+        })
+        .collect::<Map<String, Value>>()
+        .into()
 }
 
 /// Each forbidden syscall, with arguments that give a telling errno when no filter stops
