@@ -84,8 +84,8 @@ pub enum SetupError {
     Seccomp(Errno),
     #[error("wait for the jail: {0}")]
     Wait(Errno),
-    #[error("the jail's root was never built")]
-    RootNotReady,
+    #[error("PID 1 gave up before the tool could start")]
+    NotReleased,
     #[error("the job's network namespace was never made")]
     NetworkNotReady,
 }
@@ -111,7 +111,7 @@ impl SetupError {
             | SetupError::Symlink { .. } => "mounts",
             SetupError::PivotRoot(_) => "pivot_root",
             SetupError::Fork(_) | SetupError::Wait(_) => "process",
-            SetupError::RootNotReady => "mounts",
+            SetupError::NotReleased => "process",
             SetupError::NetworkNotReady => "network",
             SetupError::Setsid(_) => "setsid",
             SetupError::Rlimit { .. } => "rlimits",

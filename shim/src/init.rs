@@ -55,6 +55,7 @@ pub fn enter_namespaces(network: Network) -> Result<Option<NetHelper>, SetupErro
 
 pub fn run(
     spec: &JailSpec,
+    mut go: std::fs::File,
     lifeline: OwnedFd,
     network: Option<NetHelper>,
 ) -> Result<i32, SetupError> {
@@ -78,45 +79,45 @@ pub fn run(
     // that is multi-threaded, where this fires only when the spawning thread ends).
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(SetupError::Signals)?;
 
-    // The job's cgroup, opened while the host's view is ours.
-    let cgroup = open_cgroup(&spec.cgroup)?;
+    // Where the job's cgroup will be, opened while the host's view is ours: the supervisor
+    // makes the cgroup while we build the root, and says so with the go.
+    let parents = open_cgroup_parents(&spec.cgroup)?;
+    build(spec)?;
+    let mut byte = [0u8; 1];
+    let got = loop {
+        match std::io::Read::read(&mut go, &mut byte) {
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => break other,
+        }
+    };
+    if !matches!(got, Ok(1) if byte[0] == toolbox_spec::GO) {
+        // The supervisor gave up on the job (and knows why), or is gone.
+        return Ok(crate::SHIM_FAILED);
+    }
+    drop(go);
+    let cgroup = open_cgroup(&parents)?;
+    drop(parents);
     let into_cgroup = match spec.cgroup {
         CgroupJoin::V2Dir { .. } => cgroup.first().map(AsFd::as_fd),
         _ => None,
     };
-    // The tool's process starts now and readies itself on the other CPU while we build the
-    // root; it waits on this pipe before the steps that need the root.
+    // The tool waits on this pipe until the network helper is gone.
     let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SetupError::Fork)?;
-    let cpus = nix::sched::sched_getaffinity(Pid::from_raw(0)).ok();
     let tool = match sys::fork_into(into_cgroup).map_err(SetupError::Fork)? {
         Some(pid) => pid,
         None => {
-            // Undo the placement below: the tool may use every CPU it was allowed.
-            if let Some(cpus) = &cpus {
-                let _ = nix::sched::sched_setaffinity(Pid::from_raw(0), cpus);
-            }
             drop((signals, lifeline, ready_w));
             tool::run(spec, &cgroup, network, ready_r)
         }
     };
-    place_elsewhere(tool, cpus.as_ref());
     let helper = network.as_ref().map(NetHelper::pid);
     // Only the tool's own process joins the cgroup: the job's cgroup holds exactly the
     // tool's processes.
     drop((cgroup, ready_r, network));
-
-    if let Err(err) = build(spec) {
-        // The tool reads EOF and leaves without running anything.
-        drop(ready_w);
-        report::setup_failed(&err);
-        let _ = kill(tool, Signal::SIGKILL);
-        let _ = waitpid(tool, None);
-        return Ok(crate::SHIM_FAILED);
-    }
-    // The network helper leaves once the tool has joined its namespace (or given up), which
-    // the tool does before it waits for the root. Reaped here, it is gone before the tool
-    // runs: the tool's pid namespace holds PID 1 and the tool's own processes, nothing else
-    // for it to see or signal.
+    // The network helper leaves once the tool has joined its namespace (or given up), the
+    // tool's first steps. Reaped here, it is gone before the tool runs: the tool's pid
+    // namespace holds PID 1 and the tool's own processes, nothing else for it to see or
+    // signal.
     if let Some(helper) = helper {
         while waitpid(helper, None) == Err(nix::errno::Errno::EINTR) {}
     }
@@ -149,23 +150,79 @@ fn build(spec: &JailSpec) -> Result<(), SetupError> {
     mounts::build_root(spec)
 }
 
-fn open_cgroup(join: &CgroupJoin) -> Result<Vec<OwnedFd>, SetupError> {
-    let open = |path: &str, flags: OFlag| {
-        nix::fcntl::open(path, flags | OFlag::O_CLOEXEC, Mode::empty()).map_err(|errno| {
-            SetupError::CgroupJoin {
-                path: path.to_string(),
-                errno,
-            }
-        })
-    };
-    match join {
-        CgroupJoin::None => Ok(Vec::new()),
+/// Where the job's cgroup goes in one hierarchy: the directory the supervisor makes it in
+/// (opened before `pivot_root`), and how to open the join's path once it exists.
+struct CgroupParent {
+    dir: OwnedFd,
+    /// The join's path beneath `dir`: `toolbox-…/tasks` (v1) or `toolbox-…` (v2).
+    rest: String,
+    /// The whole path, for messages.
+    path: String,
+    flags: OFlag,
+}
+
+/// `path` split before its last `levels` components.
+fn split_last(path: &str, levels: usize) -> Option<(&str, &str)> {
+    let mut cut = path.len();
+    for _ in 0..levels {
+        cut = path[..cut].rfind('/')?;
+    }
+    let (parent, rest) = (&path[..cut], &path[cut + 1..]);
+    (!parent.is_empty() && !rest.is_empty()).then_some((parent, rest))
+}
+
+fn open_cgroup_parents(join: &CgroupJoin) -> Result<Vec<CgroupParent>, SetupError> {
+    let paths: Vec<(&str, usize, OFlag)> = match join {
+        CgroupJoin::None => Vec::new(),
         CgroupJoin::V1Tasks { tasks } => tasks
             .iter()
-            .map(|path| open(path, OFlag::O_WRONLY))
+            .map(|path| (path.as_str(), 2, OFlag::O_WRONLY))
             .collect(),
-        CgroupJoin::V2Dir { dir } => Ok(vec![open(dir, OFlag::O_PATH | OFlag::O_DIRECTORY)?]),
-    }
+        CgroupJoin::V2Dir { dir } => vec![(dir.as_str(), 1, OFlag::O_PATH | OFlag::O_DIRECTORY)],
+    };
+    paths
+        .into_iter()
+        .map(|(path, levels, flags)| {
+            let failed = |errno| SetupError::CgroupJoin {
+                path: path.to_string(),
+                errno,
+            };
+            let (parent, rest) =
+                split_last(path, levels).ok_or(failed(nix::errno::Errno::EINVAL))?;
+            let dir = nix::fcntl::open(
+                parent,
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(failed)?;
+            Ok(CgroupParent {
+                dir,
+                rest: rest.to_string(),
+                path: path.to_string(),
+                flags,
+            })
+        })
+        .collect()
+}
+
+/// The job's cgroup, now that the supervisor has made it: each path opened beneath its
+/// parent (the host's cgroupfs is no longer in our view).
+fn open_cgroup(parents: &[CgroupParent]) -> Result<Vec<OwnedFd>, SetupError> {
+    parents
+        .iter()
+        .map(|parent| {
+            nix::fcntl::openat(
+                &parent.dir,
+                parent.rest.as_str(),
+                parent.flags | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|errno| SetupError::CgroupJoin {
+                path: parent.path.clone(),
+                errno,
+            })
+        })
+        .collect()
 }
 
 fn supervise(tool: Pid, signals: &SignalFd, lifeline: OwnedFd) -> Result<i32, SetupError> {

@@ -23,7 +23,6 @@ mod report;
 mod sys;
 mod tool;
 
-use std::io::Read;
 use std::os::fd::AsFd;
 
 use toolbox_spec::{fds, JailSpec, Network};
@@ -72,23 +71,23 @@ fn run() -> Result<i32, SetupError> {
         }
     };
     let network_helper = init::enter_namespaces(network)?;
-    let spec = read_spec()?;
+    let (spec, go) = read_spec()?;
     if spec.network != network {
         return Err(SetupError::Spec(
             "the spec's network differs from the one the shim was started for".into(),
         ));
     }
-    init::run(&spec, lifeline, network_helper)
+    init::run(&spec, go, lifeline, network_helper)
 }
 
-/// Wait for the spec: the supervisor writes it once it has planned the job, and closes.
-fn read_spec() -> Result<JailSpec, SetupError> {
+/// Wait for the spec: the supervisor writes it once it has planned the job. The pipe stays
+/// open for the go ([`toolbox_spec::GO`]).
+fn read_spec() -> Result<(JailSpec, std::fs::File), SetupError> {
     let fd = sys::inherited_fd(fds::SPEC).map_err(|e| SetupError::Spec(e.to_string()))?;
-    let mut bytes = Vec::with_capacity(16 * 1024);
-    std::fs::File::from(fd)
-        .read_to_end(&mut bytes)
-        .map_err(|e| SetupError::Spec(e.to_string()))?;
-    JailSpec::decode(&bytes).map_err(|e| SetupError::Spec(e.to_string()))
+    // Unbuffered: the go may already be in the pipe behind the spec, and is read later.
+    let mut pipe = std::fs::File::from(fd);
+    let spec = JailSpec::read_from(&mut pipe).map_err(|e| SetupError::Spec(e.to_string()))?;
+    Ok((spec, pipe))
 }
 
 fn set_cloexec(fd: impl AsFd) -> Result<(), SetupError> {

@@ -1,11 +1,10 @@
-//! The tool's own process, from fork to exec. PID 1 forks it before building the root, so
-//! that everything here that does not need the final root runs on another CPU while PID 1
-//! mounts; `pivot_root` moves this process into the new root with PID 1.
+//! The tool's own process, from fork to exec. PID 1 forks it in the finished root, once the
+//! supervisor has made the job's cgroup (it built the root meanwhile).
 //!
 //! The recipe, in order: the job's cgroup, the network namespace (made by a helper — see
 //! `netns` — unless the job has the host's) and a cgroup namespace → a session of its own →
-//! signals and rlimits → ids and capabilities → no_new_privs → seccomp → (wait for the
-//! root) → landlock, which needs the final paths and, with no capability left, relies on
+//! signals and rlimits → ids and capabilities → no_new_privs → seccomp → (wait until PID 1
+//! has reaped the network helper) → landlock, which, with no capability left, relies on
 //! no_new_privs; the filter lets its three calls through → the workspace → exec.
 
 use std::ffi::CString;
@@ -31,12 +30,12 @@ pub fn run(
     spec: &JailSpec,
     cgroup: &[OwnedFd],
     network: Option<NetHelper>,
-    root_ready: OwnedFd,
+    released: OwnedFd,
 ) -> ! {
-    let enforced = match prepare(spec, cgroup, network, root_ready) {
+    let enforced = match prepare(spec, cgroup, network, released) {
         Ok(enforced) => enforced,
         // PID 1 (or the network helper) failed and has said why.
-        Err(SetupError::RootNotReady | SetupError::NetworkNotReady) => {
+        Err(SetupError::NotReleased | SetupError::NetworkNotReady) => {
             sys::exit_now(crate::SHIM_FAILED)
         }
         Err(err) => {
@@ -61,7 +60,7 @@ fn prepare(
     spec: &JailSpec,
     cgroup: &[OwnedFd],
     network: Option<NetHelper>,
-    root_ready: OwnedFd,
+    released: OwnedFd,
 ) -> Result<Enforced, SetupError> {
     // Into the job's cgroup before anything else: on v2 we were cloned into it; on v1,
     // writing 0 to `tasks` moves only the calling thread — all of us, single-threaded — and
@@ -126,11 +125,11 @@ fn prepare(
     sys::install_seccomp(&program).map_err(SetupError::Seccomp)?;
 
     let landlock = landlock::prepare(&spec.landlock)?;
-    // PID 1 writes one byte once the root is built (and we are in it); EOF means it failed.
+    // PID 1 writes one byte once the network helper is gone; EOF means it gave up.
     let mut byte = [0u8; 1];
-    match nix::unistd::read(&root_ready, &mut byte) {
-        Ok(1) => drop(root_ready),
-        _ => return Err(SetupError::RootNotReady),
+    match nix::unistd::read(&released, &mut byte) {
+        Ok(1) => drop(released),
+        _ => return Err(SetupError::NotReleased),
     }
     let landlock = landlock.restrict(&spec.landlock)?;
     // With the tool's own ids: the workspace must be theirs to enter.

@@ -10,9 +10,11 @@ use serde::{Deserialize, Serialize};
 
 /// The file descriptors the shim is started with (stdin, stdout, stderr are 0, 1, 2).
 pub mod fds {
-    /// A pipe carrying the JSON-encoded [`super::JailSpec`], read to EOF. The shim is started
-    /// before its spec is ready and waits on this pipe: its own start-up overlaps the
-    /// supervisor's planning.
+    /// A pipe carrying the [`super::JailSpec`] (see [`super::JailSpec::encode`]), then, once
+    /// the job's cgroup exists, the byte [`super::GO`]; EOF in its place means the job will
+    /// not run. The shim is started before its spec is ready and waits on this pipe: its own
+    /// start-up overlaps the supervisor's planning, and it builds the jail's root while the
+    /// supervisor makes the job's cgroup.
     pub const SPEC: i32 = 3;
     /// Write end of the status pipe: one JSON [`super::Status`] per line.
     pub const STATUS: i32 = 4;
@@ -168,7 +170,8 @@ pub enum RlimitKind {
 }
 
 /// How the tool's process gets into the job's cgroup before it runs a single instruction
-/// of the tool. The shim opens these paths itself, before `pivot_root`.
+/// of the tool. The cgroup does not exist yet when the spec arrives (see [`GO`]): the shim
+/// opens each path's parent directory before `pivot_root`, the rest relative to it after.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum CgroupJoin {
@@ -308,9 +311,34 @@ fn truncate_utf8(s: &mut String, max: usize) {
     }
 }
 
+/// On the spec pipe, after the spec: the job's cgroup is made; fork the tool into it.
+pub const GO: u8 = b'g';
+
+/// The most a framed spec may claim to be (a real one is a few tens of KiB).
+const MAX_SPEC: u64 = 16 << 20;
+
 impl JailSpec {
+    /// The spec as it goes on the spec pipe: its length (8 bytes, little-endian), then its
+    /// JSON. Framed, so that the pipe can stay open for [`GO`].
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let mut frame = (json.len() as u64).to_le_bytes().to_vec();
+        frame.extend_from_slice(&json);
+        frame
+    }
+
+    /// Read one spec as [`JailSpec::encode`] frames it.
+    pub fn read_from(reader: &mut impl std::io::Read) -> std::io::Result<JailSpec> {
+        let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        let mut length = [0u8; 8];
+        reader.read_exact(&mut length)?;
+        let length = u64::from_le_bytes(length);
+        if length > MAX_SPEC {
+            return Err(invalid(format!("a spec of {length} bytes")));
+        }
+        let mut json = vec![0u8; length as usize];
+        reader.read_exact(&mut json)?;
+        JailSpec::decode(&json).map_err(|e| invalid(e.to_string()))
     }
 
     pub fn decode(bytes: &[u8]) -> Result<JailSpec, serde_json::Error> {
@@ -383,5 +411,47 @@ mod tests {
     fn spec_refuses_unknown_fields() {
         let err = JailSpec::decode(br#"{"job_id":"x","bogus":1}"#).expect_err("refused");
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn specs_are_framed_and_the_go_waits_behind_them() {
+        let spec = JailSpec {
+            job_id: "j1".into(),
+            argv: vec!["true".into()],
+            env: vec![("PATH".into(), "/usr/bin".into())],
+            cwd: "/work".into(),
+            uid: 1000,
+            gid: 1000,
+            hostname: "toolbox".into(),
+            network: Network::Isolated,
+            mounts: vec![Mount::Proc {
+                dst: "/proc".into(),
+            }],
+            landlock: Landlock {
+                rules: Vec::new(),
+                deny_tcp: true,
+                scoped: true,
+                min_abi: 0,
+            },
+            seccomp: Vec::new(),
+            rlimits: Vec::new(),
+            cgroup: CgroupJoin::V2Dir {
+                dir: "/sys/fs/cgroup/toolbox-j1".into(),
+            },
+        };
+        let mut pipe = spec.encode();
+        pipe.push(GO);
+        let mut reader = pipe.as_slice();
+        assert_eq!(JailSpec::read_from(&mut reader).expect("read"), spec);
+        // Nothing past the spec is consumed: the go is still there.
+        assert_eq!(reader, [GO]);
+
+        // A truncated frame, and one claiming an absurd length, are refused.
+        let frame = spec.encode();
+        let cut = &frame[..frame.len() - 1];
+        assert!(JailSpec::read_from(&mut &cut[..]).is_err());
+        let huge = (1u64 << 40).to_le_bytes();
+        let err = JailSpec::read_from(&mut &huge[..]).expect_err("refused");
+        assert!(err.to_string().contains("bytes"), "{err}");
     }
 }

@@ -11,7 +11,9 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc::UnboundedSender;
-use toolbox_spec::{control, Enforced, JailSpec, Landlock, Network, Rlimit, RlimitKind, Status};
+use toolbox_spec::{
+    control, CgroupJoin, Enforced, JailSpec, Landlock, Network, Rlimit, RlimitKind, Status,
+};
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::cgroup::{job_name, CgroupLimits, CgroupManager, CgroupStats, Cgroups, JobCgroup};
@@ -219,18 +221,15 @@ impl Engine {
                 "the shim was started for another network mode".into(),
             );
         }
-        let cgroup = match self
-            .cgroups()
-            .map_err(|e| e.to_string())
-            .and_then(|cgroups| {
-                cgroups
-                    .create(&job_name(&plan.job_id), &limits)
-                    .map_err(|e| e.to_string())
-            }) {
-            Ok(cgroup) => cgroup,
+        let cgroups = match self.cgroups() {
+            Ok(cgroups) => cgroups,
             Err(err) => return fail(result, started, format!("create the job's cgroup: {err}")),
         };
-        let sent = match self.spec(&plan, &cgroup) {
+        let name = job_name(&plan.job_id);
+        // The spec first, naming the cgroup to be: the shim builds the jail's root while we
+        // make the cgroup, then forks the tool into it on the go. (On a failure here the
+        // shim dies with its handle, having run nothing.)
+        let sent = match self.spec(&plan, cgroups.join_for(&name)) {
             Ok(spec) => shim
                 .send_spec(&spec)
                 .await
@@ -238,12 +237,17 @@ impl Engine {
             Err(message) => Err(message),
         };
         if let Err(message) = sent {
-            // The shim dies with its handle; then nothing is left in the cgroup.
-            drop(shim);
-            if let Err(err) = cgroup.remove() {
-                warn!("remove cgroup after a failed start: {err}");
-            }
             return fail(result, started, message);
+        }
+        let cgroup = match cgroups.create(&name, &limits) {
+            Ok(cgroup) => cgroup,
+            Err(err) => return fail(result, started, format!("create the job's cgroup: {err}")),
+        };
+        debug_assert_eq!(cgroup.join(), cgroups.join_for(&name));
+        if let Err(err) = shim.send_go().await {
+            // The shim is gone already: its status pipe says why, and the cgroup is
+            // removed below like any job's.
+            debug!("the shim left before its go: {err}");
         }
         debug!(pid = shim.process.pid, "shim started");
         // While the shim builds the jail, clear what dead supervisors left (once).
@@ -269,7 +273,7 @@ impl Engine {
         result
     }
 
-    fn spec(&self, plan: &JobPlan, cgroup: &JobCgroup) -> Result<JailSpec, String> {
+    fn spec(&self, plan: &JobPlan, cgroup: CgroupJoin) -> Result<JailSpec, String> {
         let seccomp = seccomp::filter_for(&plan.seccomp).map_err(|e| e.to_string())?;
         Ok(JailSpec {
             job_id: plan.job_id.clone(),
@@ -305,7 +309,7 @@ impl Engine {
                     hard: plan.limits.open_files,
                 },
             ],
-            cgroup: cgroup.join(),
+            cgroup,
         })
     }
 

@@ -28,7 +28,8 @@ const PIPE_SIZE: i32 = 1 << 20;
 #[derive(Debug)]
 pub struct Shim {
     pub process: ShimProcess,
-    /// Where the spec goes once the job is planned; `None` once sent.
+    /// Where the spec goes once the job is planned, then the go once its cgroup is made;
+    /// `None` once the go is sent.
     spec: Option<pipe::Sender>,
     pub network: Network,
     pub stdout: pipe::Receiver,
@@ -117,14 +118,24 @@ pub fn spawn(shim: &Path, network: Network, stdin: Stdin) -> io::Result<Shim> {
 }
 
 impl Shim {
-    /// Hand the shim its spec; it starts building the jail as soon as it has read it all.
+    /// Hand the shim its spec; it builds the jail's root as soon as it has read it all, and
+    /// then waits for [`Shim::send_go`].
     pub async fn send_spec(&mut self, spec: &JailSpec) -> io::Result<()> {
+        let pipe = self
+            .spec
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the spec was already sent"))?;
+        pipe.write_all(&spec.encode()).await
+    }
+
+    /// Tell the shim the job's cgroup is made: it forks the tool into it. (Dropping the shim
+    /// without this closes the pipe instead, and the shim leaves without running anything.)
+    pub async fn send_go(&mut self) -> io::Result<()> {
         let mut pipe = self
             .spec
             .take()
-            .ok_or_else(|| io::Error::other("the spec was already sent"))?;
-        pipe.write_all(&spec.encode()).await
-        // Dropping the pipe closes it: the shim reads to EOF.
+            .ok_or_else(|| io::Error::other("the go was already sent"))?;
+        pipe.write_all(&[toolbox_spec::GO]).await
     }
 }
 

@@ -206,6 +206,15 @@ impl Cgroups {
         }
     }
 
+    /// How the tool will join the job cgroup `name` once [`Cgroups::create`] has made it:
+    /// the shim gets this before the cgroup exists, and builds the jail meanwhile.
+    pub fn join_for(&self, name: &str) -> CgroupJoin {
+        match self {
+            Cgroups::V1(v1) => v1.join_for(name),
+            Cgroups::V2(v2) => v2.join_for(name),
+        }
+    }
+
     /// Create and configure the job cgroup `name` (which starts with [`JOB_PREFIX`]).
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<JobCgroup, CgroupError> {
         match self {

@@ -92,6 +92,16 @@ impl V1 {
             .collect()
     }
 
+    pub fn join_for(&self, name: &str) -> CgroupJoin {
+        CgroupJoin::V1Tasks {
+            tasks: self
+                .hierarchies
+                .iter()
+                .map(|h| tasks_path(&h.parent.join(name)))
+                .collect(),
+        }
+    }
+
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<JobCgroup, CgroupError> {
         let mut job = JobCgroup {
             dirs: Vec::with_capacity(self.hierarchies.len()),
@@ -114,6 +124,10 @@ impl V1 {
         }
         Ok(job)
     }
+}
+
+fn tasks_path(dir: &Path) -> String {
+    dir.join("tasks").to_string_lossy().into_owned()
 }
 
 #[derive(Debug)]
@@ -182,11 +196,7 @@ impl JobCgroup {
 
     pub fn join(&self) -> CgroupJoin {
         CgroupJoin::V1Tasks {
-            tasks: self
-                .dirs
-                .iter()
-                .map(|d| d.dir.join("tasks").to_string_lossy().into_owned())
-                .collect(),
+            tasks: self.dirs.iter().map(|d| tasks_path(&d.dir)).collect(),
         }
     }
 
@@ -346,6 +356,8 @@ mod tests {
             "{tasks:?}"
         );
         assert_eq!(job.paths(), expected.to_vec());
+        // What the shim is told before the cgroup exists is where it then is.
+        assert_eq!(v1.join_for("toolbox-j1"), job.join());
     }
 
     #[test]

@@ -114,6 +114,12 @@ impl V2 {
         fs::write(&subtree, &wanted.join(" "))
     }
 
+    pub fn join_for(&self, name: &str) -> CgroupJoin {
+        CgroupJoin::V2Dir {
+            dir: self.own_dir.join(name).to_string_lossy().into_owned(),
+        }
+    }
+
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<JobCgroup, CgroupError> {
         let dir = self.own_dir.join(name);
         std::fs::create_dir(&dir).map_err(|source| CgroupError::Create {
@@ -284,12 +290,14 @@ mod tests {
 
     #[test]
     fn job_cgroups_get_limits_swap_off_and_a_clone_into_cgroup_fd() {
-        let (_root, own, _v2) = fake("42\n");
+        let (_root, own, v2) = fake("42\n");
         let dir = own.join("toolbox-j2");
         let job = JobCgroup {
             dir: dir.clone(),
             member: PathBuf::from("/system.slice/toolbox.service/toolbox-j2"),
         };
+        // What the shim is told before the cgroup exists is where it then is.
+        assert_eq!(v2.join_for("toolbox-j2"), job.join());
         std::fs::create_dir(&dir).expect("mkdir");
         for file in [
             "memory.max",
