@@ -25,7 +25,7 @@ use crate::netns::{self, NetHelper};
 use crate::{mounts, report, sys, tool};
 
 /// Signals PID 1 handles; all blocked and read from a signalfd.
-const HANDLED: [Signal; 5] = [
+pub const HANDLED: [Signal; 5] = [
     Signal::SIGCHLD,
     Signal::SIGINT,
     Signal::SIGTERM,

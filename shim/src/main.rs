@@ -71,6 +71,10 @@ fn run() -> Result<i32, SetupError> {
         }
     };
     let network_helper = init::enter_namespaces(network)?;
+    // The bounding set, emptied now, while we wait: the tool inherits it so. (The effective
+    // capabilities we build the jail with are not touched; the tool gives those up when it
+    // leaves uid 0.)
+    sys::empty_bounding_set().map_err(SetupError::Capabilities)?;
     let (spec, go) = read_spec()?;
     if spec.network != network {
         return Err(SetupError::Spec(

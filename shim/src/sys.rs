@@ -347,6 +347,16 @@ pub fn reset_signals() -> Result<(), Errno> {
     )
 }
 
+/// Drop every capability from the bounding set (we keep what we hold: the set only limits
+/// what an exec may grant). Each drop that succeeds is final, so it needs no second reading.
+pub fn empty_bounding_set() -> Result<(), String> {
+    let supported = caps::runtime::procfs_all_supported(None).map_err(|e| e.to_string())?;
+    for cap in supported {
+        caps::drop(None, caps::CapSet::Bounding, cap).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Restore a signal's default disposition (for the tool, before exec).
 pub fn default_handler(signal: nix::sys::signal::Signal) -> Result<(), Errno> {
     let action = nix::sys::signal::SigAction::new(

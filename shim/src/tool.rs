@@ -83,15 +83,15 @@ fn prepare(
     // A session of its own: no controlling terminal to push keystrokes into (TIOCSTI), and
     // a process group PID 1 can signal as a whole.
     nix::unistd::setsid().map_err(SetupError::Setsid)?;
-    // Every signal back to its default: the shim is a Rust program, whose runtime ignores
-    // SIGPIPE — and an ignored signal stays ignored across exec.
-    for signal in nix::sys::signal::Signal::iterator() {
-        if !matches!(
-            signal,
-            nix::sys::signal::Signal::SIGKILL | nix::sys::signal::Signal::SIGSTOP
-        ) {
-            sys::default_handler(signal).map_err(SetupError::Signals)?;
-        }
+    // Every signal back to its default, none blocked. PID 1 reset them all when it started;
+    // since then the Rust runtime has ignored SIGPIPE (an ignored signal stays ignored across
+    // exec) and PID 1 has given the signals it forwards handlers (a forwarded one must not
+    // be swallowed before the exec).
+    for signal in crate::init::HANDLED
+        .into_iter()
+        .chain([nix::sys::signal::Signal::SIGPIPE])
+    {
+        sys::default_handler(signal).map_err(SetupError::Signals)?;
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(SetupError::Signals)?;
@@ -157,14 +157,10 @@ fn prepare(
     })
 }
 
-/// Become `uid`/`gid` with no capability in any set, the bounding set included.
+/// Become `uid`/`gid` with no capability in any set. (The bounding set is empty already:
+/// PID 1 emptied it before forking us.)
 fn drop_privileges(uid: u32, gid: u32) -> Result<(), SetupError> {
     let caps_err = |e: caps::errors::CapsError| SetupError::Capabilities(e.to_string());
-    // The bounding set can only shrink while we still hold CAP_SETPCAP. Each drop that
-    // succeeds is final, so the set needs no second reading.
-    for cap in caps::runtime::procfs_all_supported(None).map_err(caps_err)? {
-        caps::drop(None, CapSet::Bounding, cap).map_err(caps_err)?;
-    }
     caps::clear(None, CapSet::Ambient).map_err(caps_err)?;
     caps::clear(None, CapSet::Inheritable).map_err(caps_err)?;
 
