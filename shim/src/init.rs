@@ -33,24 +33,25 @@ pub const HANDLED: [Signal; 5] = [
     Signal::SIGUSR1,
 ];
 
-/// Before the spec arrives: check we are PID 1 of a pid namespace of our own, make the mount,
-/// ipc and uts namespaces (made here, overlapping the supervisor's planning, rather than by
-/// its clone, which the supervisor waits out), and start the helper that makes the tool's
-/// network namespace meanwhile.
+/// Before the spec arrives: check we are PID 1 of a pid namespace of our own, start the
+/// helper that makes the tool's network namespace (the costliest, so first), and make the
+/// mount, ipc and uts namespaces (here, overlapping the supervisor's planning, rather than
+/// by its clone, which the supervisor waits out).
 pub fn enter_namespaces(network: Network) -> Result<Option<NetHelper>, SetupError> {
     // Everything that follows — kill(-1) above all — is only safe in a pid namespace of our
     // own.
     if nix::unistd::getpid().as_raw() != 1 {
         return Err(SetupError::NotPidOne(nix::unistd::getpid().as_raw()));
     }
+    let helper = match network {
+        Network::Isolated => Some(netns::start()?),
+        Network::Host => None,
+    };
     nix::sched::unshare(
         CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS,
     )
     .map_err(SetupError::Namespaces)?;
-    match network {
-        Network::Isolated => netns::start().map(Some),
-        Network::Host => Ok(None),
-    }
+    Ok(helper)
 }
 
 pub fn run(
@@ -59,6 +60,21 @@ pub fn run(
     lifeline: OwnedFd,
     network: Option<NetHelper>,
 ) -> Result<i32, SetupError> {
+    // Leave the caller's session and process group: a Ctrl-C on the caller's terminal goes
+    // to the supervisor alone, which decides what the job gets.
+    nix::unistd::setsid().map_err(SetupError::Setsid)?;
+    // If the supervisor dies, so does the jail (the lifeline below covers a supervisor
+    // that is multi-threaded, where this fires only when the spawning thread ends).
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(SetupError::Signals)?;
+
+    // Where the job's cgroup will be, opened while the host's view is ours: the supervisor
+    // makes the cgroup while we build the root, and says so with the go.
+    let parents = open_cgroup_parents(&spec.cgroup)?;
+    build(spec)?;
+
+    // What is left before the tool can start, done while the supervisor still makes the
+    // cgroup. Signals: we came with every one blocked (see `sys::reset_signals`).
+    sys::reset_signals().map_err(SetupError::Signals)?;
     // Signals from the supervisor's namespace reach PID 1 only where it has a handler; the
     // handlers never run (the signals stay blocked and are read from the signalfd).
     let mut handled = SigSet::empty();
@@ -72,17 +88,10 @@ pub fn run(
         .map_err(SetupError::Signals)?;
     let signals = SignalFd::with_flags(&handled, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(SetupError::Signals)?;
-    // Leave the caller's session and process group: a Ctrl-C on the caller's terminal goes
-    // to the supervisor alone, which decides what the job gets.
-    nix::unistd::setsid().map_err(SetupError::Setsid)?;
-    // If the supervisor dies, so does the jail (the lifeline below covers a supervisor
-    // that is multi-threaded, where this fires only when the spawning thread ends).
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(SetupError::Signals)?;
+    // The bounding set, emptied: the tool inherits it so. (The effective capabilities we
+    // build the jail with are not touched; the tool gives those up when it leaves uid 0.)
+    sys::empty_bounding_set().map_err(SetupError::Capabilities)?;
 
-    // Where the job's cgroup will be, opened while the host's view is ours: the supervisor
-    // makes the cgroup while we build the root, and says so with the go.
-    let parents = open_cgroup_parents(&spec.cgroup)?;
-    build(spec)?;
     let mut byte = [0u8; 1];
     let got = loop {
         match std::io::Read::read(&mut go, &mut byte) {

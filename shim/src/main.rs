@@ -52,7 +52,6 @@ fn main() {
 }
 
 fn run() -> Result<i32, SetupError> {
-    sys::reset_signals().map_err(SetupError::Signals)?;
     // Step one of the recipe: nothing we did not ask for survives into the jail, and what
     // we did ask for is close-on-exec, so the tool never inherits it.
     sys::close_fds_from(fds::LIFELINE + 1).map_err(SetupError::CloseFds)?;
@@ -71,10 +70,6 @@ fn run() -> Result<i32, SetupError> {
         }
     };
     let network_helper = init::enter_namespaces(network)?;
-    // The bounding set, emptied now, while we wait: the tool inherits it so. (The effective
-    // capabilities we build the jail with are not touched; the tool gives those up when it
-    // leaves uid 0.)
-    sys::empty_bounding_set().map_err(SetupError::Capabilities)?;
     let (spec, go) = read_spec()?;
     if spec.network != network {
         return Err(SetupError::Spec(

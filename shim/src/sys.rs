@@ -316,7 +316,7 @@ struct KernelSigaction {
 /// purpose, and none blocked. The supervisor execs us with every signal blocked and whatever
 /// its own caller ignored still ignored (exec resets handlers, not ignores); resetting here
 /// rather than between its clone and our exec keeps the supervisor's wait for the clone
-/// short.
+/// short, and PID 1 does it once the root is built, while the supervisor makes the cgroup.
 pub fn reset_signals() -> Result<(), Errno> {
     let default = KernelSigaction {
         handler: libc::SIG_DFL,
@@ -348,11 +348,22 @@ pub fn reset_signals() -> Result<(), Errno> {
 }
 
 /// Drop every capability from the bounding set (we keep what we hold: the set only limits
-/// what an exec may grant). Each drop that succeeds is final, so it needs no second reading.
+/// what an exec may grant). Capabilities are numbered from 0 up to the kernel's last one,
+/// and dropping the one past it fails with EINVAL: that ends the loop, with no procfs to
+/// read (we are in the jail's root by now). Each drop that succeeds is final.
 pub fn empty_bounding_set() -> Result<(), String> {
-    let supported = caps::runtime::procfs_all_supported(None).map_err(|e| e.to_string())?;
-    for cap in supported {
-        caps::drop(None, caps::CapSet::Bounding, cap).map_err(|e| e.to_string())?;
+    for cap in 0..64 {
+        // SAFETY: PR_CAPBSET_DROP takes a capability number and touches no memory of ours.
+        let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) };
+        match Errno::result(ret) {
+            Ok(_) => {}
+            Err(Errno::EINVAL) if cap > 0 => return Ok(()),
+            Err(errno) => {
+                return Err(format!(
+                    "drop capability {cap} from the bounding set: {errno}"
+                ))
+            }
+        }
     }
     Ok(())
 }
