@@ -82,6 +82,32 @@ fn bad_options_get_exit_125_and_a_message_naming_the_problem() {
 }
 
 #[test]
+fn a_shim_that_cannot_be_executed_is_refused_with_its_path_and_why() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let mark = ws.path().join("ran");
+    for (mode, reason) in [(0o644, "Permission denied"), (0o755, "Exec format error")] {
+        let shim = ws.path().join("not-a-shim");
+        std::fs::write(&shim, "not a binary\n").expect("write");
+        std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .expect("chmod");
+        let job = Run::command(ws.path(), &["/bin/sh", "-c", "echo > ran"])
+            .caller_env("TOOLBOX_SHIM", shim.to_str().expect("utf-8"))
+            .run();
+        assert_eq!(job.code, 125, "{job:?}");
+        assert!(
+            job.stderr.contains("start the exec shim")
+                && job.stderr.contains("not-a-shim")
+                && job.stderr.contains(reason),
+            "{job:?}"
+        );
+        assert!(!mark.exists(), "the tool ran");
+    }
+}
+
+#[test]
 fn toolbox_run_refuses_without_root_and_says_what_to_do() {
     if !require_root() {
         return;
