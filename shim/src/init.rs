@@ -73,8 +73,8 @@ pub fn run(
     build(spec)?;
 
     // What is left before the tool can start, done while the supervisor still makes the
-    // cgroup. Signals: we came with every one blocked (see `sys::reset_signals`).
-    sys::reset_signals().map_err(SetupError::Signals)?;
+    // cgroup. Signals: we came with every one blocked (see `sys::unblock_signals`).
+    sys::unblock_signals().map_err(SetupError::Signals)?;
     // Signals from the supervisor's namespace reach PID 1 only where it has a handler; the
     // handlers never run (the signals stay blocked and are read from the signalfd).
     let mut handled = SigSet::empty();

@@ -301,45 +301,10 @@ pub fn install_noop_handler(signal: nix::sys::signal::Signal) -> Result<(), Errn
     unsafe { nix::sys::signal::sigaction(signal, &action) }.map(drop)
 }
 
-/// The kernel's `struct sigaction` (x86-64 `rt_sigaction` layout): glibc's wrapper refuses
-/// signals 32 and 33, which it keeps for itself, but a caller may have left them ignored.
-#[repr(C)]
-struct KernelSigaction {
-    handler: usize,
-    flags: u64,
-    restorer: usize,
-    mask: u64,
-}
-
-/// Start from a clean slate: every signal at its default disposition — the realtime ones,
-/// and the two glibc reserves, too — except SIGPIPE, which the Rust runtime ignores on
-/// purpose, and none blocked. The supervisor execs us with every signal blocked and whatever
-/// its own caller ignored still ignored (exec resets handlers, not ignores); resetting here
-/// rather than between its clone and our exec keeps the supervisor's wait for the clone
-/// short, and PID 1 does it once the root is built, while the supervisor makes the cgroup.
-pub fn reset_signals() -> Result<(), Errno> {
-    let default = KernelSigaction {
-        handler: libc::SIG_DFL,
-        flags: 0,
-        restorer: 0,
-        mask: 0,
-    };
-    for signal in 1..=64 {
-        if signal != libc::SIGKILL && signal != libc::SIGSTOP && signal != libc::SIGPIPE {
-            // SAFETY: SIG_DFL installs no code of ours; `default` is a valid kernel sigaction
-            // of the size we pass, and the old action is not asked for.
-            let ret = unsafe {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    signal,
-                    &default as *const KernelSigaction,
-                    std::ptr::null_mut::<KernelSigaction>(),
-                    std::mem::size_of::<u64>(),
-                )
-            };
-            Errno::result(ret)?;
-        }
-    }
+/// Unblock every signal. The supervisor execs us with all of them blocked (so that none of
+/// its handlers could run in its clone child), having reset to the default each signal its
+/// own process ignores (exec resets handlers, not ignores): what is left to undo is the mask.
+pub fn unblock_signals() -> Result<(), Errno> {
     nix::sys::signal::sigprocmask(
         nix::sys::signal::SigmaskHow::SIG_SETMASK,
         Some(&nix::sys::signal::SigSet::empty()),

@@ -26,20 +26,76 @@ struct ChildContext {
     /// (from, to) pairs for dup2; every `from` is above every `to`.
     moves: [(RawFd, RawFd); 24],
     count: usize,
+    /// Signals this process ignores, for the child to set back to their default: an ignored
+    /// signal stays ignored across exec.
+    ignored: [libc::c_int; 64],
+    ignored_count: usize,
     /// Written by the child when exec fails (the memory is shared until then).
     error: libc::c_int,
 }
 
-/// The child's whole life: descriptors in place, exec. Every signal stays blocked, as the
-/// parent blocked them for the clone, so no handler of ours can run here; exec resets the
-/// handlers, and the shim resets what exec keeps (ignored signals, the mask) first thing.
+/// The kernel's `struct sigaction` (`rt_sigaction` on x86-64 and aarch64): libc's wrapper
+/// refuses signals 32 and 33, which glibc keeps for itself, but a caller may leave them
+/// ignored too.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// The signals this process ignores, from `/proc/self/status` (read once: a supervisor
+/// never changes what it ignores). Usually just SIGPIPE, which the Rust runtime ignores,
+/// plus whatever the caller left ignored (`nohup`: SIGHUP).
+fn ignored_signals() -> &'static [libc::c_int] {
+    static IGNORED: std::sync::OnceLock<Vec<libc::c_int>> = std::sync::OnceLock::new();
+    IGNORED.get_or_init(|| {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let mask = status
+            .lines()
+            .find_map(|line| line.strip_prefix("SigIgn:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+        match mask {
+            Some(mask) => (0..64)
+                .filter(|bit| mask & (1 << bit) != 0)
+                .map(|bit| bit + 1)
+                .collect(),
+            // Unreadable: reset them all (what the child did before it knew better).
+            None => (1..=64)
+                .filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP)
+                .collect(),
+        }
+    })
+}
+
+/// The child's whole life: the signals we ignore back to their default, descriptors in
+/// place, exec. Every signal stays blocked, as the parent blocked them for the clone, so no
+/// handler of ours can run here; exec resets the handlers, and the shim unblocks the mask.
 /// Only async-signal-safe calls; no Rust runtime, no allocation.
 extern "C" fn exec_child(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the ChildContext the parent keeps alive (and does not touch) until
     // this child has exec'd or exited: CLONE_VFORK suspends it until then.
     let ctx = unsafe { &mut *(arg as *mut ChildContext) };
-    // SAFETY: dup2/execve/_exit are async-signal-safe and touch only `ctx`.
+    // SAFETY: rt_sigaction/dup2/execve/_exit are async-signal-safe and touch only `ctx`
+    // and this child's stack; without CLONE_SIGHAND the child has its own copy of the
+    // handler table, so resetting it leaves the parent's alone.
     unsafe {
+        let default = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for &signal in ctx.ignored.iter().take(ctx.ignored_count) {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            );
+        }
         for &(from, to) in &ctx.moves[..ctx.count] {
             if libc::dup2(from, to) < 0 {
                 ctx.error = *libc::__errno_location();
@@ -53,8 +109,8 @@ extern "C" fn exec_child(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 /// Start `program` with `argv` as the first process of new namespaces (`namespaces`:
-/// CLONE_NEW* flags) with an empty environment, every signal blocked (the shim resets
-/// them), and exactly the descriptors in `fds`. Returns its pid and a pidfd.
+/// CLONE_NEW* flags) with an empty environment, every signal at its default but blocked (the
+/// shim unblocks them), and exactly the descriptors in `fds`. Returns its pid and a pidfd.
 ///
 /// Like `posix_spawn`, this is a vfork: the supervisor's memory is shared with the child,
 /// not copied, and the calling thread waits until the child has exec'd. Creating the
@@ -95,8 +151,14 @@ pub fn spawn(
         envp: [std::ptr::null()],
         moves: [(-1, -1); 24],
         count: lifted.len(),
+        ignored: [0; 64],
+        ignored_count: 0,
         error: 0,
     };
+    for (slot, &signal) in ctx.ignored.iter_mut().zip(ignored_signals()) {
+        *slot = signal;
+        ctx.ignored_count += 1;
+    }
     if lifted.len() > ctx.moves.len() || argv.len() >= ctx.argv.len() {
         return Err(std::io::Error::from_raw_os_error(libc::E2BIG));
     }
@@ -114,7 +176,7 @@ pub fn spawn(
 
     // Block every signal in this thread across the clone: a handler of ours must never run
     // in the child while it shares our memory. The child execs with them blocked; the shim
-    // resets its signals itself.
+    // unblocks them.
     // SAFETY: sigset_t is plain data, initialised by sigfillset before use.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
