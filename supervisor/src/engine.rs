@@ -250,13 +250,13 @@ impl Engine {
             debug!("the shim left before its go: {err}");
         }
         debug!(pid = shim.process.pid, "shim started");
-        // While the shim builds the jail, clear what dead supervisors left (once).
-        self.sweep_once();
         let _ = events.send(Event::Started {
             job_id: plan.job_id.clone(),
         });
 
-        let run = supervise(shim, &plan, &cgroup, &events, cancel).await;
+        // Once the tool runs, clear what dead supervisors left (once): then it takes no CPU
+        // from the jail's set-up.
+        let run = supervise(shim, &plan, &cgroup, &events, cancel, || self.sweep_once()).await;
 
         let stats = match run.early_cleanup {
             Some((stats, true)) => stats,
@@ -420,8 +420,10 @@ async fn supervise(
     cgroup: &JobCgroup,
     events: &UnboundedSender<Event>,
     cancel: impl Future<Output = Cancel> + Send,
+    on_running: impl FnOnce(),
 ) -> Run {
     let mut run = Run::default();
+    let mut on_running = Some(on_running);
     let mut out_cap = Capper::new(plan.limits.output);
     let mut err_cap = Capper::new(plan.limits.output);
     let mut out_buf = vec![0u8; READ_BUFFER];
@@ -470,6 +472,11 @@ async fn supervise(
                 match line {
                     Ok(Some(line)) => {
                         record_status(&mut run, &line);
+                        if run.enforced.is_some() {
+                            if let Some(on_running) = on_running.take() {
+                                on_running();
+                            }
+                        }
                         if run.tool.is_some() && run.early_cleanup.is_none() {
                             // The cgroup holds only the tool's processes, so it is usually
                             // empty now: measure it and remove it while PID 1 tears the jail
