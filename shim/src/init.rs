@@ -59,6 +59,7 @@ pub fn run(
     mut go: std::fs::File,
     lifeline: OwnedFd,
     network: Option<NetHelper>,
+    discarded: Option<Pid>,
 ) -> Result<i32, SetupError> {
     // Leave the caller's session and process group: a Ctrl-C on the caller's terminal goes
     // to the supervisor alone, which decides what the job gets.
@@ -104,6 +105,11 @@ pub fn run(
         return Ok(crate::SHIM_FAILED);
     }
     drop(go);
+    // A network helper the spec did not want, killed when the spec came: gone before the
+    // tool starts, like the other one.
+    if let Some(helper) = discarded {
+        while waitpid(helper, None) == Err(nix::errno::Errno::EINTR) {}
+    }
     let cgroup = open_cgroup(&parents)?;
     drop(parents);
     let into_cgroup = match spec.cgroup {

@@ -69,14 +69,17 @@ fn run() -> Result<i32, SetupError> {
             )))
         }
     };
-    let network_helper = init::enter_namespaces(network)?;
+    let mut network_helper = init::enter_namespaces(network)?;
     let (spec, go) = read_spec()?;
-    if spec.network != network {
-        return Err(SetupError::Spec(
-            "the spec's network differs from the one the shim was started for".into(),
-        ));
+    // The spec settles the network; argv[1] only said which to prepare (`toolbox run`
+    // starts us before it has read the policy).
+    let mut discarded = None;
+    match (spec.network, network_helper.take()) {
+        (Network::Isolated, None) => network_helper = Some(netns::start()?),
+        (Network::Host, Some(helper)) => discarded = Some(helper.discard()),
+        (_, helper) => network_helper = helper,
     }
-    init::run(&spec, go, lifeline, network_helper)
+    init::run(&spec, go, lifeline, network_helper, discarded)
 }
 
 /// Wait for the spec: the supervisor writes it once it has planned the job. The pipe stays

@@ -75,6 +75,13 @@ impl NetHelper {
         self.pid
     }
 
+    /// End a helper whose namespace the job will not use (it has the host's network). It
+    /// dies once its `unshare` returns; reap the pid returned before the tool starts.
+    pub fn discard(self) -> nix::unistd::Pid {
+        let _ = nix::sys::signal::kill(self.pid, nix::sys::signal::Signal::SIGKILL);
+        self.pid
+    }
+
     /// Join the helper's network namespace (the tool's process, as root); dropping the handle
     /// then lets the helper go.
     pub fn join(self) -> Result<(), SetupError> {

@@ -214,13 +214,6 @@ impl Engine {
             cpus: plan.limits.cpus,
             pids: plan.limits.pids,
         };
-        if shim.network != jail_network(plan.network) {
-            return fail(
-                result,
-                started,
-                "the shim was started for another network mode".into(),
-            );
-        }
         let cgroups = match self.cgroups() {
             Ok(cgroups) => cgroups,
             Err(err) => return fail(result, started, format!("create the job's cgroup: {err}")),

@@ -146,7 +146,10 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging();
+    // `toolbox run` starts its shim first and logging after (see `run`).
+    if !matches!(cli.command, Command::Run(_)) {
+        init_logging();
+    }
     let code = match cli.command {
         Command::Serve { args } => serve(args),
         Command::Ps { socket, json } => ps(socket, json),
@@ -296,6 +299,7 @@ fn remote_body(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
 fn run(args: RunArgs) -> anyhow::Result<i32> {
     if !args.local {
         if let Some(socket) = toolbox::client::daemon_socket(args.socket.clone()) {
+            init_logging();
             let body = remote_body(&args)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -304,6 +308,19 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(runtime.block_on(toolbox::client::run(&socket, body, args.json)));
         }
     }
+    let engine = Engine::new()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    // The shim starts first: its start-up overlaps everything below — logging, the policy,
+    // the plan. It prepares the network `--net` names, else an isolated one (what most
+    // policies want); the spec settles it.
+    let shim = {
+        let _runtime = runtime.enter();
+        engine.prestart(args.net.unwrap_or(NetworkMode::None), Stdin::Inherit)?
+    };
+    init_logging();
     let policy = Policy::load(&args.policy)?;
     let request = JobRequest {
         id: None,
@@ -321,14 +338,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         rw: args.rw,
         user: args.user,
     };
-    let engine = Engine::new()?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("start the async runtime")?;
     let result = runtime.block_on(async {
-        // The shim starts first: its start-up overlaps the planning below.
-        let shim = engine.prestart(request.network.unwrap_or(policy.network), Stdin::Inherit)?;
         let caller = Caller::current().context("read the current directory")?;
         let plan = job::plan(&policy, request, &caller)?;
         let (events, received) = mpsc::unbounded_channel();

@@ -18,6 +18,13 @@ fn host_processes_are_invisible() {
     let status = job.probe_json();
     // The shim (PID 1) and the probe: nothing of the host, and no helper of the shim's.
     assert_eq!(status["pids"], 2, "{status}");
+    // Also when the shim prepared a network namespace the policy then did not want (the
+    // host's network: `toolbox run` starts its shim before it reads the policy).
+    let host = Run::probe(ws.path(), &["status"])
+        .opts(&["--policy", "network"])
+        .run()
+        .probe_json();
+    assert_eq!(host["pids"], 2, "{host}");
     // Numbered in the jail's own pid namespace (PID 1 is the shim).
     assert!(status["pid"].as_u64().expect("pid") <= 4, "{status}");
     let init = Run::probe(ws.path(), &["read", "/proc/1/cmdline"])
