@@ -83,10 +83,11 @@ fn prepare(
     // A session of its own: no controlling terminal to push keystrokes into (TIOCSTI), and
     // a process group PID 1 can signal as a whole.
     nix::unistd::setsid().map_err(SetupError::Setsid)?;
-    // Every signal back to its default, none blocked. PID 1 reset them all when it started;
-    // since then the Rust runtime has ignored SIGPIPE (an ignored signal stays ignored across
-    // exec) and PID 1 has given the signals it forwards handlers (a forwarded one must not
-    // be swallowed before the exec).
+    // Every signal back to its default, none blocked. The shim started with all of them at
+    // their default (the supervisor resets what it ignores before the exec); since then the
+    // Rust runtime has ignored SIGPIPE (an ignored signal stays ignored across exec) and
+    // PID 1 has given the signals it forwards handlers (a forwarded one must not be
+    // swallowed before the exec).
     for signal in crate::init::HANDLED
         .into_iter()
         .chain([nix::sys::signal::Signal::SIGPIPE])
