@@ -94,13 +94,7 @@ pub fn run(
     sys::empty_bounding_set().map_err(SetupError::Capabilities)?;
 
     let mut byte = [0u8; 1];
-    let got = loop {
-        match std::io::Read::read(&mut go, &mut byte) {
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            other => break other,
-        }
-    };
-    if !matches!(got, Ok(1) if byte[0] == toolbox_spec::GO) {
+    if std::io::Read::read_exact(&mut go, &mut byte).is_err() || byte[0] != toolbox_spec::GO {
         // The supervisor gave up on the job (and knows why), or is gone.
         return Ok(crate::SHIM_FAILED);
     }
@@ -108,7 +102,7 @@ pub fn run(
     // A network helper the spec did not want, killed when the spec came: gone before the
     // tool starts, like the other one.
     if let Some(helper) = discarded {
-        while waitpid(helper, None) == Err(nix::errno::Errno::EINTR) {}
+        wait_gone(helper);
     }
     let cgroup = open_cgroup(&parents)?;
     drop(parents);
@@ -134,7 +128,7 @@ pub fn run(
     // namespace holds PID 1 and the tool's own processes, nothing else for it to see or
     // signal.
     if let Some(helper) = helper {
-        while waitpid(helper, None) == Err(nix::errno::Errno::EINTR) {}
+        wait_gone(helper);
     }
     // If the tool already gave up (and said why), there is no reader: it is reaped below.
     let _ = nix::unistd::write(&ready_w, b"r");
@@ -163,6 +157,11 @@ pub fn place_elsewhere(child: Pid, cpus: Option<&CpuSet>) {
 fn build(spec: &JailSpec) -> Result<(), SetupError> {
     nix::unistd::sethostname(&spec.hostname).map_err(SetupError::Hostname)?;
     mounts::build_root(spec)
+}
+
+/// Wait for a child of ours to be gone, and reap it.
+fn wait_gone(child: Pid) {
+    while waitpid(child, None) == Err(nix::errno::Errno::EINTR) {}
 }
 
 /// Where the job's cgroup goes in one hierarchy: the directory the supervisor makes it in

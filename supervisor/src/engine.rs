@@ -126,8 +126,9 @@ impl Engine {
         })
     }
 
-    /// Start the shim for a job with this network mode, before the job is planned: the
-    /// shim's own start-up then overlaps the planning. Hand it to [`Engine::run`].
+    /// Start the shim before the job is planned, preparing this network mode (the spec
+    /// settles it: the shim discards what it prepared for nothing): the shim's own start-up
+    /// then overlaps the planning. Hand it to [`Engine::run`].
     pub fn prestart(&self, network: NetworkMode, stdin: Stdin) -> Result<Shim, EngineError> {
         // On cgroup v2 the supervisor moves into its leaf before it has a child: a shim born
         // in the cgroup that must delegate controllers would keep it from doing so. (A

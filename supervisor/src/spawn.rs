@@ -31,7 +31,6 @@ pub struct Shim {
     /// Where the spec goes once the job is planned, then the go once its cgroup is made;
     /// `None` once the go is sent.
     spec: Option<pipe::Sender>,
-    pub network: Network,
     pub stdout: pipe::Receiver,
     pub stderr: pipe::Receiver,
     pub status: pipe::Receiver,
@@ -57,7 +56,8 @@ pub enum Stdin {
     Fd(OwnedFd),
 }
 
-/// Start the shim as PID 1 of a new pid namespace, for a job with this network. It waits for its
+/// Start the shim as PID 1 of a new pid namespace, preparing this network (the spec settles
+/// it). It waits for its
 /// spec ([`Shim::send_spec`]): starting it before the job is planned lets its start-up
 /// (exec, runtime set-up) overlap the planning.
 pub fn spawn(shim: &Path, network: Network, stdin: Stdin) -> io::Result<Shim> {
@@ -110,7 +110,6 @@ pub fn spawn(shim: &Path, network: Network, stdin: Stdin) -> io::Result<Shim> {
             _lifeline: lifeline_w,
         },
         spec: Some(pipe::Sender::from_owned_fd(spec_w)?),
-        network,
         stdout: pipe::Receiver::from_owned_fd(out_r)?,
         stderr: pipe::Receiver::from_owned_fd(err_r)?,
         status: pipe::Receiver::from_owned_fd(status_r)?,
