@@ -158,6 +158,23 @@ fn checks() -> Vec<Check> {
         required: true,
     });
 
+    let inherited = sys::inherited_seccomp_filters();
+    checks.push(Check {
+        name: "inherited seccomp",
+        ok: inherited == 0,
+        detail: if inherited == 0 {
+            "none: jobs run under toolbox's own filter alone".into()
+        } else {
+            format!(
+                "{inherited} filter(s) inherited from whatever started toolbox (a systemd unit's \
+                 ProtectHostname=, RestrictSUIDSGID=, SystemCallFilter=..., a container's seccomp \
+                 profile): every job runs under them too and they cannot be lifted; some break \
+                 jail set-up (sethostname EPERM, openat2 ENOSYS). Remove them there"
+            )
+        },
+        required: false,
+    });
+
     let mount_api = sys::has_mount_api();
     checks.push(Check {
         name: "mount API",

@@ -347,6 +347,7 @@ impl Engine {
                 capabilities: "none",
                 network: format!("{:?}", plan.network).to_lowercase(),
                 seccomp_profile: format!("{:?}", plan.seccomp.base).to_lowercase(),
+                seccomp_inherited_filters: crate::sys::inherited_seccomp_filters(),
                 ..Isolation::default()
             },
         }

@@ -78,6 +78,10 @@ pub struct Isolation {
     pub seccomp: bool,
     /// The policy's seccomp profile (`default`, `strict`).
     pub seccomp_profile: String,
+    /// Seccomp filters the job ran under besides toolbox's own, inherited from whoever
+    /// started toolbox (a systemd unit's sandboxing options, a container's profile): 0
+    /// unless something outside toolbox narrowed what the job may do.
+    pub seccomp_inherited_filters: u32,
     pub no_new_privs: bool,
     pub capabilities: &'static str,
     pub uid: Option<u32>,

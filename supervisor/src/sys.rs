@@ -45,28 +45,66 @@ struct KernelSigaction {
     mask: u64,
 }
 
-/// The signals this process ignores, from `/proc/self/status` (read once: a supervisor
-/// never changes what it ignores). Usually just SIGPIPE, which the Rust runtime ignores,
-/// plus whatever the caller left ignored (`nohup`: SIGHUP).
-fn ignored_signals() -> &'static [libc::c_int] {
-    static IGNORED: std::sync::OnceLock<Vec<libc::c_int>> = std::sync::OnceLock::new();
-    IGNORED.get_or_init(|| {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let mask = status
-            .lines()
-            .find_map(|line| line.strip_prefix("SigIgn:"))
-            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
-        match mask {
-            Some(mask) => (0..64)
-                .filter(|bit| mask & (1 << bit) != 0)
-                .map(|bit| bit + 1)
-                .collect(),
-            // Unreadable: reset them all (what the child did before it knew better).
-            None => (1..=64)
-                .filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP)
-                .collect(),
-        }
+/// What `/proc/self/status` says of this process, read once: a supervisor never changes what
+/// it ignores, and it installs no seccomp filter of its own (filters only ever get added, by
+/// whoever started it).
+struct SelfStatus {
+    /// Usually just SIGPIPE, which the Rust runtime ignores, plus whatever the caller left
+    /// ignored (`nohup`: SIGHUP).
+    ignored: Vec<libc::c_int>,
+    /// Seccomp filters this process inherited; every job would run under them too.
+    seccomp_filters: u32,
+}
+
+fn self_status() -> &'static SelfStatus {
+    static STATUS: std::sync::OnceLock<SelfStatus> = std::sync::OnceLock::new();
+    STATUS.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        parse_self_status(&text)
     })
+}
+
+fn parse_self_status(text: &str) -> SelfStatus {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let ignored = match field("SigIgn").and_then(|hex| u64::from_str_radix(hex, 16).ok()) {
+        Some(mask) => (0..64)
+            .filter(|bit| mask & (1 << bit) != 0)
+            .map(|bit| bit + 1)
+            .collect(),
+        // Unreadable: reset them all (what the child did before it knew better).
+        None => (1..=64)
+            .filter(|&s| s != libc::SIGKILL && s != libc::SIGSTOP)
+            .collect(),
+    };
+    // `Seccomp_filters` exists since Linux 5.9; before it, mode 2 means at least one.
+    let seccomp_filters = match (
+        field("Seccomp_filters").and_then(|n| n.parse().ok()),
+        field("Seccomp"),
+    ) {
+        (Some(count), _) => count,
+        (None, Some("0")) | (None, None) => 0,
+        (None, Some(_)) => 1,
+    };
+    SelfStatus {
+        ignored,
+        seccomp_filters,
+    }
+}
+
+/// The signals this process ignores.
+fn ignored_signals() -> &'static [libc::c_int] {
+    &self_status().ignored
+}
+
+/// How many seccomp filters this process inherited from whoever started it (a systemd
+/// unit's `ProtectHostname=`, `SystemCallFilter=`..., a container runtime's profile). They
+/// cannot be lifted: every job runs under them as well as under toolbox's own.
+pub fn inherited_seccomp_filters() -> u32 {
+    self_status().seccomp_filters
 }
 
 /// The child's whole life: the signals we ignore back to their default, descriptors in
@@ -402,5 +440,26 @@ pub fn peer_hung_up(fd: RawFd) -> bool {
         0 => true,
         n if n > 0 => false,
         _ => !matches!(Errno::last(), Errno::EAGAIN | Errno::EINTR),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_status_tells_ignored_signals_and_inherited_seccomp_filters() {
+        let status = "Name:\ttoolbox\nSigIgn:\t0000000000001001\nNoNewPrivs:\t0\nSeccomp:\t2\nSeccomp_filters:\t8\n";
+        let parsed = parse_self_status(status);
+        assert_eq!(parsed.ignored, vec![libc::SIGHUP, libc::SIGPIPE]);
+        assert_eq!(parsed.seccomp_filters, 8);
+        // Before Linux 5.9 there is no count: mode 2 means at least one filter.
+        assert_eq!(parse_self_status("Seccomp:\t2\n").seccomp_filters, 1);
+        assert_eq!(parse_self_status("Seccomp:\t0\n").seccomp_filters, 0);
+        // A field whose name starts like another is not taken for it.
+        assert_eq!(
+            parse_self_status("Seccomp_filters:\t3\nSeccomp:\t2\n").seccomp_filters,
+            3
+        );
     }
 }

@@ -742,6 +742,41 @@ fn the_systemd_units_verify() {
     for needed in ["Type=notify", "Delegate=yes", "KillMode=mixed"] {
         assert!(service.contains(needed), "toolbox.service lacks {needed}");
     }
+    // Options that install a seccomp filter (systemd.exec(5)) or another restriction every
+    // job would inherit: the shipped unit sets none of them (ProtectHostname= and
+    // RestrictSUIDSGID= made every job fail at jail set-up). The systemd VM tier checks the
+    // same on a running daemon.
+    let inherited_by_jobs = [
+        "ProtectHostname",
+        "RestrictSUIDSGID",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectClock",
+        "RestrictRealtime",
+        "LockPersonality",
+        "RestrictAddressFamilies",
+        "RestrictNamespaces",
+        "SystemCallFilter",
+        "SystemCallArchitectures",
+        "SystemCallLog",
+        "MemoryDenyWriteExecute",
+        "PrivateDevices",
+        "DeviceAllow",
+        "DevicePolicy",
+        "NoNewPrivileges",
+    ];
+    for line in service.lines().map(str::trim) {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if line.starts_with('#') || matches!(value.trim(), "no" | "false" | "") {
+            continue;
+        }
+        assert!(
+            !inherited_by_jobs.contains(&key.trim()),
+            "toolbox.service sets {line}: every job would inherit it"
+        );
+    }
     let out = std::process::Command::new(analyze)
         .arg("verify")
         .arg(dir.path().join("toolbox.socket"))

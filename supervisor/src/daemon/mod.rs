@@ -149,6 +149,13 @@ async fn serve_async(
     // Whatever a daemon that died left: its jails died with it (their lifelines closed);
     // remove their cgroups before taking new jobs.
     engine.sweep_once();
+    let filters = crate::sys::inherited_seccomp_filters();
+    if filters > 0 {
+        warn!(
+            filters,
+            "this daemon runs under {filters} seccomp filter(s) it inherited (a unit's ProtectHostname=, RestrictSUIDSGID=, SystemCallFilter=..., or a container's profile): every job runs under them too, and some break jail set-up; remove them from whatever starts toolbox (toolbox doctor explains)"
+        );
+    }
     let group = match &options.group {
         Some(name) => Some(group_id(name)?),
         None => None,
@@ -523,6 +530,7 @@ fn health(daemon: &Daemon) -> Response<Body> {
             "cgroup": cgroup,
             "landlock_abi": crate::sys::landlock_abi(),
             "seccomp": true,
+            "seccomp_inherited_filters": crate::sys::inherited_seccomp_filters(),
             "namespaces": ["pid", "mount", "net", "ipc", "uts", "cgroup"],
         },
     });
