@@ -16,7 +16,10 @@ use toolbox_spec::{
 };
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::cgroup::{job_name, CgroupLimits, CgroupManager, CgroupStats, Cgroups, JobCgroup};
+use crate::cgroup::{
+    job_name, CgroupLimits, CgroupManager, CgroupStats, Cgroups, JobCgroup, Placement,
+    PlacementOptions,
+};
 use crate::job::JobPlan;
 use crate::output::Capper;
 use crate::policy::NetworkMode;
@@ -95,9 +98,10 @@ pub struct Cancel {
 pub struct Engine {
     shim: PathBuf,
     swept: std::sync::atomic::AtomicBool,
-    /// Detected and prepared on first use: on cgroup v1 a one-shot `toolbox run` starts its
-    /// shim first; on v2 [`Engine::prestart`] prepares them before the shim exists.
-    cgroups: std::sync::OnceLock<Result<Cgroups, String>>,
+    placement: PlacementOptions,
+    /// Placed, detected and prepared on first use: on cgroup v1 a one-shot `toolbox run`
+    /// starts its shim first; on v2 [`Engine::prestart`] places them before the shim exists.
+    cgroups: std::sync::OnceLock<Result<(Cgroups, Placement), String>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -109,9 +113,10 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Check this host can build jails: root, and the shim. The cgroups are detected and
-    /// prepared on first use ([`Engine::cgroups`]; a daemon calls it at start).
-    pub fn new() -> Result<Engine, EngineError> {
+    /// Check this host can build jails: root, and the shim. The cgroups are placed,
+    /// detected and prepared on first use ([`Engine::cgroups`]; a daemon calls it at start),
+    /// as `placement` allows.
+    pub fn new(placement: PlacementOptions) -> Result<Engine, EngineError> {
         if !nix::unistd::Uid::effective().is_root() {
             return Err(EngineError::NotRoot);
         }
@@ -122,6 +127,7 @@ impl Engine {
         Ok(Engine {
             shim,
             swept: std::sync::atomic::AtomicBool::new(false),
+            placement,
             cgroups: std::sync::OnceLock::new(),
         })
     }
@@ -130,9 +136,10 @@ impl Engine {
     /// settles it: the shim discards what it prepared for nothing): the shim's own start-up
     /// then overlaps the planning. Hand it to [`Engine::run`].
     pub fn prestart(&self, network: NetworkMode, stdin: Stdin) -> Result<Shim, EngineError> {
-        // On cgroup v2 the supervisor moves into its leaf before it has a child: a shim born
-        // in the cgroup that must delegate controllers would keep it from doing so. (A
-        // failure here comes back, cached, when the job asks for its cgroup.)
+        // On cgroup v2 the supervisor is placed (a systemd scope, maybe) and moves into its
+        // leaf before it has a child: a shim born in the cgroup that must delegate
+        // controllers would keep it from doing so, and would stay behind in a session scope.
+        // (A failure here comes back, cached, when the job asks for its cgroup.)
         if Cgroups::unified_host() {
             let _ = self.cgroups();
         }
@@ -173,14 +180,19 @@ impl Engine {
         result
     }
 
-    /// This host's cgroups, detected and prepared once.
+    /// This host's cgroups, placed, detected and prepared once.
     pub fn cgroups(&self) -> Result<&Cgroups, EngineError> {
+        self.placed().map(|(cgroups, _)| cgroups)
+    }
+
+    /// How the cgroup jobs run under was found (own, a systemd scope, taken over).
+    pub fn placement(&self) -> Result<&Placement, EngineError> {
+        self.placed().map(|(_, placement)| placement)
+    }
+
+    fn placed(&self) -> Result<&(Cgroups, Placement), EngineError> {
         self.cgroups
-            .get_or_init(|| {
-                let cgroups = Cgroups::detect().map_err(|e| e.to_string())?;
-                cgroups.prepare().map_err(|e| e.to_string())?;
-                Ok(cgroups)
-            })
+            .get_or_init(|| Cgroups::place(self.placement).map_err(|e| e.to_string()))
             .as_ref()
             .map_err(|message| EngineError::Cgroups(message.clone()))
     }
@@ -238,6 +250,7 @@ impl Engine {
             Err(err) => return fail(result, started, format!("create the job's cgroup: {err}")),
         };
         debug_assert_eq!(cgroup.join(), cgroups.join_for(&name));
+        result.isolation.cgroup_path = Some(cgroup.path().to_string_lossy().into_owned());
         if let Err(err) = shim.send_go().await {
             // The shim is gone already: its status pipe says why, and the cgroup is
             // removed below like any job's.
@@ -336,6 +349,7 @@ impl Engine {
                     .map(Cgroups::version)
                     .unwrap_or("none")
                     .to_string(),
+                cgroup_placement: self.placement().map(Placement::name).ok(),
                 cgroup_limits: Some(record::Limits {
                     memory_bytes: plan.limits.memory,
                     cpus: plan.limits.cpus,

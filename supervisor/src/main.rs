@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
+use toolbox::cgroup::PlacementOptions;
 use toolbox::engine::{Cancel, Engine, Event, Stream};
 use toolbox::job::{self, Caller, JobRequest};
 use toolbox::policy::{NetworkMode, Policy};
@@ -46,7 +47,11 @@ enum Command {
         json: bool,
     },
     /// Show what this host can enforce, and what not.
-    Doctor,
+    Doctor {
+        /// Say what toolbox would do with --take-cgroup.
+        #[arg(long)]
+        take_cgroup: bool,
+    },
     /// Work with policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
@@ -116,6 +121,10 @@ struct RunArgs {
     /// Run in this process, even if a daemon is listening.
     #[arg(long)]
     local: bool,
+    /// cgroup v2 without systemd (a container): take over the cgroup toolbox starts in,
+    /// moving every other process in it into an `init` child (also: TOOLBOX_TAKE_CGROUP=1).
+    #[arg(long)]
+    take_cgroup: bool,
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -157,7 +166,13 @@ fn main() -> ExitCode {
             eprintln!("toolbox: {err:#}");
             exit::TOOLBOX_FAILED
         }),
-        Command::Doctor => toolbox::doctor::run(),
+        Command::Doctor { take_cgroup } => toolbox::doctor::run(
+            PlacementOptions {
+                take_cgroup,
+                ..PlacementOptions::default()
+            }
+            .with_env(),
+        ),
         Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
         Command::Policy(PolicyCommand::Show { policy }) => match Policy::load(&policy) {
             Ok(policy) => {
@@ -308,7 +323,13 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(runtime.block_on(toolbox::client::run(&socket, body, args.json)));
         }
     }
-    let engine = Engine::new()?;
+    let engine = Engine::new(
+        PlacementOptions {
+            take_cgroup: args.take_cgroup,
+            ..PlacementOptions::default()
+        }
+        .with_env(),
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

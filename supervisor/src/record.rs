@@ -70,6 +70,12 @@ pub struct Isolation {
     pub namespaces: Vec<String>,
     pub user_namespace: bool,
     pub cgroup: String,
+    /// The job's cgroup, as `/proc/PID/cgroup` names it (on v1, in the memory hierarchy).
+    pub cgroup_path: Option<String>,
+    /// How toolbox got the cgroup the job's went under: `own` (delegated to it, or v1),
+    /// `systemd_scope` (a scope it asked systemd for), `took_over` (a container's cgroup
+    /// whose other processes it moved into `init`).
+    pub cgroup_placement: Option<&'static str>,
     pub cgroup_limits: Option<Limits>,
     pub landlock_abi: Option<u32>,
     pub landlock_fs: bool,

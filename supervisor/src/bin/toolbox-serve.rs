@@ -42,6 +42,11 @@ struct ServeArgs {
     /// On SIGTERM, how long running jobs may take to finish before they are cancelled.
     #[arg(long, value_name = "DUR", default_value = "10s")]
     drain: Dur,
+    /// cgroup v2 without systemd (a container): take over the cgroup the daemon starts in,
+    /// moving every other process in it into an `init` child (also: TOOLBOX_TAKE_CGROUP=1;
+    /// done anyway when the daemon is PID 1, a container's entrypoint).
+    #[arg(long)]
+    take_cgroup: bool,
     /// Log format on stderr.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -92,6 +97,11 @@ fn serve(args: ServeArgs) -> i32 {
         allow_uids: args.allow_uids,
         allow_gids: args.allow_gids,
         drain: args.drain.0,
+        placement: toolbox::cgroup::PlacementOptions {
+            take_cgroup: args.take_cgroup,
+            command: "serve",
+        }
+        .with_env(),
     };
     match toolbox::daemon::serve(options) {
         Ok(()) => 0,

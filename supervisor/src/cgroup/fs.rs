@@ -15,6 +15,9 @@ pub struct MountEntry {
     pub mount_point: PathBuf,
     pub fstype: String,
     pub super_options: Vec<String>,
+    /// Mounted read-only (the mount's own options, or the superblock's): a container's
+    /// default `/sys/fs/cgroup`.
+    pub read_only: bool,
 }
 
 /// One line of `/proc/self/cgroup`.
@@ -36,17 +39,20 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let mut right = right.split(' ');
             let fstype = right.next()?.to_string();
             let _source = right.next()?;
-            let super_options = right
+            let super_options: Vec<String> = right
                 .next()
                 .unwrap_or("")
                 .split(',')
                 .map(str::to_string)
                 .collect();
+            let read_only = left.get(5).is_some_and(|o| o.split(',').any(|o| o == "ro"))
+                || super_options.iter().any(|o| o == "ro");
             Some(MountEntry {
                 root: PathBuf::from(unescape(left.get(3)?)),
                 mount_point: PathBuf::from(unescape(left.get(4)?)),
                 fstype,
                 super_options,
+                read_only,
             })
         })
         .collect()
@@ -227,7 +233,7 @@ mod tests {
     const MOUNTINFO: &str = "\
 35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
 39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+41 31 0:38 / /sys/fs/cgroup/unified ro,relatime - cgroup2 cgroup2 rw
 50 31 0:40 /kubepods/x /sys/fs/cgroup/my\\040cpu rw - cgroup cgroup rw,cpu,cpuacct";
 
     #[test]
@@ -237,6 +243,7 @@ mod tests {
         assert_eq!(mounts[0].fstype, "cgroup");
         assert!(mounts[0].super_options.contains(&"memory".to_string()));
         assert_eq!(mounts[2].fstype, "cgroup2");
+        assert!(mounts[2].read_only && !mounts[0].read_only);
         assert_eq!(mounts[3].mount_point, Path::new("/sys/fs/cgroup/my cpu"));
         assert_eq!(mounts[3].root, Path::new("/kubepods/x"));
         let dir = cgroup_dir(Path::new("/fake"), &mounts[3], Path::new("/kubepods/x/job"));

@@ -7,6 +7,8 @@
 //! cgroupfs in a temporary directory.
 
 mod fs;
+pub mod placement;
+pub mod systemd;
 pub mod v1;
 pub mod v2;
 
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 use toolbox_spec::CgroupJoin;
 
 pub use fs::{MountEntry, ProcCgroup};
+pub use placement::{Placement, PlacementOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -30,6 +33,10 @@ pub enum CgroupError {
     },
     #[error("cgroup v2: {path} holds other processes besides this supervisor, so it cannot delegate controllers to job cgroups; run toolbox under a unit of its own (systemd-run --scope -p Delegate=yes ..., or the toolbox service)")]
     SharedCgroup { path: PathBuf },
+    #[error("cgroup v2: processes keep arriving in {path} while toolbox takes it over ({pids:?} still there)")]
+    TakeOver { path: PathBuf, pids: Vec<i32> },
+    #[error(transparent)]
+    Placement(Box<placement::PlacementError>),
     #[error("create cgroup {path}: {source}")]
     Create { path: PathBuf, source: io::Error },
     #[error("write {value:?} to {path}: {source}")]
@@ -114,6 +121,25 @@ fn sweep(parent: &Path, own: &Path) -> Vec<PathBuf> {
     removed
 }
 
+/// The unified (v2) hierarchy and this process's place in it, when job cgroups go there:
+/// cgroup2 at `/sys/fs/cgroup`, or mounted elsewhere with no v1 hierarchy at all (what
+/// [`Cgroups::detect_from`] decides too).
+fn unified<'m>(
+    mounts: &'m [MountEntry],
+    own: &[ProcCgroup],
+) -> Option<(&'m MountEntry, ProcCgroup)> {
+    let at_home = mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup2" && m.mount_point == Path::new("/sys/fs/cgroup"));
+    let mount = match at_home {
+        Some(mount) => mount,
+        None if mounts.iter().any(|m| m.fstype == "cgroup") => return None,
+        None => mounts.iter().find(|m| m.fstype == "cgroup2")?,
+    };
+    let line = own.iter().find(|l| l.id == 0 && l.controllers.is_empty())?;
+    Some((mount, line.clone()))
+}
+
 /// The cgroup system of this host.
 #[derive(Debug)]
 pub enum Cgroups {
@@ -129,15 +155,56 @@ impl Cgroups {
             .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
     }
 
-    /// Detect the host's cgroups as this process sees them.
-    pub fn detect() -> Result<Cgroups, CgroupError> {
-        let read = |path: &str| fs::read(Path::new(path));
-        Cgroups::detect_from(
-            Path::new("/"),
-            &read("/proc/self/mountinfo")?,
-            &read("/proc/self/cgroup")?,
-            std::process::id(),
-        )
+    /// Find and prepare the cgroups this process may put jobs under: on cgroup v2 the
+    /// placement step first (which may ask systemd for a scope, or take over a container's
+    /// cgroup), then the backend's own preparation. Once per process, never per job.
+    pub fn place(options: PlacementOptions) -> Result<(Cgroups, Placement), CgroupError> {
+        let mountinfo = fs::read(Path::new("/proc/self/mountinfo"))?;
+        let mut proc_cgroup = fs::read(Path::new("/proc/self/cgroup"))?;
+        let pid = std::process::id();
+        let mut placement = Placement::V1;
+        let mounts = fs::parse_mountinfo(&mountinfo);
+        if let Some((mount, own)) = unified(&mounts, &fs::parse_proc_cgroup(&proc_cgroup)) {
+            let euid = nix::unistd::Uid::effective().as_raw();
+            let boxed = |e| CgroupError::Placement(Box::new(e));
+            let facts = placement::Facts::gather(Path::new("/"), mount, &own, pid, euid, options)
+                .map_err(boxed)?;
+            let decision = placement::decide(&facts).map_err(boxed)?;
+            (placement, proc_cgroup) = placement::apply(&facts, &decision).map_err(boxed)?;
+        }
+        let cgroups = Cgroups::detect_from(Path::new("/"), &mountinfo, &proc_cgroup, pid)?;
+        match &cgroups {
+            Cgroups::V1(_) => {}
+            Cgroups::V2(v2) => v2.prepare(placement == Placement::TookOver)?,
+        }
+        Ok((cgroups, placement))
+    }
+
+    /// What [`Cgroups::place`] would do here, in words, without doing it (`toolbox doctor`):
+    /// `Ok` when it would succeed.
+    pub fn plan(options: PlacementOptions) -> Result<String, String> {
+        let mountinfo = fs::read(Path::new("/proc/self/mountinfo")).map_err(|e| e.to_string())?;
+        let proc_cgroup = fs::read(Path::new("/proc/self/cgroup")).map_err(|e| e.to_string())?;
+        let pid = std::process::id();
+        let mounts = fs::parse_mountinfo(&mountinfo);
+        let Some((mount, own)) = unified(&mounts, &fs::parse_proc_cgroup(&proc_cgroup)) else {
+            let cgroups = Cgroups::detect_from(Path::new("/"), &mountinfo, &proc_cgroup, pid)
+                .map_err(|e| e.to_string())?;
+            return Ok(format!(
+                "{} — {}",
+                cgroups.version(),
+                cgroups.describe().join("; ")
+            ));
+        };
+        let euid = nix::unistd::Uid::effective().as_raw();
+        let facts = placement::Facts::gather(Path::new("/"), mount, &own, pid, euid, options)
+            .map_err(|e| e.to_string())?;
+        let decision = placement::decide(&facts);
+        let words = format!("v2 — {}", placement::describe(&facts, &decision));
+        match decision {
+            Ok(_) => Ok(words),
+            Err(_) => Err(words),
+        }
     }
 
     /// Detect from the given `/proc/self/mountinfo` and `/proc/self/cgroup` texts, with every
@@ -179,15 +246,6 @@ impl Cgroups {
         match self {
             Cgroups::V1(v1) => v1.describe(),
             Cgroups::V2(v2) => v2.describe(),
-        }
-    }
-
-    /// Make the supervisor's own cgroup able to hold job cgroups (v2 only: enable
-    /// controllers, moving the supervisor into a leaf first when it must). Idempotent.
-    pub fn prepare(&self) -> Result<(), CgroupError> {
-        match self {
-            Cgroups::V1(_) => Ok(()),
-            Cgroups::V2(v2) => v2.prepare(),
         }
     }
 
@@ -241,6 +299,8 @@ pub trait CgroupManager {
     fn remove(self) -> Result<(), CgroupError>;
     /// The paths this cgroup occupies.
     fn paths(&self) -> Vec<PathBuf>;
+    /// Its path as `/proc/PID/cgroup` of a member shows it (v1: in the memory hierarchy).
+    fn path(&self) -> PathBuf;
 }
 
 #[derive(Debug)]
@@ -296,6 +356,13 @@ impl CgroupManager for JobCgroup {
         match self {
             JobCgroup::V1(cg) => cg.paths(),
             JobCgroup::V2(cg) => cg.paths(),
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        match self {
+            JobCgroup::V1(cg) => cg.path(),
+            JobCgroup::V2(cg) => cg.path(),
         }
     }
 }

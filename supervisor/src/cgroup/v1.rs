@@ -242,6 +242,13 @@ impl JobCgroup {
     pub fn paths(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.dir.clone()).collect()
     }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir("memory")
+            .or(self.dirs.first())
+            .map(|d| d.member.clone())
+            .unwrap_or_default()
+    }
 }
 
 #[cfg(test)]

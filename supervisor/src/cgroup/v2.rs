@@ -3,7 +3,8 @@
 //! rule means the supervisor cannot stay in a cgroup whose controllers it hands down, so
 //! [`V2::prepare`] moves it into a leaf (`supervisor`) of its own cgroup first — which is
 //! only possible when that cgroup holds nothing but this process (a systemd unit with
-//! `Delegate=yes`, a container's root).
+//! `Delegate=yes`, a container's root), or when placement (`placement.rs`) found it or made
+//! it so.
 //!
 //! The shim clones the jail's PID 1 straight into the job cgroup (`CLONE_INTO_CGROUP`), so
 //! no process is ever moved on the hot path.
@@ -19,6 +20,30 @@ use super::{cpu_quota_us, CgroupError, CgroupLimits, CgroupStats, CPU_PERIOD_US}
 const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
 /// The leaf the supervisor moves into when its cgroup must delegate controllers.
 pub const SUPERVISOR_LEAF: &str = "supervisor";
+/// Where the other processes of a cgroup toolbox takes over go (the name docker's dind and
+/// podman use for the same move).
+pub const INIT_LEAF: &str = "init";
+
+fn make_dir(dir: &Path) -> Result<(), CgroupError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(CgroupError::Create {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Move one process into `dir`; one that has exited meanwhile is no error.
+fn move_process(dir: &Path, pid: i32) -> Result<(), CgroupError> {
+    match fs::write(&dir.join("cgroup.procs"), &pid.to_string()) {
+        Err(CgroupError::Write { source, .. }) if source.raw_os_error() == Some(libc::ESRCH) => {
+            Ok(())
+        }
+        other => other,
+    }
+}
 
 #[derive(Debug)]
 pub struct V2 {
@@ -72,7 +97,12 @@ impl V2 {
         )]
     }
 
-    pub fn prepare(&self) -> Result<(), CgroupError> {
+    /// Make the supervisor's cgroup able to hold job cgroups: move the supervisor into its
+    /// leaf and enable the controllers for the children. The cgroup must hold nothing else —
+    /// unless `take` (placement decided to take it over): then every other process moves
+    /// into an `init` child first, again as long as processes arrive (a `docker exec` into
+    /// the container) and the kernel refuses the controllers (EBUSY). Idempotent.
+    pub fn prepare(&self, take: bool) -> Result<(), CgroupError> {
         let available = fs::read(&self.own_dir.join("cgroup.controllers"))?;
         for controller in CONTROLLERS {
             if !available.split_whitespace().any(|c| c == controller) {
@@ -80,7 +110,7 @@ impl V2 {
                     version: "v2",
                     controller: controller.to_string(),
                     path: self.own_dir.clone(),
-                    hint: "delegate it to toolbox's cgroup (systemd: Delegate=yes)",
+                    hint: "delegate it to toolbox's cgroup (systemd: Delegate=yes; a container: run it with its cgroups writable)",
                 });
             }
         }
@@ -92,26 +122,49 @@ impl V2 {
         {
             return Ok(());
         }
-        let is_root = self.own == Path::new("/");
-        if !is_root {
-            let procs = fs::read_pids(&self.own_dir.join("cgroup.procs"))?;
-            if procs.iter().any(|&pid| pid as u32 != self.pid) {
-                return Err(CgroupError::SharedCgroup {
-                    path: self.own_dir.clone(),
-                });
+        let wanted: Vec<String> = CONTROLLERS.iter().map(|c| format!("+{c}")).collect();
+        let wanted = wanted.join(" ");
+        let procs = self.own_dir.join("cgroup.procs");
+        let mut others = Vec::new();
+        for attempt in 0u32..200 {
+            let pids = fs::read_pids(&procs)?;
+            others = pids
+                .iter()
+                .copied()
+                .filter(|&p| p as u32 != self.pid)
+                .collect();
+            if !others.is_empty() {
+                if !take {
+                    return Err(CgroupError::SharedCgroup {
+                        path: self.own_dir.clone(),
+                    });
+                }
+                let init = self.own_dir.join(INIT_LEAF);
+                make_dir(&init)?;
+                for pid in &others {
+                    move_process(&init, *pid)?;
+                }
             }
-            let leaf = self.own_dir.join(SUPERVISOR_LEAF);
-            match std::fs::create_dir(&leaf) {
-                Ok(()) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(source) => return Err(CgroupError::Create { path: leaf, source }),
-            }
-            if !procs.is_empty() {
+            if pids.iter().any(|&p| p as u32 == self.pid) {
+                let leaf = self.own_dir.join(SUPERVISOR_LEAF);
+                make_dir(&leaf)?;
                 fs::write(&leaf.join("cgroup.procs"), &self.pid.to_string())?;
             }
+            match fs::write(&subtree, &wanted) {
+                Ok(()) => return Ok(()),
+                // A process arrived after we read the list (or is still on its way out).
+                Err(CgroupError::Write { source, .. })
+                    if take && source.raw_os_error() == Some(libc::EBUSY) =>
+                {
+                    std::thread::sleep(Duration::from_millis(u64::from(attempt.min(10)) + 1));
+                }
+                Err(err) => return Err(err),
+            }
         }
-        let wanted: Vec<String> = CONTROLLERS.iter().map(|c| format!("+{c}")).collect();
-        fs::write(&subtree, &wanted.join(" "))
+        Err(CgroupError::TakeOver {
+            path: self.own_dir.clone(),
+            pids: others,
+        })
     }
 
     pub fn join_for(&self, name: &str) -> CgroupJoin {
@@ -224,6 +277,10 @@ impl JobCgroup {
     pub fn paths(&self) -> Vec<PathBuf> {
         vec![self.dir.clone()]
     }
+
+    pub fn path(&self) -> PathBuf {
+        self.member.clone()
+    }
 }
 
 #[cfg(test)]
@@ -262,7 +319,7 @@ mod tests {
         // The fake leaf needs its cgroup.procs, as the kernel would create it.
         std::fs::create_dir(own.join(SUPERVISOR_LEAF)).expect("mkdir");
         std::fs::write(own.join(SUPERVISOR_LEAF).join("cgroup.procs"), "").expect("write");
-        v2.prepare().expect("prepare");
+        v2.prepare(false).expect("prepare");
         assert_eq!(
             std::fs::read_to_string(own.join("supervisor/cgroup.procs")).expect("read"),
             "42"
@@ -276,15 +333,38 @@ mod tests {
     #[test]
     fn prepare_refuses_a_cgroup_shared_with_other_processes() {
         let (_root, _own, v2) = fake("42\n7\n");
-        let err = v2.prepare().expect_err("shared");
+        let err = v2.prepare(false).expect_err("shared");
         assert!(err.to_string().contains("holds other processes"), "{err}");
+    }
+
+    #[test]
+    fn prepare_taking_over_moves_every_other_process_into_init() {
+        let (_root, own, v2) = fake("7\n42\n8\n");
+        for leaf in [SUPERVISOR_LEAF, INIT_LEAF] {
+            std::fs::create_dir(own.join(leaf)).expect("mkdir");
+            std::fs::write(own.join(leaf).join("cgroup.procs"), "").expect("write");
+        }
+        v2.prepare(true).expect("take over");
+        // (A fake cgroup.procs keeps only the last pid written to it.)
+        assert_eq!(
+            std::fs::read_to_string(own.join("init/cgroup.procs")).expect("read"),
+            "8"
+        );
+        assert_eq!(
+            std::fs::read_to_string(own.join("supervisor/cgroup.procs")).expect("read"),
+            "42"
+        );
+        assert_eq!(
+            std::fs::read_to_string(own.join("cgroup.subtree_control")).expect("read"),
+            "+memory +pids +cpu"
+        );
     }
 
     #[test]
     fn prepare_names_a_controller_that_is_not_delegated() {
         let (_root, own, v2) = fake("42\n");
         std::fs::write(own.join("cgroup.controllers"), "cpu io\n").expect("write");
-        let err = v2.prepare().expect_err("memory missing");
+        let err = v2.prepare(false).expect_err("memory missing");
         assert!(err.to_string().contains("memory controller"), "{err}");
     }
 

@@ -67,6 +67,8 @@ pub struct ServeOptions {
     pub allow_gids: Vec<u32>,
     /// How long running jobs get to finish on shutdown before they are cancelled.
     pub drain: Duration,
+    /// What the placement step may do to find a cgroup for the jobs.
+    pub placement: crate::cgroup::PlacementOptions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +144,7 @@ async fn serve_async(
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let engine = Engine::new()?;
+    let engine = Engine::new(options.placement)?;
     engine
         .cgroups()
         .context("this host's cgroups cannot hold jobs")?;
@@ -520,6 +522,7 @@ fn health(daemon: &Daemon) -> Response<Body> {
         .cgroups()
         .map(|c| c.version())
         .unwrap_or("none");
+    let placement = daemon.engine.placement().map(|p| p.name()).ok();
     let body = serde_json::json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
@@ -528,6 +531,7 @@ fn health(daemon: &Daemon) -> Response<Body> {
         "max_jobs": daemon.slots.max_jobs(),
         "enforcement": {
             "cgroup": cgroup,
+            "cgroup_placement": placement,
             "landlock_abi": crate::sys::landlock_abi(),
             "seccomp": true,
             "seccomp_inherited_filters": crate::sys::inherited_seccomp_filters(),
