@@ -17,6 +17,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub audit: PathBuf,
     pub dir: tempfile::TempDir,
+    /// The cgroup unit it runs in, shared with a restart on the same socket.
+    unit: String,
 }
 
 impl Daemon {
@@ -62,7 +64,8 @@ impl Daemon {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         );
-        let child = Command::new(toolbox())
+        let mut command = Command::new(toolbox());
+        command
             .arg("serve")
             .arg("--socket")
             .arg(&socket)
@@ -70,17 +73,17 @@ impl Daemon {
             .arg(&audit)
             .args(options)
             .env("TOOLBOX_LOG", "info")
-            .env(crate::UNIT_ENV, unit)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("daemon.log")).expect("log file"))
-            .spawn()
-            .expect("start toolbox serve");
+            .stderr(std::fs::File::create(dir.path().join("daemon.log")).expect("log file"));
+        crate::in_unit(&mut command, &unit);
+        let child = command.spawn().expect("start toolbox serve");
         let daemon = Daemon {
             child,
             socket,
             audit,
             dir,
+            unit,
         };
         assert!(
             wait_for(Duration::from_secs(10), || UnixStream::connect(
@@ -160,6 +163,8 @@ impl Drop for Daemon {
                 let _ = self.child.wait();
             }
         }
+        // Gone unless a restart on the same socket still runs in it.
+        crate::remove_unit(&self.unit);
     }
 }
 

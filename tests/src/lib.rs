@@ -90,33 +90,120 @@ pub fn toolbox() -> &'static Path {
 }
 
 /// The variable naming the cgroup a `toolbox` started by a test runs in, for supervisors that
-/// must share one (a daemon and its restart, a killed run and the next). The host ignores
-/// it: there every toolbox shares the test's own cgroup anyway. In the cgroup v2 VM tier
-/// (scripts/vm-test.sh), where each toolbox gets a scope of its own as
-/// `systemd-run --scope` would give it, it picks the scope `$TOOLBOX_TEST_SCOPES/<unit>.scope`.
+/// must share one (a daemon and its restart, a killed run and the next) and be kept apart from
+/// every other test's: a run sweeps the stale job cgroups it finds next to its own, so a test
+/// that expects a dead supervisor's cgroup to be still there must not share its cgroup with
+/// the runs of tests running meanwhile. On a v1 host (ours) such a toolbox starts in the
+/// child `<unit>` of the test's own cgroup in each hierarchy it uses ([`in_unit`] moves it;
+/// [`Unit`] removes the cgroups). In the cgroup v2 VM tier (scripts/vm-test.sh), where each
+/// toolbox gets a scope of its own as `systemd-run --scope` would give it, it picks the scope
+/// `$TOOLBOX_TEST_SCOPES/<unit>.scope`.
 pub const UNIT_ENV: &str = "TOOLBOX_TEST_UNIT";
 
-/// Where a supervisor started with [`UNIT_ENV`] set to `unit` puts its job cgroups: the
-/// test's own cgroup (v1: in the pids hierarchy), or in the VM tier that unit's scope.
+/// The v1 hierarchies toolbox makes job cgroups in (memory, pids, cpu, cpuacct), each as the
+/// directory of this process's cgroup in it; empty on a unified host.
+fn v1_own_cgroups() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            let first = controllers
+                .split(',')
+                .find(|c| ["memory", "pids", "cpu", "cpuacct"].contains(c))?;
+            Some(
+                PathBuf::from("/sys/fs/cgroup")
+                    .join(first)
+                    .join(path.trim_start_matches('/')),
+            )
+        })
+        .collect()
+}
+
+fn v1_unit_cgroups(unit: &str) -> Vec<PathBuf> {
+    if std::env::var_os("TOOLBOX_TEST_SCOPES").is_some_and(|s| !s.is_empty()) {
+        return Vec::new();
+    }
+    v1_own_cgroups()
+        .into_iter()
+        .map(|own| own.join(unit))
+        .collect()
+}
+
+/// Start `command` in the cgroups of `unit` (see [`UNIT_ENV`]): on a v1 host, the child
+/// moves itself into `<own>/<unit>` in each hierarchy before it execs.
+#[allow(unsafe_code)]
+pub fn in_unit(command: &mut Command, unit: &str) {
+    command.env(UNIT_ENV, unit);
+    let mut files = Vec::new();
+    for dir in v1_unit_cgroups(unit) {
+        std::fs::create_dir_all(&dir).expect("create the unit's cgroup");
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join("cgroup.procs"))
+            .expect("open the unit's cgroup.procs");
+        files.push(procs);
+    }
+    if files.is_empty() {
+        return;
+    }
+    // SAFETY: between fork and exec the closure only calls write(2) (async-signal-safe) on
+    // descriptors it owns (close-on-exec: toolbox does not inherit them); "0" moves the
+    // writing process, the single-threaded child.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, move || {
+            for file in &files {
+                let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A unit's cgroups, removed (if empty) when this goes out of scope.
+pub struct Unit(pub String);
+
+impl Unit {
+    pub fn new(what: &str) -> Unit {
+        Unit(token(what))
+    }
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        remove_unit(&self.0);
+    }
+}
+
+/// Remove the cgroups [`in_unit`] made for `unit`, as far as they are empty.
+pub fn remove_unit(unit: &str) {
+    for dir in v1_unit_cgroups(unit) {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+/// Where a supervisor started in `unit` (see [`UNIT_ENV`]) puts its job cgroups: on v1 its
+/// unit's cgroup in the pids hierarchy, in the VM tier that unit's scope, else the test's own
+/// cgroup.
 pub fn job_cgroup_parent(unit: &str) -> PathBuf {
     if let Some(scopes) = std::env::var_os("TOOLBOX_TEST_SCOPES").filter(|s| !s.is_empty()) {
         return PathBuf::from(scopes).join(format!("{unit}.scope"));
     }
-    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
-    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.splitn(3, ':').collect()).collect();
-    let pids = lines
-        .iter()
-        .find(|f| f.len() == 3 && f[1].split(',').any(|c| c == "pids"));
-    match pids {
-        Some(f) => PathBuf::from("/sys/fs/cgroup/pids").join(f[2].trim_start_matches('/')),
-        None => {
-            let f = lines
-                .iter()
-                .find(|f| f.len() == 3 && f[0] == "0")
-                .expect("a cgroup v2 line");
-            PathBuf::from("/sys/fs/cgroup").join(f[2].trim_start_matches('/'))
-        }
+    if let Some(pids) = v1_own_cgroups()
+        .into_iter()
+        .find(|dir| dir.starts_with("/sys/fs/cgroup/pids"))
+    {
+        return pids.join(unit);
     }
+    let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
+    let path = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .expect("a cgroup v2 line");
+    PathBuf::from("/sys/fs/cgroup").join(path.trim_start_matches('/'))
 }
 
 /// The probe binary (cargo builds it before the tests), bound into jobs read-only at the
@@ -196,6 +283,8 @@ pub struct Run<'a> {
     /// Whether toolbox starts with signals ignored and blocked (see
     /// [`Run::caller_disturbs_signals`]).
     disturbed_signals: bool,
+    /// The unit whose cgroups toolbox starts in (see [`UNIT_ENV`]).
+    unit: Option<String>,
 }
 
 impl<'a> Run<'a> {
@@ -211,6 +300,7 @@ impl<'a> Run<'a> {
             argv,
             uid: None,
             disturbed_signals: false,
+            unit: None,
         }
     }
 
@@ -224,6 +314,7 @@ impl<'a> Run<'a> {
             argv: argv.iter().map(|s| s.to_string()).collect(),
             uid: None,
             disturbed_signals: false,
+            unit: None,
         }
     }
 
@@ -246,6 +337,12 @@ impl<'a> Run<'a> {
     /// An environment variable for toolbox itself (the caller's environment).
     pub fn caller_env(mut self, name: &str, value: &str) -> Self {
         self.env.insert(name.to_string(), value.to_string());
+        self
+    }
+
+    /// Start toolbox in the cgroups of `unit` (see [`UNIT_ENV`]).
+    pub fn in_unit(mut self, unit: &Unit) -> Self {
+        self.unit = Some(unit.0.clone());
         self
     }
 
@@ -284,6 +381,9 @@ impl<'a> Run<'a> {
         }
         if self.disturbed_signals {
             disturb_signals(&mut command);
+        }
+        if let Some(unit) = &self.unit {
+            in_unit(&mut command, unit);
         }
         command
     }

@@ -2,7 +2,7 @@
 //! its own jobs through `finish`); job cgroups left by a supervisor that died are removed
 //! by the next one.
 
-use toolbox_tests::{job_cgroup_parent, require_root, workspace, Run, UNIT_ENV};
+use toolbox_tests::{job_cgroup_parent, require_root, workspace, Run, Unit};
 
 #[test]
 fn job_cgroups_of_a_dead_supervisor_are_swept() {
@@ -15,8 +15,8 @@ fn job_cgroups_of_a_dead_supervisor_are_swept() {
         .expect("spawn");
     let dead_pid = dead.id();
     dead.wait().expect("wait");
-    let unit = toolbox_tests::token("sweep");
-    let parent = job_cgroup_parent(&unit);
+    let unit = Unit::new("sweep");
+    let parent = job_cgroup_parent(&unit.0);
     std::fs::create_dir_all(&parent).expect("the supervisor's cgroup");
     let stale = parent.join(format!(
         "toolbox-{dead_pid}-{}",
@@ -24,9 +24,7 @@ fn job_cgroups_of_a_dead_supervisor_are_swept() {
     ));
     std::fs::create_dir(&stale).expect("create a stale job cgroup");
     let ws = workspace();
-    let job = Run::command(ws.path(), &["/bin/true"])
-        .caller_env(UNIT_ENV, &unit)
-        .run();
+    let job = Run::command(ws.path(), &["/bin/true"]).in_unit(&unit).run();
     assert_eq!(job.code, 0, "{job:?}");
     let swept = !stale.exists();
     if !swept {
@@ -37,7 +35,6 @@ fn job_cgroups_of_a_dead_supervisor_are_swept() {
         "the stale cgroup {} was not removed",
         stale.display()
     );
-    // (Which run swept it — this one or the other test's — does not matter.)
 }
 
 #[test]
@@ -47,9 +44,10 @@ fn a_supervisor_killed_mid_job_takes_its_jail_along_and_the_next_run_sweeps_its_
     }
     let ws = workspace();
     let mark = toolbox_tests::token("orphan");
-    let unit = toolbox_tests::token("killed");
+    // A unit of its own: no other test's run may sweep the dead supervisor's cgroup first.
+    let unit = Unit::new("killed");
     let mut toolbox = Run::probe(ws.path(), &["sleep", "30", &mark])
-        .caller_env(UNIT_ENV, &unit)
+        .in_unit(&unit)
         .spawn();
     let supervisor = toolbox.id();
     assert!(
@@ -71,7 +69,7 @@ fn a_supervisor_killed_mid_job_takes_its_jail_along_and_the_next_run_sweeps_its_
     );
     let prefix = format!("toolbox-{supervisor}-");
     let left = || {
-        std::fs::read_dir(job_cgroup_parent(&unit))
+        std::fs::read_dir(job_cgroup_parent(&unit.0))
             .expect("read cgroup dir")
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
@@ -81,9 +79,7 @@ fn a_supervisor_killed_mid_job_takes_its_jail_along_and_the_next_run_sweeps_its_
         "expected the killed supervisor's cgroup to be left for the sweep"
     );
     // ... and the next run removes what it could not.
-    let next = Run::command(ws.path(), &["/bin/true"])
-        .caller_env(UNIT_ENV, &unit)
-        .run();
+    let next = Run::command(ws.path(), &["/bin/true"]).in_unit(&unit).run();
     assert_eq!(next.code, 0, "{next:?}");
     assert!(!left(), "the dead supervisor's job cgroup was not swept");
 }
