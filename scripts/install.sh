@@ -5,6 +5,12 @@
 #   sudo scripts/install.sh                       # build, install under /usr/local, enable
 #   sudo PREFIX=/usr scripts/install.sh
 #   DESTDIR=/tmp/stage scripts/install.sh         # stage only: no group, no systemctl
+#   sudo BINDIR=/path scripts/install.sh          # the binaries in /path, as they are
+#
+# Only a plain install builds (cargo build --release, when cargo is there). Staging
+# (DESTDIR) and BINDIR never do: they take the binaries as they are, from BINDIR or
+# target/x86_64-unknown-linux-gnu/release, so a packager's staging or a machine without a
+# toolchain (a VM, a container image) needs none.
 #
 # Then: sudo usermod -aG toolbox "$USER" (log in again), and `toolbox run -- cmd` uses the
 # daemon at /run/toolbox/toolbox.sock.
@@ -17,8 +23,16 @@ if [ -z "$dest" ] && [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-cargo build --release --quiet -p toolbox -p toolbox-shim
-bin="target/x86_64-unknown-linux-gnu/release"
+bin="${BINDIR:-target/x86_64-unknown-linux-gnu/release}"
+if [ -z "${BINDIR:-}" ] && [ -z "$dest" ] && command -v cargo >/dev/null; then
+    cargo build --release --quiet -p toolbox -p toolbox-shim
+fi
+for b in toolbox toolbox-serve toolbox-shim; do
+    if [ ! -x "$bin/$b" ]; then
+        echo "install.sh: $bin/$b is missing; build it first (cargo build --release) or set BINDIR" >&2
+        exit 1
+    fi
+done
 
 install -d -m 0755 "$dest$prefix/bin" "$dest/etc/toolbox/policies" \
     "$dest/etc/systemd/system" "$dest$prefix/share/doc/toolbox"
