@@ -90,9 +90,16 @@ fn a_shim_that_cannot_be_executed_is_refused_with_its_path_and_why() {
     let mark = ws.path().join("ran");
     for (mode, reason) in [(0o644, "Permission denied"), (0o755, "Exec format error")] {
         let shim = ws.path().join("not-a-shim");
-        std::fs::write(&shim, "not a binary\n").expect("write");
-        std::fs::set_permissions(&shim, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .expect("chmod");
+        // Written by a child process, not by this one: a file this (multi-threaded) test
+        // process had open for writing could be inherited by a fork of another test, and
+        // exec'ing it would then fail with ETXTBSY instead of the reason under test.
+        let written = Command::new("/bin/sh")
+            .args(["-c", "printf 'not a binary\\n' >\"$1\" && chmod \"$2\" \"$1\"", "-"])
+            .arg(&shim)
+            .arg(format!("{mode:o}"))
+            .status()
+            .expect("write the fake shim");
+        assert!(written.success());
         let job = Run::command(ws.path(), &["/bin/sh", "-c", "echo > ran"])
             .caller_env("TOOLBOX_SHIM", shim.to_str().expect("utf-8"))
             .run();
