@@ -94,7 +94,11 @@ fn a_shim_that_cannot_be_executed_is_refused_with_its_path_and_why() {
         // process had open for writing could be inherited by a fork of another test, and
         // exec'ing it would then fail with ETXTBSY instead of the reason under test.
         let written = Command::new("/bin/sh")
-            .args(["-c", "printf 'not a binary\\n' >\"$1\" && chmod \"$2\" \"$1\"", "-"])
+            .args([
+                "-c",
+                "printf 'not a binary\\n' >\"$1\" && chmod \"$2\" \"$1\"",
+                "-",
+            ])
             .arg(&shim)
             .arg(format!("{mode:o}"))
             .status()
@@ -256,5 +260,65 @@ fn policy_check_accepts_the_shipped_policy_and_names_the_line_of_a_bad_one() {
     assert!(
         stderr.contains("bad.toml") && stderr.contains("line"),
         "{stderr}"
+    );
+}
+
+#[test]
+fn seccomp_filters_inherited_from_the_caller_are_reported() {
+    if !require_root() {
+        return;
+    }
+    // A caller that runs toolbox under a seccomp filter of its own (as a systemd unit's
+    // ProtectHostname= or a container's profile would): one that allows everything.
+    #[allow(unsafe_code)]
+    fn under_a_filter(command: &mut Command) {
+        // SAFETY: between fork and exec the closure only calls prctl (async-signal-safe)
+        // with a filter program that lives in static memory.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(command, || {
+                static ALLOW: [libc::sock_filter; 1] = [libc::sock_filter {
+                    code: (libc::BPF_RET | libc::BPF_K) as u16,
+                    jt: 0,
+                    jf: 0,
+                    k: libc::SECCOMP_RET_ALLOW,
+                }];
+                let program = libc::sock_fprog {
+                    len: 1,
+                    filter: ALLOW.as_ptr() as *mut libc::sock_filter,
+                };
+                if libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+                    &program as *const libc::sock_fprog,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let ws = workspace();
+    let mut run = Command::new(toolbox());
+    run.args(["run", "--local", "--json", "-C"])
+        .arg(ws.path())
+        .args(["--", "/bin/true"]);
+    under_a_filter(&mut run);
+    let job = toolbox_tests::finish(run.output().expect("run toolbox"));
+    assert_eq!(job.code, 0, "{job:?}");
+    assert_eq!(
+        job.record()["isolation"]["seccomp_inherited_filters"],
+        1,
+        "{job:?}"
+    );
+    let plain = Run::command(ws.path(), &["/bin/true"]).run();
+    assert_eq!(plain.record()["isolation"]["seccomp_inherited_filters"], 0);
+    let mut doctor = Command::new(toolbox());
+    doctor.arg("doctor");
+    under_a_filter(&mut doctor);
+    let text = String::from_utf8_lossy(&doctor.output().expect("doctor").stdout).into_owned();
+    assert!(
+        text.contains("1 filter(s) inherited"),
+        "doctor does not say so: {text}"
     );
 }
