@@ -27,8 +27,8 @@ if [ "$VM_LAYOUT" = v2 ]; then
     out=$($toolbox run --local -C $ws -- /bin/true 2>&1)
     code=$?
     echo "$out" | sed 's/^/    /'
-    check "a shared cgroup is refused (125) with the way out" \
-        sh -c "[ $code = 125 ] && echo \"\$1\" | grep -q 'systemd-run --scope'" - "$out"
+    check "a shared cgroup is refused (125) with the ways out" \
+        sh -c "[ $code = 125 ] && echo \"\$1\" | grep -q 'Delegate=yes' && echo \"\$1\" | grep -q -- '--take-cgroup'" - "$out"
     scopes=/sys/fs/cgroup/vm-test.slice
 else
     check "v1 memory, pids and cpu hierarchies" sh -c "awk '\$3 == \"cgroup\" {print \$4}' /proc/mounts |
