@@ -170,7 +170,11 @@ impl Cgroups {
             let facts = placement::Facts::gather(Path::new("/"), mount, &own, pid, euid, options)
                 .map_err(boxed)?;
             let decision = placement::decide(&facts).map_err(boxed)?;
-            (placement, proc_cgroup) = placement::apply(&facts, &decision).map_err(boxed)?;
+            let (how, moved) = placement::apply(&facts, &decision).map_err(boxed)?;
+            placement = how;
+            if let Some(text) = moved {
+                proc_cgroup = text;
+            }
         }
         let cgroups = Cgroups::detect_from(Path::new("/"), &mountinfo, &proc_cgroup, pid)?;
         match &cgroups {

@@ -270,15 +270,14 @@ pub fn describe(facts: &Facts, decision: &Result<Decision, PlacementError>) -> S
 
 /// Carry the decision out: ask systemd for the scope and check toolbox is in it. (Taking
 /// over is done by the v2 backend's prepare, which retries as processes arrive.) Returns
-/// the placement and toolbox's `/proc/self/cgroup` after it.
-pub fn apply(facts: &Facts, decision: &Decision) -> Result<(Placement, String), PlacementError> {
-    let proc_cgroup = || {
-        let path = PathBuf::from("/proc/self/cgroup");
-        fs::read_text(&path).map_err(|source| PlacementError::Read { path, source })
-    };
+/// the placement, and toolbox's `/proc/self/cgroup` if it moved.
+pub fn apply(
+    facts: &Facts,
+    decision: &Decision,
+) -> Result<(Placement, Option<String>), PlacementError> {
     match decision {
-        Decision::Own => Ok((Placement::Own, proc_cgroup()?)),
-        Decision::TakeOver => Ok((Placement::TookOver, proc_cgroup()?)),
+        Decision::Own => Ok((Placement::Own, None)),
+        Decision::TakeOver => Ok((Placement::TookOver, None)),
         Decision::SystemdScope { slice } => {
             let command = facts.options.command;
             let scope = Scope {
@@ -291,7 +290,9 @@ pub fn apply(facts: &Facts, decision: &Decision) -> Result<(Placement, String), 
                 own: facts.own.clone(),
                 source,
             })?;
-            let text = proc_cgroup()?;
+            let path = PathBuf::from("/proc/self/cgroup");
+            let text =
+                fs::read_text(&path).map_err(|source| PlacementError::Read { path, source })?;
             let now = fs::parse_proc_cgroup(&text)
                 .into_iter()
                 .find(|l| l.id == 0 && l.controllers.is_empty())
@@ -300,7 +301,7 @@ pub fn apply(facts: &Facts, decision: &Decision) -> Result<(Placement, String), 
             if now.file_name().is_none_or(|n| n != unit.as_str()) {
                 return Err(PlacementError::NotMoved { unit, now });
             }
-            Ok((Placement::SystemdScope { unit }, text))
+            Ok((Placement::SystemdScope { unit }, Some(text)))
         }
     }
 }

@@ -89,16 +89,8 @@ pub fn start_scope(scope: &Scope) -> Result<String, SystemdError> {
     };
     let mut unit = scope.unit.clone();
     let job = loop {
-        let body = start_transient_unit_body(scope, &unit);
-        let serial = bus
-            .call(
-                Some(SYSTEMD),
-                SYSTEMD_PATH,
-                MANAGER,
-                "StartTransientUnit",
-                "ssa(sv)a(sa(sv))",
-                &body,
-            )
+        let serial = bus.next_serial();
+        bus.send(&start_transient_unit(serial, scope, &unit))
             .map_err(|e| stalled(e, &scope.unit))?;
         match bus.reply(serial).map_err(|e| stalled(e, &scope.unit))? {
             Ok(reply) => {
@@ -151,8 +143,8 @@ fn nanos() -> u32 {
         .unwrap_or(0)
 }
 
-/// The body of `StartTransientUnit(s name, s mode, a(sv) properties, a(sa(sv)) aux)`.
-fn start_transient_unit_body(scope: &Scope, unit: &str) -> Vec<u8> {
+/// The call `StartTransientUnit(s name, s mode, a(sv) properties, a(sa(sv)) aux)`.
+fn start_transient_unit(serial: u32, scope: &Scope, unit: &str) -> Vec<u8> {
     let mut w = Writer::default();
     w.string(unit);
     // Mode "fail": never replace a job already queued for this name.
@@ -169,7 +161,15 @@ fn start_transient_unit_body(scope: &Scope, unit: &str) -> Vec<u8> {
         w.property("CollectMode", Value::Str("inactive-or-failed"));
     });
     w.array(8, |_| {});
-    w.buf
+    method_call(
+        serial,
+        Some(SYSTEMD),
+        SYSTEMD_PATH,
+        MANAGER,
+        "StartTransientUnit",
+        "ssa(sv)a(sa(sv))",
+        &w.buf,
+    )
 }
 
 enum Value<'a> {
@@ -362,6 +362,19 @@ struct Incoming {
     big_endian: bool,
 }
 
+/// The job and result of a `JobRemoved(u id, o job, s unit, s result)` signal.
+fn job_removed(message: &Incoming) -> Option<(String, String)> {
+    if message.kind != SIGNAL
+        || message.interface.as_deref() != Some(MANAGER)
+        || message.member.as_deref() != Some("JobRemoved")
+    {
+        return None;
+    }
+    let mut r = Reader::new(&message.body, message.big_endian);
+    let (_id, job, _unit, result) = (r.u32()?, r.string()?, r.string()?, r.string()?);
+    Some((job, result))
+}
+
 const METHOD_RETURN: u8 = 2;
 const ERROR: u8 = 3;
 const SIGNAL: u8 = 4;
@@ -526,19 +539,27 @@ impl Bus {
         signature: &str,
         body: &[u8],
     ) -> std::io::Result<u32> {
-        self.serial += 1;
-        let message = method_call(
-            self.serial,
+        let serial = self.next_serial();
+        self.send(&method_call(
+            serial,
             destination,
             path,
             interface,
             member,
             signature,
             body,
-        );
+        ))?;
+        Ok(serial)
+    }
+
+    fn next_serial(&mut self) -> u32 {
+        self.serial += 1;
+        self.serial
+    }
+
+    fn send(&mut self, message: &[u8]) -> std::io::Result<()> {
         self.stream.set_write_timeout(Some(self.remaining()?))?;
-        self.stream.write_all(&message)?;
-        Ok(self.serial)
+        self.stream.write_all(message)
     }
 
     fn receive(&mut self) -> std::io::Result<Incoming> {
@@ -611,16 +632,7 @@ impl Bus {
     }
 
     fn keep_job_removed(&mut self, message: &Incoming) {
-        if message.interface.as_deref() != Some(MANAGER)
-            || message.member.as_deref() != Some("JobRemoved")
-        {
-            return;
-        }
-        // JobRemoved(u id, o job, s unit, s result)
-        let mut r = Reader::new(&message.body, message.big_endian);
-        if let (Some(_), Some(job), Some(_), Some(result)) =
-            (r.u32(), r.string(), r.string(), r.string())
-        {
+        if let Some((job, result)) = job_removed(message) {
             self.removed.push((job, result));
         }
     }
@@ -671,16 +683,7 @@ mod tests {
             description: "toolbox run (pid 42) and its jobs".into(),
             pid: 42,
         };
-        let body = start_transient_unit_body(&scope, &scope.unit);
-        let message = method_call(
-            7,
-            Some(SYSTEMD),
-            SYSTEMD_PATH,
-            MANAGER,
-            "StartTransientUnit",
-            "ssa(sv)a(sa(sv))",
-            &body,
-        );
+        let message = start_transient_unit(7, &scope, &scope.unit);
         assert_eq!(hex(&message), START_TRANSIENT_UNIT);
     }
 
@@ -689,24 +692,12 @@ mod tests {
         let bytes = unhex(JOB_REMOVED);
         let fixed: [u8; 16] = bytes[..16].try_into().expect("16 bytes");
         let message = parse(&fixed, &bytes[16..]).expect("parse");
-        assert_eq!(message.kind, SIGNAL);
-        assert_eq!(message.interface.as_deref(), Some(MANAGER));
-        assert_eq!(message.member.as_deref(), Some("JobRemoved"));
-        let mut bus_removed = Vec::new();
-        let mut r = Reader::new(&message.body, message.big_endian);
-        if let (Some(id), Some(job), Some(unit), Some(result)) =
-            (r.u32(), r.string(), r.string(), r.string())
-        {
-            bus_removed.push((id, job, unit, result));
-        }
         assert_eq!(
-            bus_removed,
-            vec![(
-                123,
+            job_removed(&message),
+            Some((
                 "/org/freedesktop/systemd1/job/123".to_string(),
-                "toolbox-run-42.scope".to_string(),
                 "done".to_string()
-            )]
+            ))
         );
     }
 
