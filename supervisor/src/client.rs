@@ -183,6 +183,10 @@ pub async fn run(socket: &Path, body: serde_json::Value, json: bool) -> i32 {
 }
 
 async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow::Result<i32> {
+    // Before the request: the job may start before its answer's head arrives, and a Ctrl-C
+    // must find the handlers in place by then.
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut response = request(socket, "POST", "/v1/jobs", Some(body.to_string())).await?;
     if !response.is_success() {
         let status = response.status;
@@ -196,8 +200,6 @@ async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow
     let mut job_id: Option<String> = None;
     // The signal that made us cancel: the exit status says so, as in-process.
     let mut cancelled_by: Option<i32> = None;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // The stream is read by a task of its own: a signal arriving mid-chunk must not cut a
     // read short (reading is not cancel-safe; a channel receive is).
     let (chunks, mut received) = tokio::sync::mpsc::channel(16);

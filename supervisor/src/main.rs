@@ -364,7 +364,8 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         let plan = job::plan(&policy, request, &caller)?;
         let (events, received) = mpsc::unbounded_channel();
         let printer = tokio::spawn(print_events(received));
-        let result = engine.run(plan, shim, events, cancel_on_signal()).await;
+        let cancel = cancel_on_signal();
+        let result = engine.run(plan, shim, events, cancel).await;
         let _ = printer.await;
         anyhow::Ok(result)
     })?;
@@ -374,23 +375,29 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
 
 /// Resolves with the exit code to report when toolbox itself is asked to stop: Ctrl-C,
 /// SIGTERM or a hangup cancel the job (SIGTERM to all of it, SIGKILL after the grace).
-async fn cancel_on_signal() -> Cancel {
+/// The handlers are in place when this returns, before the job can start: were they only
+/// installed when the future is first polled, a Ctrl-C sent as soon as the tool runs could
+/// find toolbox without them and kill it outright. (Call it within the runtime.)
+fn cancel_on_signal() -> impl std::future::Future<Output = Cancel> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
         signal(SignalKind::hangup()),
-    ) else {
-        return std::future::pending().await;
-    };
-    let signal = tokio::select! {
-        _ = int.recv() => libc::SIGINT,
-        _ = term.recv() => libc::SIGTERM,
-        _ = hup.recv() => libc::SIGHUP,
-    };
-    Cancel {
-        exit_code: exit::SIGNAL_BASE + signal,
-        grace: None,
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = handlers else {
+            return std::future::pending().await;
+        };
+        let signal = tokio::select! {
+            _ = int.recv() => libc::SIGINT,
+            _ = term.recv() => libc::SIGTERM,
+            _ = hup.recv() => libc::SIGHUP,
+        };
+        Cancel {
+            exit_code: exit::SIGNAL_BASE + signal,
+            grace: None,
+        }
     }
 }
 
