@@ -51,7 +51,7 @@ fn a_supervisor_killed_mid_job_takes_its_jail_along_and_the_next_run_sweeps_its_
         .spawn();
     let supervisor = toolbox.id();
     assert!(
-        toolbox_tests::wait_for(std::time::Duration::from_secs(5), || {
+        toolbox_tests::wait_for(std::time::Duration::from_secs(20), || {
             !toolbox_tests::host_probe_pids(&mark).is_empty()
         }),
         "the job never started"
@@ -59,9 +59,9 @@ fn a_supervisor_killed_mid_job_takes_its_jail_along_and_the_next_run_sweeps_its_
     // SIGKILL: toolbox gets no chance to clean up.
     toolbox.kill().expect("kill");
     toolbox.wait().expect("wait");
-    // Its lifeline closed, so the jail ended at once...
+    // Its lifeline closed, so the jail ended at once (the probe would sleep 30 s)...
     assert!(
-        toolbox_tests::wait_for(std::time::Duration::from_secs(2), || {
+        toolbox_tests::wait_for(std::time::Duration::from_secs(10), || {
             toolbox_tests::host_pids_named(&mark).is_empty()
                 && toolbox_tests::host_probe_pids(&mark).is_empty()
         }),

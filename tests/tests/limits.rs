@@ -49,7 +49,8 @@ fn a_fork_bomb_stops_at_the_pids_limit_and_leaves_nothing() {
     );
     assert!(job.record()["pids_peak"].as_u64().expect("pids_peak") <= 32);
     assert!(
-        wait_for(Duration::from_secs(2), || host_pids_named(&mark).is_empty()),
+        wait_for(Duration::from_secs(10), || host_pids_named(&mark)
+            .is_empty()),
         "the bomb's processes outlived the job"
     );
     // The host can still start processes.
@@ -77,8 +78,10 @@ fn a_tool_that_ignores_sigterm_is_killed_after_the_grace_period() {
         "SIGTERM was ignored, so SIGKILL ended it: {record}"
     );
     let ms = record["duration_ms"].as_u64().expect("duration");
+    // At least the timeout and the grace; the upper bound only has to tell a kill at the
+    // end of the grace from none at all (the probe sleeps 600 s), however busy the machine.
     assert!(
-        (1900..4000).contains(&ms),
+        (1900..15_000).contains(&ms),
         "timeout 1s + grace 1s took {ms} ms"
     );
     assert!(job.stdout_text().starts_with("ready"), "{job:?}");
@@ -101,7 +104,8 @@ fn a_tool_that_honours_sigterm_ends_at_the_timeout() {
     assert_eq!(job.code, 124);
     assert_eq!(job.record()["signal"], 15);
     let ms = job.record()["duration_ms"].as_u64().expect("duration");
-    assert!((450..2500).contains(&ms), "took {ms} ms");
+    // Ended by the SIGTERM: well before the 5 s grace would have run out.
+    assert!((450..5000).contains(&ms), "took {ms} ms");
 }
 
 #[test]
@@ -116,8 +120,9 @@ fn the_cpu_quota_holds() {
     let result = job.probe_json();
     let cpu = result["cpu_ms"].as_u64().expect("cpu_ms");
     // A quarter of a core for two seconds: about 500 ms, far from the 2000 it would use.
+    // (Less when the machine is busy and the tool gets less than its quota.)
     assert!(
-        (250..=900).contains(&cpu),
+        (50..=900).contains(&cpu),
         "used {cpu} ms of CPU in 2 s at 0.25 cpus: {result}"
     );
     let recorded = job.record()["cpu_user_ms"].as_u64().expect("cpu")

@@ -363,7 +363,7 @@ fn sighup_reloads_keeps_running_jobs_on_their_policy_and_survives_a_broken_edit(
     std::fs::write(&custom, with_pids(50)).expect("edit");
     toolbox_tests::daemon::nix_kill(daemon.pid(), libc::SIGHUP).expect("SIGHUP");
     assert!(toolbox_tests::wait_for(
-        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(20),
         || { pids_of(&daemon.job(&body(&["/bin/true"]))) == 50 }
     ));
     running.read_to_end();
@@ -377,7 +377,7 @@ fn sighup_reloads_keeps_running_jobs_on_their_policy_and_survives_a_broken_edit(
     std::fs::write(&custom, "[limits]\npids = \"many\"\n").expect("break");
     toolbox_tests::daemon::nix_kill(daemon.pid(), libc::SIGHUP).expect("SIGHUP");
     assert!(
-        toolbox_tests::wait_for(std::time::Duration::from_secs(5), || daemon
+        toolbox_tests::wait_for(std::time::Duration::from_secs(20), || daemon
             .log()
             .contains("keeping the last good version")),
         "{}",

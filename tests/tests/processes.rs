@@ -52,7 +52,7 @@ fn kill_minus_one_harms_no_host_process() {
     std::os::unix::process::CommandExt::arg0(&mut victim, &mark);
     let mut victim = victim.arg("60").stdin(Stdio::null()).spawn_as(TOOL_UID);
     assert!(
-        wait_for(Duration::from_secs(5), || !host_pids_named(&mark)
+        wait_for(Duration::from_secs(20), || !host_pids_named(&mark)
             .is_empty()),
         "victim did not start"
     );
@@ -128,8 +128,10 @@ fn the_tool_runs_as_a_non_root_uid_seen_from_the_host() {
     }
     let ws = workspace();
     let mark = token("uid");
-    let child = Run::probe(ws.path(), &["sleep", "3", &mark]).spawn();
-    let found = wait_for(Duration::from_secs(5), || {
+    // Long enough to be still running when a busy machine gets round to looking (it is
+    // cancelled below).
+    let child = Run::probe(ws.path(), &["sleep", "60", &mark]).spawn();
+    let found = wait_for(Duration::from_secs(20), || {
         !host_probe_pids(&mark).is_empty()
     });
     let pids = host_probe_pids(&mark);
