@@ -6,6 +6,7 @@
 //! Everything works under an injectable root, so the backends are tested against a fake
 //! cgroupfs in a temporary directory.
 
+mod dbus;
 mod fs;
 pub mod placement;
 pub mod systemd;
