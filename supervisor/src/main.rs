@@ -166,13 +166,9 @@ fn main() -> ExitCode {
             eprintln!("toolbox: {err:#}");
             exit::TOOLBOX_FAILED
         }),
-        Command::Doctor { take_cgroup } => toolbox::doctor::run(
-            PlacementOptions {
-                take_cgroup,
-                ..PlacementOptions::default()
-            }
-            .with_env(),
-        ),
+        Command::Doctor { take_cgroup } => {
+            toolbox::doctor::run(PlacementOptions::new("run", take_cgroup))
+        }
         Command::Policy(PolicyCommand::Check { files }) => policy_check(&files),
         Command::Policy(PolicyCommand::Show { policy }) => match Policy::load(&policy) {
             Ok(policy) => {
@@ -323,13 +319,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             return Ok(runtime.block_on(toolbox::client::run(&socket, body, args.json)));
         }
     }
-    let engine = Engine::new(
-        PlacementOptions {
-            take_cgroup: args.take_cgroup,
-            ..PlacementOptions::default()
-        }
-        .with_env(),
-    )?;
+    let engine = Engine::new(PlacementOptions::new("run", args.take_cgroup))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

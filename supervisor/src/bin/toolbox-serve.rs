@@ -97,11 +97,7 @@ fn serve(args: ServeArgs) -> i32 {
         allow_uids: args.allow_uids,
         allow_gids: args.allow_gids,
         drain: args.drain.0,
-        placement: toolbox::cgroup::PlacementOptions {
-            take_cgroup: args.take_cgroup,
-            command: "serve",
-        }
-        .with_env(),
+        placement: toolbox::cgroup::PlacementOptions::new("serve", args.take_cgroup),
     };
     match toolbox::daemon::serve(options) {
         Ok(()) => 0,

@@ -141,6 +141,44 @@ fn unified<'m>(
     Some((mount, line.clone()))
 }
 
+/// This process's place among the host's cgroups, as placement and detection read it.
+struct Here {
+    mountinfo: String,
+    proc_cgroup: String,
+    pid: u32,
+    /// What placement decides on, when job cgroups go in the unified hierarchy.
+    facts: Option<placement::Facts>,
+}
+
+impl Here {
+    fn read(options: PlacementOptions) -> Result<Here, CgroupError> {
+        let mountinfo = fs::read(Path::new("/proc/self/mountinfo"))?;
+        let proc_cgroup = fs::read(Path::new("/proc/self/cgroup"))?;
+        let pid = std::process::id();
+        let mounts = fs::parse_mountinfo(&mountinfo);
+        let facts = match unified(&mounts, &fs::parse_proc_cgroup(&proc_cgroup)) {
+            Some((mount, own)) => {
+                let euid = nix::unistd::Uid::effective().as_raw();
+                let facts =
+                    placement::Facts::gather(Path::new("/"), mount, &own, pid, euid, options)
+                        .map_err(|e| CgroupError::Placement(Box::new(e)))?;
+                Some(facts)
+            }
+            None => None,
+        };
+        Ok(Here {
+            mountinfo,
+            proc_cgroup,
+            pid,
+            facts,
+        })
+    }
+
+    fn detect(&self) -> Result<Cgroups, CgroupError> {
+        Cgroups::detect_from(Path::new("/"), &self.mountinfo, &self.proc_cgroup, self.pid)
+    }
+}
+
 /// The cgroup system of this host.
 #[derive(Debug)]
 pub enum Cgroups {
@@ -160,24 +198,18 @@ impl Cgroups {
     /// placement step first (which may ask systemd for a scope, or take over a container's
     /// cgroup), then the backend's own preparation. Once per process, never per job.
     pub fn place(options: PlacementOptions) -> Result<(Cgroups, Placement), CgroupError> {
-        let mountinfo = fs::read(Path::new("/proc/self/mountinfo"))?;
-        let mut proc_cgroup = fs::read(Path::new("/proc/self/cgroup"))?;
-        let pid = std::process::id();
+        let boxed = |e| CgroupError::Placement(Box::new(e));
+        let mut here = Here::read(options)?;
         let mut placement = Placement::V1;
-        let mounts = fs::parse_mountinfo(&mountinfo);
-        if let Some((mount, own)) = unified(&mounts, &fs::parse_proc_cgroup(&proc_cgroup)) {
-            let euid = nix::unistd::Uid::effective().as_raw();
-            let boxed = |e| CgroupError::Placement(Box::new(e));
-            let facts = placement::Facts::gather(Path::new("/"), mount, &own, pid, euid, options)
-                .map_err(boxed)?;
-            let decision = placement::decide(&facts).map_err(boxed)?;
-            let (how, moved) = placement::apply(&facts, &decision).map_err(boxed)?;
+        if let Some(facts) = &here.facts {
+            let decision = placement::decide(facts).map_err(boxed)?;
+            let (how, moved) = placement::apply(facts, &decision).map_err(boxed)?;
             placement = how;
             if let Some(text) = moved {
-                proc_cgroup = text;
+                here.proc_cgroup = text;
             }
         }
-        let cgroups = Cgroups::detect_from(Path::new("/"), &mountinfo, &proc_cgroup, pid)?;
+        let cgroups = here.detect()?;
         match &cgroups {
             Cgroups::V1(_) => {}
             Cgroups::V2(v2) => v2.prepare(placement == Placement::TookOver)?,
@@ -188,24 +220,17 @@ impl Cgroups {
     /// What [`Cgroups::place`] would do here, in words, without doing it (`toolbox doctor`):
     /// `Ok` when it would succeed.
     pub fn plan(options: PlacementOptions) -> Result<String, String> {
-        let mountinfo = fs::read(Path::new("/proc/self/mountinfo")).map_err(|e| e.to_string())?;
-        let proc_cgroup = fs::read(Path::new("/proc/self/cgroup")).map_err(|e| e.to_string())?;
-        let pid = std::process::id();
-        let mounts = fs::parse_mountinfo(&mountinfo);
-        let Some((mount, own)) = unified(&mounts, &fs::parse_proc_cgroup(&proc_cgroup)) else {
-            let cgroups = Cgroups::detect_from(Path::new("/"), &mountinfo, &proc_cgroup, pid)
-                .map_err(|e| e.to_string())?;
+        let here = Here::read(options).map_err(|e| e.to_string())?;
+        let Some(facts) = &here.facts else {
+            let cgroups = here.detect().map_err(|e| e.to_string())?;
             return Ok(format!(
                 "{} — {}",
                 cgroups.version(),
                 cgroups.describe().join("; ")
             ));
         };
-        let euid = nix::unistd::Uid::effective().as_raw();
-        let facts = placement::Facts::gather(Path::new("/"), mount, &own, pid, euid, options)
-            .map_err(|e| e.to_string())?;
-        let decision = placement::decide(&facts);
-        let words = format!("v2 — {}", placement::describe(&facts, &decision));
+        let decision = placement::decide(facts);
+        let words = format!("v2 — {}", placement::describe(facts, &decision));
         match decision {
             Ok(_) => Ok(words),
             Err(_) => Err(words),

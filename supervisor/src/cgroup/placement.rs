@@ -83,12 +83,14 @@ impl Default for PlacementOptions {
 }
 
 impl PlacementOptions {
-    /// The options with `TOOLBOX_TAKE_CGROUP=1` (a container's configuration) taken in.
-    pub fn with_env(mut self) -> Self {
-        if std::env::var("TOOLBOX_TAKE_CGROUP").is_ok_and(|v| v == "1" || v == "true") {
-            self.take_cgroup = true;
+    /// The options of the toolbox `command` (`run`, `serve`, `doctor`): `--take-cgroup` as
+    /// given, or `TOOLBOX_TAKE_CGROUP=1` (a container's configuration).
+    pub fn new(command: &'static str, take_cgroup: bool) -> Self {
+        let from_env = std::env::var("TOOLBOX_TAKE_CGROUP").is_ok_and(|v| v == "1" || v == "true");
+        PlacementOptions {
+            take_cgroup: take_cgroup || from_env,
+            command,
         }
-        self
     }
 }
 
