@@ -78,6 +78,11 @@ check "the daemon inherits no seccomp filter from its unit" [ "$daemon_filters" 
 out=$(as tester 'toolbox run -- grep Seccomp /proc/self/status')
 say "$out"
 check "a job runs under toolbox's seccomp filter and no other" sh -c 'echo "$1" | grep -q "^Seccomp_filters:[[:space:]]*1$"' - "$out"
+out=$(as tester 'toolbox run -- sh -c "cat /proc/1/cgroup /proc/self/cgroup /proc/1/oom_score_adj"' 2>&1)
+say "$out"
+check "the jail's PID 1 is born in the job's cgroup by clone3, out of the OOM killer's reach" sh -c '
+    [ "$1" = "$(printf "0::/\n0::/\n-1000")" ] &&
+    ! journalctl -q -u toolbox.service --no-pager | grep -q CLONE_INTO_CGROUP' - "$out"
 as tester 'toolbox run --json --memory 64M -- /usr/local/bin/toolbox-probe memhog 512' >/dev/null 2>/tmp/rec
 code=$?
 rec=$(record /tmp/rec)
@@ -113,6 +118,7 @@ check "su -l root gives a login session (session-N.scope)" sh -c 'echo "$1" | gr
 check "from it, toolbox runs in a systemd scope of its own" sh -c '[ "$1" = systemd_scope ] &&
     echo "$2" | grep -q "^/user.slice/user-0.slice/toolbox-run-[0-9]*\.scope/toolbox-"' - \
     "$(field "$rec" cgroup_placement)" "$(field "$rec" cgroup_path)"
+check "there too the jail's PID 1 is born in the job's cgroup by clone3" sh -c '! grep -q CLONE_INTO_CGROUP "$1"' - /tmp/rec
 check "memory is enforced there (oom, 137)" sh -c '[ "$1" = 137 ] && [ "$2" = oom ]' - "$code" "$(field "$rec" status)"
 out=$(as root "toolbox run --local --json $ws --pids 32 --timeout 60s -- /usr/local/bin/toolbox-probe forkbomb tbbomb2" 2>/tmp/rec)
 rec=$(record /tmp/rec)

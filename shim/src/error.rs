@@ -84,8 +84,6 @@ pub enum SetupError {
     Seccomp(Errno),
     #[error("wait for the jail: {0}")]
     Wait(Errno),
-    #[error("PID 1 gave up before the tool could start")]
-    NotReleased,
     #[error("the job's network namespace was never made")]
     NetworkNotReady,
 }
@@ -98,8 +96,8 @@ impl SetupError {
             SetupError::CloseFds(_) => "close_fds",
             SetupError::NotPidOne(_) => "namespaces",
             SetupError::Signals(_) => "signals",
-            SetupError::CgroupJoin { .. } => "cgroup",
             SetupError::Namespaces(_) | SetupError::CgroupNamespace(_) => "namespaces",
+            SetupError::CgroupJoin { .. } => "cgroup",
             SetupError::Hostname(_) => "hostname",
             SetupError::Loopback(_) => "network",
             SetupError::MountPrivate(_)
@@ -111,7 +109,6 @@ impl SetupError {
             | SetupError::Symlink { .. } => "mounts",
             SetupError::PivotRoot(_) => "pivot_root",
             SetupError::Fork(_) | SetupError::Wait(_) => "process",
-            SetupError::NotReleased => "process",
             SetupError::NetworkNotReady => "network",
             SetupError::Setsid(_) => "setsid",
             SetupError::Rlimit { .. } => "rlimits",

@@ -1,7 +1,8 @@
-//! PID 1 of the jail — the shim's main process. The supervisor cloned it into new pid, ipc
-//! and uts namespaces; it makes the mount namespace, forks the tool straight into the job's
-//! cgroup, and builds the root while the tool readies itself (and makes its network
-//! namespace) on the other CPU. Then it reaps and forwards signals until the tool exits —
+//! PID 1 of the jail — the shim's main process. The supervisor cloned it into a new pid
+//! namespace (on cgroup v2 straight into the job's cgroup; on v1 it joins that cgroup itself
+//! on the go: PID 1 and the tool are counted and limited there); it makes the mount, ipc and
+//! uts namespaces, builds the root, and forks the tool once the supervisor says the cgroup
+//! is ready. Then it reaps and forwards signals until the tool exits —
 //! and then exits itself, which makes the kernel SIGKILL every other process of the pid
 //! namespace: a job is over when its main process is, daemons and double-forks included.
 //!
@@ -18,7 +19,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use toolbox_spec::{control, CgroupJoin, JailSpec, Network, Status};
+use toolbox_spec::{control, JailSpec, Network, Status};
 
 use crate::error::SetupError;
 use crate::netns::{self, NetHelper};
@@ -68,9 +69,16 @@ pub fn run(
     // that is multi-threaded, where this fires only when the spawning thread ends).
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(SetupError::Signals)?;
 
-    // Where the job's cgroup will be, opened while the host's view is ours: the supervisor
-    // makes the cgroup while we build the root, and says so with the go.
-    let parents = open_cgroup_parents(&spec.cgroup)?;
+    // cgroup v1: where the job's cgroup will be, opened while the host's view is ours; the
+    // supervisor makes the cgroup while we build the root, and says so with the go.
+    let parents = open_cgroup_parents(&spec.cgroup_tasks)?;
+    // Our own OOM-killer score, opened while the host's /proc is in view: once the tool is
+    // forked, PID 1 is the one process of the job's cgroup the OOM killer must never pick
+    // (the job would end with no one to report it).
+    let oom_score = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/oom_score_adj")
+        .ok();
     build(spec)?;
 
     // What is left before the tool can start, done while the supervisor still makes the
@@ -93,46 +101,50 @@ pub fn run(
     // build the jail with are not touched; the tool gives those up when it leaves uid 0.)
     sys::empty_bounding_set().map_err(SetupError::Capabilities)?;
 
+    // The network namespace, taken from its helper, which then leaves; it is reaped below,
+    // while we wait for the go.
+    let (network, helper) = match network {
+        Some(helper) => {
+            let (taken, pid) = helper.take();
+            (Some(taken), Some(pid))
+        }
+        None => (None, None),
+    };
+
     let mut byte = [0u8; 1];
-    if std::io::Read::read_exact(&mut go, &mut byte).is_err() || byte[0] != toolbox_spec::GO {
+    let go = std::io::Read::read_exact(&mut go, &mut byte).is_ok() && byte[0] == toolbox_spec::GO;
+    // Every helper gone before the tool starts: the tool's pid namespace holds PID 1 and the
+    // tool's own processes, nothing else for it to see or signal, and its cgroup counts
+    // only those.
+    for pid in [helper, discarded].into_iter().flatten() {
+        wait_gone(pid);
+    }
+    if !go {
         // The supervisor gave up on the job (and knows why), or is gone.
         return Ok(crate::SHIM_FAILED);
     }
-    drop(go);
-    // A network helper the spec did not want, killed when the spec came: gone before the
-    // tool starts, like the other one.
-    if let Some(helper) = discarded {
-        wait_gone(helper);
-    }
-    let cgroup = open_cgroup(&parents)?;
-    drop(parents);
-    let into_cgroup = match spec.cgroup {
-        CgroupJoin::V2Dir { .. } => cgroup.first().map(AsFd::as_fd),
-        _ => None,
+    let network = match network.transpose() {
+        Ok(network) => network,
+        // The helper failed, and has said why.
+        Err(SetupError::NetworkNotReady) => return Ok(crate::SHIM_FAILED),
+        Err(err) => return Err(err),
     };
-    // The tool waits on this pipe until the network helper is gone.
-    let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SetupError::Fork)?;
-    let tool = match sys::fork_into(into_cgroup).map_err(SetupError::Fork)? {
+    // Into the job's cgroup (v1; on v2 we were born there), and the tool is born there.
+    join_cgroup(&parents)?;
+    drop(parents);
+    let tool = match sys::fork().map_err(SetupError::Fork)? {
         Some(pid) => pid,
         None => {
-            drop((signals, lifeline, ready_w));
-            tool::run(spec, &cgroup, network, ready_r)
+            drop((signals, lifeline, oom_score));
+            tool::run(spec, network)
         }
     };
-    let helper = network.as_ref().map(NetHelper::pid);
-    // Only the tool's own process joins the cgroup: the job's cgroup holds exactly the
-    // tool's processes.
-    drop((cgroup, ready_r, network));
-    // The network helper leaves once the tool has joined its namespace (or given up), the
-    // tool's first steps. Reaped here, it is gone before the tool runs: the tool's pid
-    // namespace holds PID 1 and the tool's own processes, nothing else for it to see or
-    // signal.
-    if let Some(helper) = helper {
-        wait_gone(helper);
+    drop(network);
+    // Set after the fork, so the tool keeps the score it inherited. Best effort: without
+    // CAP_SYS_RESOURCE we stay as killable as the tool.
+    if let Some(mut file) = oom_score {
+        let _ = std::io::Write::write_all(&mut file, b"-1000");
     }
-    // If the tool already gave up (and said why), there is no reader: it is reaped below.
-    let _ = nix::unistd::write(&ready_w, b"r");
-    drop(ready_w);
     supervise(tool, &signals, lifeline)
 }
 
@@ -159,84 +171,68 @@ fn build(spec: &JailSpec) -> Result<(), SetupError> {
     mounts::build_root(spec)
 }
 
-/// Wait for a child of ours to be gone, and reap it.
-fn wait_gone(child: Pid) {
-    while waitpid(child, None) == Err(nix::errno::Errno::EINTR) {}
-}
-
-/// Where the job's cgroup goes in one hierarchy: the directory the supervisor makes it in
-/// (opened before `pivot_root`), and how to open the join's path once it exists.
+/// Where the job's cgroup goes in one v1 hierarchy: the directory the supervisor makes it
+/// in (opened before `pivot_root`), and its `tasks` file beneath that.
 struct CgroupParent {
     dir: OwnedFd,
-    /// The join's path beneath `dir`: `toolbox-…/tasks` (v1) or `toolbox-…` (v2).
+    /// `toolbox-…/tasks`
     rest: String,
     /// The whole path, for messages.
     path: String,
-    flags: OFlag,
 }
 
-/// `path` split before its last `levels` components.
-fn split_last(path: &str, levels: usize) -> Option<(&str, &str)> {
-    let mut cut = path.len();
-    for _ in 0..levels {
-        cut = path[..cut].rfind('/')?;
-    }
-    let (parent, rest) = (&path[..cut], &path[cut + 1..]);
-    (!parent.is_empty() && !rest.is_empty()).then_some((parent, rest))
-}
-
-fn open_cgroup_parents(join: &CgroupJoin) -> Result<Vec<CgroupParent>, SetupError> {
-    let paths: Vec<(&str, usize, OFlag)> = match join {
-        CgroupJoin::None => Vec::new(),
-        CgroupJoin::V1Tasks { tasks } => tasks
-            .iter()
-            .map(|path| (path.as_str(), 2, OFlag::O_WRONLY))
-            .collect(),
-        CgroupJoin::V2Dir { dir } => vec![(dir.as_str(), 1, OFlag::O_PATH | OFlag::O_DIRECTORY)],
-    };
-    paths
-        .into_iter()
-        .map(|(path, levels, flags)| {
+fn open_cgroup_parents(tasks: &[String]) -> Result<Vec<CgroupParent>, SetupError> {
+    tasks
+        .iter()
+        .map(|path| {
             let failed = |errno| SetupError::CgroupJoin {
-                path: path.to_string(),
+                path: path.clone(),
                 errno,
             };
-            let (parent, rest) =
-                split_last(path, levels).ok_or(failed(nix::errno::Errno::EINVAL))?;
+            // `…/<parent>/toolbox-…/tasks`: split before the last two components.
+            let cut = path
+                .rsplitn(3, '/')
+                .nth(2)
+                .filter(|parent| !parent.is_empty())
+                .map(str::len)
+                .ok_or(failed(nix::errno::Errno::EINVAL))?;
             let dir = nix::fcntl::open(
-                parent,
+                &path[..cut],
                 OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )
             .map_err(failed)?;
             Ok(CgroupParent {
                 dir,
-                rest: rest.to_string(),
-                path: path.to_string(),
-                flags,
+                rest: path[cut + 1..].to_string(),
+                path: path.clone(),
             })
         })
         .collect()
 }
 
-/// The job's cgroup, now that the supervisor has made it: each path opened beneath its
-/// parent (the host's cgroupfs is no longer in our view).
-fn open_cgroup(parents: &[CgroupParent]) -> Result<Vec<OwnedFd>, SetupError> {
-    parents
-        .iter()
-        .map(|parent| {
-            nix::fcntl::openat(
-                &parent.dir,
-                parent.rest.as_str(),
-                parent.flags | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|errno| SetupError::CgroupJoin {
-                path: parent.path.clone(),
-                errno,
-            })
-        })
-        .collect()
+/// Write ourselves (`0`: this one thread, and we are single-threaded) into each `tasks`.
+fn join_cgroup(parents: &[CgroupParent]) -> Result<(), SetupError> {
+    for parent in parents {
+        let failed = |errno| SetupError::CgroupJoin {
+            path: parent.path.clone(),
+            errno,
+        };
+        let tasks = nix::fcntl::openat(
+            &parent.dir,
+            parent.rest.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(failed)?;
+        nix::unistd::write(&tasks, b"0").map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Wait for a child of ours to be gone, and reap it.
+fn wait_gone(child: Pid) {
+    while waitpid(child, None) == Err(nix::errno::Errno::EINTR) {}
 }
 
 fn supervise(tool: Pid, signals: &SignalFd, lifeline: OwnedFd) -> Result<i32, SetupError> {

@@ -2,11 +2,12 @@
 //!
 //! Creating a network namespace is the costliest step of the jail (~0.75 ms of kernel work
 //! on our hosts) and needs nothing from the spec. PID 1 forks this helper first thing, on
-//! the other CPU; the helper makes the namespace, brings up `lo`, says so, and waits. When
-//! the tool's process is ready for it, it joins with `setns` through the helper's pidfd and
-//! lets the helper go.
+//! the other CPU; the helper makes the namespace, brings up `lo`, opens it, and says so.
+//! Once the root is built, PID 1 takes that descriptor from it (`pidfd_getfd`), lets it go
+//! and reaps it: the helper is gone before the tool is forked, so the job's cgroup never
+//! counts it against the tool's pids, and the tool joins with `setns` on the descriptor.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
@@ -14,25 +15,28 @@ use nix::sched::CloneFlags;
 use crate::error::SetupError;
 use crate::{report, sys};
 
-/// PID 1's and the tool's handle on the helper.
+/// PID 1's handle on the helper while it lives.
 pub struct NetHelper {
     /// The helper's pid, for PID 1 to reap it.
     pid: nix::unistd::Pid,
-    /// The helper's pidfd: `setns` through it joins its network namespace.
+    /// The helper's pidfd, to take the namespace's descriptor from it.
     pidfd: OwnedFd,
-    /// One byte once the namespace is ready; EOF if the helper failed (and said why).
+    /// The number of the helper's descriptor of the namespace (4 bytes, native order) once
+    /// it is ready; EOF if the helper failed (and said why).
     ready: OwnedFd,
-    /// The helper leaves when every copy of this write end is closed (PID 1 drops its copy
-    /// once the tool is forked, the tool once it has joined).
+    /// The helper leaves when this write end closes.
     _hold: OwnedFd,
 }
+
+/// The job's network namespace, held by a descriptor: the tool joins it.
+pub struct Netns(OwnedFd);
 
 /// Fork the helper (placed on another CPU) and return PID 1's handle on it.
 pub fn start() -> Result<NetHelper, SetupError> {
     let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SetupError::Fork)?;
     let (hold_r, hold_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SetupError::Fork)?;
     let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok();
-    match sys::fork_into(None).map_err(SetupError::Fork)? {
+    match sys::fork().map_err(SetupError::Fork)? {
         None => {
             drop((ready_r, hold_w));
             if let Some(cpus) = &cpus {
@@ -55,26 +59,33 @@ pub fn start() -> Result<NetHelper, SetupError> {
 }
 
 fn helper(ready: OwnedFd, hold: OwnedFd) -> ! {
+    // Still in the supervisor's mount namespace: its /proc shows us.
     let made = nix::sched::unshare(CloneFlags::CLONE_NEWNET)
         .map_err(SetupError::Namespaces)
-        .and_then(|()| sys::interface_up("lo").map_err(SetupError::Loopback));
-    if let Err(err) = made {
-        report::setup_failed(&err);
-        sys::exit_now(crate::SHIM_FAILED);
-    }
-    let _ = nix::unistd::write(&ready, b"n");
-    // Keep the namespace alive until the tool has joined it.
+        .and_then(|()| sys::interface_up("lo").map_err(SetupError::Loopback))
+        .and_then(|()| {
+            nix::fcntl::open(
+                "/proc/self/ns/net",
+                OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(SetupError::Namespaces)
+        });
+    let namespace = match made {
+        Ok(fd) => fd,
+        Err(err) => {
+            report::setup_failed(&err);
+            sys::exit_now(crate::SHIM_FAILED);
+        }
+    };
+    let _ = nix::unistd::write(&ready, &namespace.as_raw_fd().to_ne_bytes());
+    // Keep the descriptor open until PID 1 has taken its copy.
     let mut byte = [0u8; 1];
     let _ = nix::unistd::read(&hold, &mut byte);
     sys::exit_now(0)
 }
 
 impl NetHelper {
-    /// The helper's pid (in the jail's pid namespace).
-    pub fn pid(&self) -> nix::unistd::Pid {
-        self.pid
-    }
-
     /// End a helper whose namespace the job will not use (it has the host's network). It
     /// dies once its `unshare` returns; reap the pid returned before the tool starts.
     pub fn discard(self) -> nix::unistd::Pid {
@@ -82,16 +93,24 @@ impl NetHelper {
         self.pid
     }
 
-    /// Join the helper's network namespace (the tool's process, as root); dropping the handle
-    /// then lets the helper go.
+    /// Wait until the namespace is ready, take the helper's descriptor of it, and let the
+    /// helper go: reap the pid returned before the tool starts (also on an error, which
+    /// means the helper failed and has said why).
+    pub fn take(self) -> (Result<Netns, SetupError>, nix::unistd::Pid) {
+        let mut number = [0u8; 4];
+        let taken = match nix::unistd::read(&self.ready, &mut number) {
+            Ok(4) => sys::pidfd_getfd(self.pidfd.as_fd(), i32::from_ne_bytes(number))
+                .map(Netns)
+                .map_err(SetupError::Namespaces),
+            _ => Err(SetupError::NetworkNotReady),
+        };
+        (taken, self.pid)
+    }
+}
+
+impl Netns {
+    /// Join it (the tool's process, as root).
     pub fn join(self) -> Result<(), SetupError> {
-        let mut byte = [0u8; 1];
-        match nix::unistd::read(&self.ready, &mut byte) {
-            Ok(1) => {}
-            // The helper failed and reported why.
-            _ => return Err(SetupError::NetworkNotReady),
-        }
-        nix::sched::setns(self.pidfd.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(SetupError::Namespaces)
+        nix::sched::setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET).map_err(SetupError::Namespaces)
     }
 }

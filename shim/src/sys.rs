@@ -25,21 +25,13 @@ struct CloneArgs {
     cgroup: u64,
 }
 
-const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
-
-/// `fork(2)`, optionally straight into a cgroup v2 directory. Returns `None` in the child.
+/// `fork(2)` as a bare `clone3` (no atfork handlers to run). Returns `None` in the child.
 ///
 /// Only call while the process is single-threaded (the shim always is): the child is a
 /// copy of this address space, exactly as after `fork(2)`.
-pub fn fork_into(cgroup: Option<BorrowedFd<'_>>) -> Result<Option<Pid>, Errno> {
+pub fn fork() -> Result<Option<Pid>, Errno> {
     let mut args = CloneArgs {
-        flags: if cgroup.is_some() {
-            CLONE_INTO_CGROUP
-        } else {
-            0
-        },
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: cgroup.map_or(0, |fd| fd.as_raw_fd() as u64),
         ..CloneArgs::default()
     };
     // SAFETY: clone3 without CLONE_VM or CLONE_THREAD duplicates the (single-threaded)
@@ -53,9 +45,8 @@ pub fn fork_into(cgroup: Option<BorrowedFd<'_>>) -> Result<Option<Pid>, Errno> {
         )
     };
     let ret = match Errno::result(ret) {
-        // A seccomp filter around us that hides clone3 (as ours does): fork(2) is enough
-        // when no cgroup is to be picked.
-        Err(Errno::ENOSYS) if cgroup.is_none() => {
+        // A seccomp filter around us that hides clone3 (as ours does): fork(2) then.
+        Err(Errno::ENOSYS) => {
             // SAFETY: plain fork in a single-threaded process.
             Errno::result(unsafe { libc::fork() } as libc::c_long)?
         }
@@ -394,6 +385,13 @@ pub fn landlock_abi() -> u32 {
         )
     };
     u32::try_from(ret).unwrap_or(0)
+}
+
+/// A copy of descriptor `target` of the process behind `pidfd` (Linux 5.6+); close-on-exec.
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, target: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_getfd takes a pidfd, a descriptor number and flags (0), and returns a
+    // new descriptor or -1.
+    owned(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) })
 }
 
 /// A pidfd for a child of ours (Linux 5.3+).

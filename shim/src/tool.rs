@@ -1,11 +1,11 @@
 //! The tool's own process, from fork to exec. PID 1 forks it in the finished root, once the
-//! supervisor has made the job's cgroup (it built the root meanwhile).
+//! supervisor has set the job's cgroup's limits (it built the root meanwhile); it is born in
+//! that cgroup, as PID 1 was.
 //!
-//! The recipe, in order: the job's cgroup, the network namespace (made by a helper — see
-//! `netns` — unless the job has the host's) and a cgroup namespace → a session of its own →
-//! signals and rlimits → ids and capabilities → no_new_privs → seccomp → (wait until PID 1
-//! has reaped the network helper) → landlock, which, with no capability left, relies on
-//! no_new_privs; the filter lets its three calls through → the workspace → exec.
+//! The recipe, in order: the network namespace (made by a helper — see `netns` — unless the
+//! job has the host's) and a cgroup namespace → a session of its own → signals and rlimits →
+//! ids and capabilities → no_new_privs → seccomp → landlock, which, with no capability left,
+//! relies on no_new_privs; the filter lets its three calls through → the workspace → exec.
 
 use std::ffi::CString;
 
@@ -14,30 +14,20 @@ use nix::errno::Errno;
 use nix::sys::resource::{setrlimit, Resource};
 use nix::sys::signal::{SigSet, SigmaskHow};
 use nix::unistd::{Gid, Uid};
-use std::os::fd::OwnedFd;
 
-use toolbox_spec::{CgroupJoin, Enforced, JailSpec, Network, RlimitKind, Status};
+use toolbox_spec::{Enforced, JailSpec, Network, RlimitKind, Status};
 
 use crate::error::SetupError;
-use crate::netns::NetHelper;
+use crate::netns::Netns;
 use crate::{landlock, report, sys};
 
 /// Exit statuses when the tool cannot be started, as a shell reports them.
 const NOT_FOUND: i32 = 127;
 const NOT_EXECUTABLE: i32 = 126;
 
-pub fn run(
-    spec: &JailSpec,
-    cgroup: &[OwnedFd],
-    network: Option<NetHelper>,
-    released: OwnedFd,
-) -> ! {
-    let enforced = match prepare(spec, cgroup, network, released) {
+pub fn run(spec: &JailSpec, network: Option<Netns>) -> ! {
+    let enforced = match prepare(spec, network) {
         Ok(enforced) => enforced,
-        // PID 1 (or the network helper) failed and has said why.
-        Err(SetupError::NotReleased | SetupError::NetworkNotReady) => {
-            sys::exit_now(crate::SHIM_FAILED)
-        }
         Err(err) => {
             report::setup_failed(&err);
             sys::exit_now(crate::SHIM_FAILED);
@@ -56,23 +46,7 @@ pub fn run(
     })
 }
 
-fn prepare(
-    spec: &JailSpec,
-    cgroup: &[OwnedFd],
-    network: Option<NetHelper>,
-    released: OwnedFd,
-) -> Result<Enforced, SetupError> {
-    // Into the job's cgroup before anything else: on v2 we were cloned into it; on v1,
-    // writing 0 to `tasks` moves only the calling thread — all of us, single-threaded — and
-    // takes no global lock, unlike `cgroup.procs` (an RCU grace period, ~15 ms).
-    if let CgroupJoin::V1Tasks { tasks } = &spec.cgroup {
-        for (path, fd) in tasks.iter().zip(cgroup) {
-            nix::unistd::write(fd, b"0").map_err(|errno| SetupError::CgroupJoin {
-                path: path.clone(),
-                errno,
-            })?;
-        }
-    }
+fn prepare(spec: &JailSpec, network: Option<Netns>) -> Result<Enforced, SetupError> {
     // The tool's network: the namespace (only `lo`, up) a helper made while we started.
     if let Some(network) = network {
         network.join()?;
@@ -125,14 +99,7 @@ fn prepare(
         .collect();
     sys::install_seccomp(&program).map_err(SetupError::Seccomp)?;
 
-    let landlock = landlock::prepare(&spec.landlock)?;
-    // PID 1 writes one byte once the network helper is gone; EOF means it gave up.
-    let mut byte = [0u8; 1];
-    match nix::unistd::read(&released, &mut byte) {
-        Ok(1) => drop(released),
-        _ => return Err(SetupError::NotReleased),
-    }
-    let landlock = landlock.restrict(&spec.landlock)?;
+    let landlock = landlock::prepare(&spec.landlock)?.restrict(&spec.landlock)?;
     // With the tool's own ids: the workspace must be theirs to enter.
     nix::unistd::chdir(spec.cwd.as_str()).map_err(|errno| SetupError::Cwd {
         path: spec.cwd.clone(),

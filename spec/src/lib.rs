@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 /// The file descriptors the shim is started with (stdin, stdout, stderr are 0, 1, 2).
 pub mod fds {
     /// A pipe carrying the [`super::JailSpec`] (see [`super::JailSpec::encode`]), then, once
-    /// the job's cgroup exists, the byte [`super::GO`]; EOF in its place means the job will
-    /// not run. The shim is started before its spec is ready and waits on this pipe: its own
-    /// start-up overlaps the supervisor's planning, and it builds the jail's root while the
-    /// supervisor makes the job's cgroup.
+    /// the job's cgroup is ready, the byte [`super::GO`]; EOF in its place means the job
+    /// will not run. The shim is started before its spec is ready and waits on this pipe:
+    /// its own start-up overlaps the supervisor's planning, and it builds the jail's root
+    /// while the supervisor makes the cgroup (v1) or sets its limits (v2).
     pub const SPEC: i32 = 3;
     /// Write end of the status pipe: one JSON [`super::Status`] per line.
     pub const STATUS: i32 = 4;
@@ -56,7 +56,13 @@ pub struct JailSpec {
     #[serde(with = "bpf_hex")]
     pub seccomp: Vec<SockFilter>,
     pub rlimits: Vec<Rlimit>,
-    pub cgroup: CgroupJoin,
+    /// cgroup v1: the `tasks` file of the job's cgroup in each hierarchy. The cgroup does
+    /// not exist yet when the spec arrives (see [`GO`]): PID 1 opens each parent directory
+    /// before `pivot_root`, and on the go writes `0` to each file — moving only itself, one
+    /// thread, skips the global lock a `cgroup.procs` write takes (an RCU grace period,
+    /// ~15 ms) — then forks the tool, which is born there. Empty on cgroup v2, where the
+    /// supervisor clones PID 1 straight into the job's cgroup.
+    pub cgroup_tasks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,24 +173,6 @@ pub enum RlimitKind {
     Core,
     Fsize,
     Nofile,
-}
-
-/// How the tool's process gets into the job's cgroup before it runs a single instruction
-/// of the tool. The cgroup does not exist yet when the spec arrives (see [`GO`]): the shim
-/// opens each path's parent directory before `pivot_root`, the rest relative to it after.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum CgroupJoin {
-    /// No cgroup (only for tests of the shim itself).
-    None,
-    /// cgroup v1: the `tasks` file of the job's cgroup in each hierarchy. The tool's
-    /// process, while single-threaded, writes `0` to each: moving only the calling thread
-    /// skips the global threadgroup lock that a `cgroup.procs` write takes, and with it an
-    /// RCU grace period (~15 ms measured).
-    V1Tasks { tasks: Vec<String> },
-    /// cgroup v2: the job's cgroup directory; the shim forks the tool into it with
-    /// `clone3(CLONE_INTO_CGROUP)`.
-    V2Dir { dir: String },
 }
 
 /// `Vec<SockFilter>` as one hex string, 16 digits an instruction (code, jt, jf, k).
@@ -311,7 +299,8 @@ fn truncate_utf8(s: &mut String, max: usize) {
     }
 }
 
-/// On the spec pipe, after the spec: the job's cgroup is made; fork the tool into it.
+/// On the spec pipe, after the spec: the job's cgroup is ready, with its limits; join it (v1)
+/// and fork the tool.
 pub const GO: u8 = b'g';
 
 /// The most a framed spec may claim to be (a real one is a few tens of KiB).
@@ -435,9 +424,7 @@ mod tests {
             },
             seccomp: Vec::new(),
             rlimits: Vec::new(),
-            cgroup: CgroupJoin::V2Dir {
-                dir: "/sys/fs/cgroup/toolbox-j1".into(),
-            },
+            cgroup_tasks: vec!["/sys/fs/cgroup/pids/toolbox-j1/tasks".into()],
         };
         let mut pipe = spec.encode();
         pipe.push(GO);

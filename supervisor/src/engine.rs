@@ -3,6 +3,7 @@
 //! [`Engine::run`]; so will the daemon.
 
 use std::future::Future;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -11,9 +12,7 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc::UnboundedSender;
-use toolbox_spec::{
-    control, CgroupJoin, Enforced, JailSpec, Landlock, Network, Rlimit, RlimitKind, Status,
-};
+use toolbox_spec::{control, Enforced, JailSpec, Landlock, Network, Rlimit, RlimitKind, Status};
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::cgroup::{
@@ -26,6 +25,7 @@ use crate::policy::NetworkMode;
 use crate::record::{self, exit, Isolation, JobResult, JobStatus};
 use crate::seccomp::{self, SeccompError};
 use crate::spawn::{self, Shim, Stdin};
+use crate::sys::SpawnCgroup;
 
 /// How long the shim may take to go once told to kill the job.
 const KILL_WAIT: Duration = Duration::from_secs(2);
@@ -95,12 +95,50 @@ pub struct Cancel {
     pub grace: Option<Duration>,
 }
 
+/// A job's shim, started ahead of the job ([`Engine::prestart`]; on cgroup v2 in the job's
+/// cgroup, made for it), or why that cgroup could not be had, for [`Engine::run`] to report.
+#[derive(Debug)]
+pub struct Prestarted(Result<Started, String>);
+
+#[derive(Debug)]
+struct Started {
+    /// Made with the shim on cgroup v2; on v1 made while the shim builds the jail.
+    cgroup: Option<CgroupGuard>,
+    shim: Shim,
+}
+
+/// A job cgroup removed when dropped, for the paths on which a job never starts.
+#[derive(Debug)]
+struct CgroupGuard(Option<JobCgroup>);
+
+impl CgroupGuard {
+    fn get(&self) -> &JobCgroup {
+        self.0
+            .as_ref()
+            .expect("the cgroup is taken only by into_inner")
+    }
+
+    fn into_inner(mut self) -> JobCgroup {
+        self.0.take().expect("the cgroup is taken only once")
+    }
+}
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        if let Some(cgroup) = self.0.take() {
+            if let Err(err) = cgroup.remove() {
+                warn!("clean up the job's cgroup: {err}");
+            }
+        }
+    }
+}
+
 pub struct Engine {
     shim: PathBuf,
     swept: std::sync::atomic::AtomicBool,
     placement: PlacementOptions,
-    /// Placed, detected and prepared on first use: on cgroup v1 a one-shot `toolbox run`
-    /// starts its shim first; on v2 [`Engine::prestart`] places them before the shim exists.
+    /// Placed, detected and prepared on first use: [`Engine::prestart`] of the first job
+    /// (a daemon calls [`Engine::cgroups`] at start).
     cgroups: std::sync::OnceLock<Result<(Cgroups, Placement), String>>,
 }
 
@@ -132,23 +170,55 @@ impl Engine {
         })
     }
 
-    /// Start the shim before the job is planned, preparing this network mode (the spec
-    /// settles it: the shim discards what it prepared for nothing): the shim's own start-up
-    /// then overlaps the planning. Hand it to [`Engine::run`].
-    pub fn prestart(&self, network: NetworkMode, stdin: Stdin) -> Result<Shim, EngineError> {
-        // On cgroup v2 the supervisor is placed (a systemd scope, maybe) and moves into its
-        // leaf before it has a child: a shim born in the cgroup that must delegate
-        // controllers would keep it from doing so, and would stay behind in a session scope.
-        // (A failure here comes back, cached, when the job asks for its cgroup.)
+    /// Start the shim before the job is planned (`toolbox run`) or while its stdin is
+    /// prepared (the daemon), preparing this network mode (the spec settles it: the shim
+    /// discards what it prepared for nothing): the shim's own start-up then overlaps the
+    /// planning. Hand it to [`Engine::run`].
+    ///
+    /// Every process of the jail that runs after the go — PID 1 and the tool's — lives in
+    /// the job's cgroup. On cgroup v2 the job's cgroup is made here and PID 1 is cloned into
+    /// it (the supervisor is placed first: a shim born where controllers must be delegated
+    /// would keep them from it). On v1 the cgroup is made while the shim builds the jail,
+    /// and PID 1 writes itself into it on the go. A cgroup that cannot be placed or made
+    /// does not fail here: [`Engine::run`] then fails the job with a record that says why.
+    pub fn prestart(
+        &self,
+        job_id: &str,
+        network: NetworkMode,
+        stdin: Stdin,
+    ) -> Result<Prestarted, EngineError> {
+        let mut cgroup = None;
         if Cgroups::unified_host() {
-            let _ = self.cgroups();
-        }
-        spawn::spawn(&self.shim, jail_network(network), stdin).map_err(|source| {
-            EngineError::Spawn {
-                path: self.shim.clone(),
-                source,
+            let made = self
+                .cgroups()
+                .map_err(|e| e.to_string())
+                .and_then(|cgroups| {
+                    cgroups
+                        .make(&job_name(job_id))
+                        .map_err(|e| format!("create the job's cgroup: {e}"))
+                });
+            match made {
+                Ok(made) => cgroup = Some(CgroupGuard(Some(made))),
+                Err(message) => return Ok(Prestarted(Err(message))),
             }
-        })
+        }
+        let spawn_error = |source| EngineError::Spawn {
+            path: self.shim.clone(),
+            source,
+        };
+        let target = match &cgroup {
+            Some(cgroup) => cgroup
+                .get()
+                .clone_target()
+                .map_err(|e| spawn_error(std::io::Error::other(e.to_string())))?,
+            None => None,
+        };
+        let into = target.as_ref().map_or(SpawnCgroup::Inherit, |dir| {
+            SpawnCgroup::Into(dir.as_raw_fd())
+        });
+        let shim =
+            spawn::spawn(&self.shim, jail_network(network), stdin, into).map_err(spawn_error)?;
+        Ok(Prestarted(Ok(Started { cgroup, shim })))
     }
 
     /// Remove job cgroups of supervisors that died, the first time this is called.
@@ -203,7 +273,7 @@ impl Engine {
     pub async fn run(
         &self,
         plan: JobPlan,
-        shim: Shim,
+        shim: Prestarted,
         events: UnboundedSender<Event>,
         cancel: impl Future<Output = Cancel> + Send,
     ) -> JobResult {
@@ -216,26 +286,45 @@ impl Engine {
     async fn run_inner(
         &self,
         plan: JobPlan,
-        mut shim: Shim,
+        prestarted: Prestarted,
         events: UnboundedSender<Event>,
         cancel: impl Future<Output = Cancel> + Send,
     ) -> JobResult {
         let started = Instant::now();
         let mut result = self.blank_result(&plan);
+        // PID 1 is in the cgroup too: the tool itself gets exactly `pids` (see `fill`; the
+        // network helper is gone before the tool is forked).
         let limits = CgroupLimits {
             memory: plan.limits.memory,
             cpus: plan.limits.cpus,
-            pids: plan.limits.pids,
+            pids: plan.limits.pids.saturating_add(1),
         };
+        let Started { cgroup, shim } = match prestarted.0 {
+            Ok(started) => started,
+            Err(message) => return fail(result, started, message),
+        };
+        // Declared before the shim, so dropped after it: on a failure before the go the
+        // shim dies with its handle, having run nothing, and then its cgroup is removed.
+        let mut cgroup = cgroup;
+        let mut shim = shim;
+        // Said here, not at the spawn: `toolbox run` starts its logging after its shim.
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if crate::sys::joined_by_procs() && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            warn!(
+                "clone3(CLONE_INTO_CGROUP) is not available here (an old kernel, or a seccomp \
+                 profile that hides clone3): each jail joins its cgroup through cgroup.procs, \
+                 which costs every job start an RCU grace period (5-10 ms)"
+            );
+        }
         let cgroups = match self.cgroups() {
             Ok(cgroups) => cgroups,
             Err(err) => return fail(result, started, format!("create the job's cgroup: {err}")),
         };
         let name = job_name(&plan.job_id);
-        // The spec first, naming the cgroup to be: the shim builds the jail's root while we
-        // make the cgroup, then forks the tool into it on the go. (On a failure here the
-        // shim dies with its handle, having run nothing.)
-        let sent = match self.spec(&plan, cgroups.join_for(&name)) {
+        // The spec first: the shim builds the jail's root while we make the cgroup (v1) and
+        // set its limits, then joins it (v1) and forks the tool on the go.
+        let sent = match self.spec(&plan, cgroups.tasks_for(&name)) {
             Ok(spec) => shim
                 .send_spec(&spec)
                 .await
@@ -245,11 +334,21 @@ impl Engine {
         if let Err(message) = sent {
             return fail(result, started, message);
         }
-        let cgroup = match cgroups.create(&name, &limits) {
-            Ok(cgroup) => cgroup,
-            Err(err) => return fail(result, started, format!("create the job's cgroup: {err}")),
+        let cgroup = match cgroup.take() {
+            Some(cgroup) => cgroup,
+            None => match cgroups.make(&name) {
+                Ok(made) => CgroupGuard(Some(made)),
+                Err(err) => {
+                    return fail(result, started, format!("create the job's cgroup: {err}"))
+                }
+            },
         };
-        debug_assert_eq!(cgroup.join(), cgroups.join_for(&name));
+        debug_assert!(cgroup.get().path().ends_with(&name));
+        if let Err(err) = cgroup.get().set_limits(&limits) {
+            drop(shim);
+            return fail(result, started, format!("limit the job's cgroup: {err}"));
+        }
+        let cgroup = cgroup.into_inner();
         result.isolation.cgroup_path = Some(cgroup.path().to_string_lossy().into_owned());
         if let Err(err) = shim.send_go().await {
             // The shim is gone already: its status pipe says why, and the cgroup is
@@ -265,22 +364,16 @@ impl Engine {
         // from the jail's set-up.
         let run = supervise(shim, &plan, &cgroup, &events, cancel, || self.sweep_once()).await;
 
-        let stats = match run.early_cleanup {
-            Some((stats, true)) => stats,
-            early => {
-                let stats = early.map_or_else(|| cgroup.stats(), |(stats, _)| stats);
-                if let Err(err) = cgroup.remove() {
-                    warn!("clean up the job's cgroup: {err}");
-                }
-                stats
-            }
-        };
+        let stats = run.tool_stats.unwrap_or_else(|| cgroup.stats());
+        if let Err(err) = cgroup.remove() {
+            warn!("clean up the job's cgroup: {err}");
+        }
         result.duration_ms = started.elapsed().as_millis() as u64;
         fill(&mut result, &run, &stats);
         result
     }
 
-    fn spec(&self, plan: &JobPlan, cgroup: CgroupJoin) -> Result<JailSpec, String> {
+    fn spec(&self, plan: &JobPlan, cgroup_tasks: Vec<String>) -> Result<JailSpec, String> {
         let seccomp = seccomp::filter_for(&plan.seccomp).map_err(|e| e.to_string())?;
         Ok(JailSpec {
             job_id: plan.job_id.clone(),
@@ -316,7 +409,7 @@ impl Engine {
                     hard: plan.limits.open_files,
                 },
             ],
-            cgroup,
+            cgroup_tasks,
         })
     }
 
@@ -410,9 +503,8 @@ struct Run {
     /// The supervisor SIGKILLed the jail (after the grace period).
     killed: bool,
     shim_exit: Option<nix::sys::wait::WaitStatus>,
-    /// Measured (and removed, if already empty) as soon as the tool's end was reported,
-    /// overlapping the jail's teardown.
-    early_cleanup: Option<(CgroupStats, bool)>,
+    /// The cgroup measured as soon as the tool's end was reported, before PID 1's teardown.
+    tool_stats: Option<CgroupStats>,
     stdout: StreamCount,
     stderr: StreamCount,
 }
@@ -486,12 +578,8 @@ async fn supervise(
                                 on_running();
                             }
                         }
-                        if run.tool.is_some() && run.early_cleanup.is_none() {
-                            // The cgroup holds only the tool's processes, so it is usually
-                            // empty now: measure it and remove it while PID 1 tears the jail
-                            // down. If anything is left, rmdir refuses and the cleanup after
-                            // the shim's exit kills it first.
-                            run.early_cleanup = Some((cgroup.stats(), cgroup.try_remove()));
+                        if run.tool.is_some() && run.tool_stats.is_none() {
+                            run.tool_stats = Some(cgroup.stats());
                         }
                     }
                     Ok(None) | Err(_) => status = None,
@@ -632,7 +720,8 @@ fn fill(result: &mut JobResult, run: &Run, stats: &CgroupStats) {
     result.cpu_system_ms = stats.cpu_system_us / 1000;
     result.memory_peak_bytes = stats.memory_peak;
     result.oom_kills = stats.oom_kills;
-    result.pids_peak = stats.pids_peak;
+    // Less PID 1, always there (the network helper is gone before the tool starts).
+    result.pids_peak = stats.pids_peak.saturating_sub(1);
     result.stdout_bytes = run.stdout.total;
     result.stderr_bytes = run.stderr.total;
     result.stdout_dropped_bytes = run.stdout.dropped;

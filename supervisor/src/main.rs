@@ -327,14 +327,19 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     // The shim starts first: its start-up overlaps everything below — logging, the policy,
     // the plan. It prepares the network `--net` names, else an isolated one (what most
     // policies want); the spec settles it.
+    let job_id = toolbox::job::new_job_id();
     let shim = {
         let _runtime = runtime.enter();
-        engine.prestart(args.net.unwrap_or(NetworkMode::None), Stdin::Inherit)?
+        engine.prestart(
+            &job_id,
+            args.net.unwrap_or(NetworkMode::None),
+            Stdin::Inherit,
+        )?
     };
     init_logging();
     let policy = Policy::load(&args.policy)?;
     let request = JobRequest {
-        id: None,
+        id: Some(job_id),
         argv: args.command,
         cwd: args.cwd,
         env: args.env,

@@ -28,7 +28,7 @@ const PIPE_SIZE: i32 = 1 << 20;
 #[derive(Debug)]
 pub struct Shim {
     pub process: ShimProcess,
-    /// Where the spec goes once the job is planned, then the go once its cgroup is made;
+    /// Where the spec goes once the job is planned, then the go once its limits are set;
     /// `None` once the go is sent.
     spec: Option<pipe::Sender>,
     pub stdout: pipe::Receiver,
@@ -56,11 +56,16 @@ pub enum Stdin {
     Fd(OwnedFd),
 }
 
-/// Start the shim as PID 1 of a new pid namespace, preparing this network (the spec settles
-/// it). It waits for its
+/// Start the shim as PID 1 of a new pid namespace, in `cgroup`, preparing this network (the
+/// spec settles it). It waits for its
 /// spec ([`Shim::send_spec`]): starting it before the job is planned lets its start-up
 /// (exec, runtime set-up) overlap the planning.
-pub fn spawn(shim: &Path, network: Network, stdin: Stdin) -> io::Result<Shim> {
+pub fn spawn(
+    shim: &Path,
+    network: Network,
+    stdin: Stdin,
+    cgroup: sys::SpawnCgroup,
+) -> io::Result<Shim> {
     let (spec_r, spec_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (lifeline_r, lifeline_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
@@ -99,6 +104,7 @@ pub fn spawn(shim: &Path, network: Network, stdin: Stdin) -> io::Result<Shim> {
             placed: &placed,
         },
         namespaces,
+        cgroup,
     )?;
     // The child has its copies; ours would keep the pipes from ever reaching EOF.
     drop((spec_r, status_w, lifeline_r, out_w, err_w, stdin));
@@ -127,7 +133,7 @@ impl Shim {
         pipe.write_all(&spec.encode()).await
     }
 
-    /// Tell the shim the job's cgroup is made: it forks the tool into it. (Dropping the shim
+    /// Tell the shim the job's cgroup has its limits: it forks the tool. (Dropping the shim
     /// without this closes the pipe instead, and the shim leaves without running anything.)
     pub async fn send_go(&mut self) -> io::Result<()> {
         let mut pipe = self

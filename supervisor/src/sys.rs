@@ -16,6 +16,19 @@ pub struct SpawnFds<'a> {
     pub placed: &'a [RawFd],
 }
 
+/// The cgroup the spawned shim starts in.
+#[derive(Debug, Clone, Copy)]
+pub enum SpawnCgroup {
+    /// Ours (cgroup v1, where the shim joins the job's cgroup itself, cheaply).
+    Inherit,
+    /// cgroup v2: the job's cgroup directory (an `O_PATH` descriptor will do). The child is
+    /// cloned straight into it with `clone3(CLONE_INTO_CGROUP)`, at no cost; where clone3 is
+    /// not to be had (an older kernel, a seccomp profile that hides it, an architecture
+    /// without our trampoline) the child writes `0` to its `cgroup.procs` instead, which
+    /// costs an RCU grace period (5–10 ms).
+    Into(RawFd),
+}
+
 /// Everything the child of [`spawn`] touches between clone and exec, prepared before the
 /// clone: integers and pointers to NUL-terminated strings, nothing to allocate or lock.
 #[repr(C)]
@@ -30,9 +43,32 @@ struct ChildContext {
     /// signal stays ignored across exec.
     ignored: [libc::c_int; 64],
     ignored_count: usize,
+    /// A `cgroup.procs` to write `0` to before anything else (the child joins itself), or -1.
+    join: RawFd,
     /// Written by the child when exec fails (the memory is shared until then).
     error: libc::c_int,
+    /// Set by the child when it failed to join its cgroup.
+    join_failed: bool,
 }
+
+/// `struct clone_args` (linux/sched.h), as far as `cgroup` (CLONE_ARGS_SIZE_VER2).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// The kernel's `struct sigaction` (`rt_sigaction` on x86-64 and aarch64): libc's wrapper
 /// refuses signals 32 and 33, which glibc keeps for itself, but a caller may leave them
@@ -119,6 +155,12 @@ extern "C" fn exec_child(arg: *mut libc::c_void) -> libc::c_int {
     // and this child's stack; without CLONE_SIGHAND the child has its own copy of the
     // handler table, so resetting it leaves the parent's alone.
     unsafe {
+        // Into the job's cgroup first: the descriptor may sit where a dup2 below goes.
+        if ctx.join >= 0 && libc::write(ctx.join, b"0".as_ptr().cast(), 1) != 1 {
+            ctx.error = *libc::__errno_location();
+            ctx.join_failed = true;
+            libc::_exit(127);
+        }
         let default = KernelSigaction {
             handler: libc::SIG_DFL,
             flags: 0,
@@ -147,8 +189,9 @@ extern "C" fn exec_child(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 /// Start `program` with `argv` as the first process of new namespaces (`namespaces`:
-/// CLONE_NEW* flags) with an empty environment, every signal at its default but blocked (the
-/// shim unblocks them), and exactly the descriptors in `fds`. Returns its pid and a pidfd.
+/// CLONE_NEW* flags) in `cgroup`, with an empty environment, every signal at its default but
+/// blocked (the shim unblocks them), and exactly the descriptors in `fds`. Returns its pid
+/// and a pidfd.
 ///
 /// Like `posix_spawn`, this is a vfork: the supervisor's memory is shared with the child,
 /// not copied, and the calling thread waits until the child has exec'd. Creating the
@@ -161,6 +204,7 @@ pub fn spawn(
     argv: &[&std::ffi::CStr],
     fds: &SpawnFds<'_>,
     namespaces: libc::c_int,
+    cgroup: SpawnCgroup,
 ) -> std::io::Result<(i32, OwnedFd)> {
     // Lift every source above the target range first, so that no dup2 can overwrite a
     // source still waiting to be placed. The copies are close-on-exec; dup2'd targets not.
@@ -191,7 +235,9 @@ pub fn spawn(
         count: lifted.len(),
         ignored: [0; 64],
         ignored_count: 0,
+        join: -1,
         error: 0,
+        join_failed: false,
     };
     for (slot, &signal) in ctx.ignored.iter_mut().zip(ignored_signals()) {
         *slot = signal;
@@ -208,9 +254,6 @@ pub fn spawn(
     }
     // The child runs on its own stack (it shares our memory, so it cannot use ours).
     let mut stack = vec![0u8; 64 * 1024];
-    // SAFETY: one past the end of the allocation; the stack grows down from there, and
-    // the allocation outlives the child's use of it (we are suspended until it execs).
-    let stack_top = unsafe { stack.as_mut_ptr().add(stack.len()) } as usize & !15;
 
     // Block every signal in this thread across the clone: a handler of ours must never run
     // in the child while it shares our memory. The child execs with them blocked; the shim
@@ -219,40 +262,167 @@ pub fn spawn(
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
     let mut saved: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut pidfd: libc::c_int = -1;
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | namespaces | libc::SIGCHLD;
-    // SAFETY: the signal sets are valid; `exec_child` only touches `ctx` (alive across the
-    // call) and its own stack; CLONE_VFORK keeps this thread suspended until the child has
-    // exec'd or exited, so nothing the child reads changes under it; with CLONE_PIDFD the
-    // kernel writes the pidfd into `pidfd` (the parent_tid argument).
-    let pid = unsafe {
+    // SAFETY: both sets are valid.
+    unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut saved);
-        let pid = libc::clone(
-            exec_child,
-            stack_top as *mut libc::c_void,
-            flags,
-            &mut ctx as *mut ChildContext as *mut libc::c_void,
-            &mut pidfd as *mut libc::c_int,
-        );
-        libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut());
-        pid
-    };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error());
     }
-    // SAFETY: with CLONE_PIDFD the kernel filled in a new descriptor that we now own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let mut procs = None;
+    let mut cloned = match cgroup {
+        SpawnCgroup::Into(dir) => clone_into(&mut ctx, &mut stack, namespaces, dir),
+        SpawnCgroup::Inherit => clone_vfork(&mut ctx, &mut stack, namespaces),
+    };
+    if let (SpawnCgroup::Into(dir), Err(Errno::ENOSYS | Errno::EINVAL | Errno::E2BIG)) =
+        (cgroup, &cloned)
+    {
+        // No clone3 (or no CLONE_INTO_CGROUP) here: the child joins by `cgroup.procs`.
+        JOINED_BY_PROCS.store(true, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: borrowed for this call only; the caller keeps `dir` open across it.
+        let dir = unsafe { std::os::fd::BorrowedFd::borrow_raw(dir) };
+        cloned = nix::fcntl::openat(
+            dir,
+            "cgroup.procs",
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .and_then(|fd| {
+            ctx.join = fd.as_raw_fd();
+            procs = Some(fd);
+            clone_vfork(&mut ctx, &mut stack, namespaces)
+        });
+    }
+    // SAFETY: restores the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
+    drop(procs);
+    let (pid, pidfd) = cloned?;
     if ctx.error != 0 {
-        // Reap the child that failed to exec.
+        // Reap the child that failed to join its cgroup or to exec.
         let _ = nix::sys::wait::waitid(
             nix::sys::wait::Id::PIDFd(std::os::fd::AsFd::as_fd(&pidfd)),
             nix::sys::wait::WaitPidFlag::WEXITED,
         );
-        return Err(std::io::Error::from_raw_os_error(ctx.error));
+        let error = std::io::Error::from_raw_os_error(ctx.error);
+        return Err(if ctx.join_failed {
+            std::io::Error::new(error.kind(), format!("join the job's cgroup: {error}"))
+        } else {
+            error
+        });
     }
     drop(stack);
     Ok((pid, pidfd))
+}
+
+static JOINED_BY_PROCS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a [`spawn`] into a cgroup v2 directory had to fall back to `cgroup.procs` (see
+/// [`SpawnCgroup::Into`]).
+pub fn joined_by_procs() -> bool {
+    JOINED_BY_PROCS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The vfork through glibc's `clone`, in our own cgroup. Call with every signal blocked.
+fn clone_vfork(
+    ctx: &mut ChildContext,
+    stack: &mut [u8],
+    namespaces: libc::c_int,
+) -> Result<(i32, OwnedFd), Errno> {
+    // SAFETY: one past the end of the allocation; the stack grows down from there, and
+    // the allocation outlives the child's use of it (we are suspended until it execs).
+    let stack_top = unsafe { stack.as_mut_ptr().add(stack.len()) } as usize & !15;
+    let mut pidfd: libc::c_int = -1;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | namespaces | libc::SIGCHLD;
+    // SAFETY: `exec_child` only touches `ctx` (alive across the call) and its own stack;
+    // CLONE_VFORK keeps this thread suspended until the child has exec'd or exited, so
+    // nothing the child reads changes under it; with CLONE_PIDFD the kernel writes the pidfd
+    // into `pidfd` (the parent_tid argument). The caller blocked every signal.
+    let pid = unsafe {
+        libc::clone(
+            exec_child,
+            stack_top as *mut libc::c_void,
+            flags,
+            ctx as *mut ChildContext as *mut libc::c_void,
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    if pid < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: with CLONE_PIDFD the kernel filled in a new descriptor that we now own.
+    Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// The vfork as `clone3(CLONE_INTO_CGROUP)`: the child is born in the cgroup `dir`. glibc has
+/// no wrapper for clone3 with a stack of the child's own, so a few instructions do what its
+/// `clone` does: the child calls `exec_child` on its stack and exits with what it returns.
+/// Call with every signal blocked.
+#[cfg(target_arch = "x86_64")]
+fn clone_into(
+    ctx: &mut ChildContext,
+    stack: &mut [u8],
+    namespaces: libc::c_int,
+    dir: RawFd,
+) -> Result<(i32, OwnedFd), Errno> {
+    let base = stack.as_mut_ptr() as u64;
+    // The top, 16-byte aligned as the ABI wants it before a call.
+    let top = (base + stack.len() as u64) & !15;
+    let mut pidfd: libc::c_int = -1;
+    let mut args = CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | namespaces) as u64
+            | CLONE_INTO_CGROUP,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: base,
+        stack_size: top - base,
+        cgroup: dir as u64,
+        ..CloneArgs::default()
+    };
+    let ret: i64;
+    // SAFETY: clone3 with `args` (valid, of the size passed; the kernel writes the pidfd
+    // into `pidfd`). In the parent this is one system call (it clobbers rcx and r11, as the
+    // operands say). The child starts on the top of `stack`, which outlives it (CLONE_VFORK
+    // suspends us until it has exec'd or exited), with r12 and r13 as we set them: it calls
+    // `exec_child(ctx)`, which touches only `ctx` and its own stack, and exits; it never
+    // returns into this function. The caller blocked every signal.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "mov edi, eax",
+            "mov eax, {exit}",
+            "syscall",
+            "ud2",
+            "2:",
+            exit = const libc::SYS_exit,
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") &mut args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") ctx as *mut ChildContext,
+            in("r13") exec_child as extern "C" fn(*mut libc::c_void) -> libc::c_int,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret < 0 {
+        return Err(Errno::from_raw(-ret as i32));
+    }
+    // SAFETY: with CLONE_PIDFD the kernel filled in a new descriptor that we now own.
+    Ok((ret as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// Elsewhere the child joins through `cgroup.procs` (see [`SpawnCgroup::Into`]).
+#[cfg(not(target_arch = "x86_64"))]
+fn clone_into(
+    _ctx: &mut ChildContext,
+    _stack: &mut [u8],
+    _namespaces: libc::c_int,
+    _dir: RawFd,
+) -> Result<(i32, OwnedFd), Errno> {
+    Err(Errno::ENOSYS)
 }
 
 /// A pidfd for `pid` (Linux 5.3+).

@@ -229,6 +229,16 @@ pub fn request(
         while let Some(chunk) = read_chunk(&mut reader) {
             body.extend(chunk);
         }
+    } else if let Some(length) = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+    {
+        // Exactly the body, not to EOF: a daemon that refuses a request before reading all
+        // of it (413) closes with the rest unread, and then the socket reports
+        // ECONNRESET where EOF would be.
+        body.resize(length, 0);
+        reader.read_exact(&mut body).expect("read body");
     } else {
         reader.read_to_end(&mut body).expect("read body");
     }

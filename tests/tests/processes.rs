@@ -40,6 +40,30 @@ fn host_processes_are_invisible() {
 }
 
 #[test]
+fn the_jails_pid_1_lives_in_the_jobs_cgroup_and_the_tool_gets_the_pids() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    let job = Run::probe(ws.path(), &["read", "/proc/1/cgroup", "/proc/self/cgroup"]).run();
+    let read = job.probe_json();
+    let cgroups = |path: &str| {
+        read[path]["detail"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{path}: {read}"))
+            .to_string()
+    };
+    let (init, tool) = (cgroups("/proc/1/cgroup"), cgroups("/proc/self/cgroup"));
+    // The tool's cgroup namespace is rooted at the job's cgroup: the tool sits at its root in
+    // every hierarchy, and so does PID 1 — from anywhere else (the supervisor's cgroup) it
+    // would show as "/..".
+    assert!(tool.lines().all(|line| line.ends_with(":/")), "{tool}");
+    assert_eq!(init, tool, "PID 1 is not in the job's cgroup");
+    // PID 1 is counted there, but not against the tool: one process, a peak of one.
+    assert_eq!(job.record()["pids_peak"], 1, "{}", job.record());
+}
+
+#[test]
 fn kill_minus_one_harms_no_host_process() {
     if !require_root() {
         return;

@@ -115,6 +115,19 @@ pub fn beneath(root: &Path, path: &Path) -> PathBuf {
     root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
+/// Open a cgroup file or directory, close-on-exec.
+pub fn open(path: &Path, flags: nix::fcntl::OFlag) -> Result<std::os::fd::OwnedFd, CgroupError> {
+    nix::fcntl::open(
+        path,
+        flags | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|errno| CgroupError::Open {
+        path: path.to_path_buf(),
+        source: errno.into(),
+    })
+}
+
 pub fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     let err = |source| CgroupError::Write {
         path: path.to_path_buf(),
@@ -167,14 +180,6 @@ pub fn read_pids(procs: &Path) -> Result<Vec<i32>, CgroupError> {
             path: procs.to_path_buf(),
             source,
         }),
-    }
-}
-
-/// One `rmdir` without retrying: whether the directory is gone now.
-pub fn remove_dir_now(dir: &Path) -> bool {
-    match std::fs::remove_dir(dir) {
-        Ok(()) => true,
-        Err(err) => err.kind() == std::io::ErrorKind::NotFound,
     }
 }
 

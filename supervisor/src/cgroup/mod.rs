@@ -16,8 +16,6 @@ pub mod v2;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use toolbox_spec::CgroupJoin;
-
 pub use fs::{MountEntry, ProcCgroup};
 pub use placement::{Placement, PlacementOptions};
 
@@ -294,37 +292,48 @@ impl Cgroups {
         }
     }
 
-    /// How the tool will join the job cgroup `name` once [`Cgroups::create`] has made it:
-    /// the shim gets this before the cgroup exists, and builds the jail meanwhile.
-    pub fn join_for(&self, name: &str) -> CgroupJoin {
+    /// cgroup v1: the `tasks` files of the job cgroup `name`, which the jail's PID 1 writes
+    /// itself into once the cgroup is made (it is told before, and opens their parents while
+    /// it can still see them). Empty on v2, where PID 1 is cloned into the cgroup.
+    pub fn tasks_for(&self, name: &str) -> Vec<String> {
         match self {
-            Cgroups::V1(v1) => v1.join_for(name),
-            Cgroups::V2(v2) => v2.join_for(name),
+            Cgroups::V1(v1) => v1.tasks_for(name),
+            Cgroups::V2(_) => Vec::new(),
         }
     }
 
-    /// Create and configure the job cgroup `name` (which starts with [`JOB_PREFIX`]).
-    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<JobCgroup, CgroupError> {
+    /// Make the job cgroup `name` (which starts with [`JOB_PREFIX`]), with no limits yet:
+    /// [`CgroupManager::set_limits`] follows while the shim builds the jail, before the tool
+    /// starts.
+    pub fn make(&self, name: &str) -> Result<JobCgroup, CgroupError> {
         match self {
-            Cgroups::V1(v1) => v1.create(name, limits).map(JobCgroup::V1),
-            Cgroups::V2(v2) => v2.create(name, limits).map(JobCgroup::V2),
+            Cgroups::V1(v1) => v1.make(name).map(JobCgroup::V1),
+            Cgroups::V2(v2) => v2.make(name).map(JobCgroup::V2),
         }
+    }
+
+    /// Make the job cgroup `name` with its limits set.
+    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<JobCgroup, CgroupError> {
+        let job = self.make(name)?;
+        if let Err(err) = job.set_limits(limits) {
+            let _ = job.remove();
+            return Err(err);
+        }
+        Ok(job)
     }
 }
 
 /// What a job cgroup can do, whichever the version.
 pub trait CgroupManager {
-    /// How the tool's process joins it (the shim opens the paths itself).
-    fn join(&self) -> CgroupJoin;
+    /// Write the job's limits.
+    fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError>;
+
     /// Every process in it now.
     fn pids(&self) -> Result<Vec<i32>, CgroupError>;
     /// SIGKILL every process in it, until none is left.
     fn kill_all(&self) -> Result<(), CgroupError>;
     /// Measurements so far.
     fn stats(&self) -> CgroupStats;
-    /// Remove the cgroup now if it is already empty (one `rmdir` per hierarchy, no
-    /// waiting, no killing); `false` if anything is still in it.
-    fn try_remove(&self) -> bool;
     /// Kill what is left and remove the cgroup (every hierarchy).
     fn remove(self) -> Result<(), CgroupError>;
     /// The paths this cgroup occupies.
@@ -339,11 +348,21 @@ pub enum JobCgroup {
     V2(v2::JobCgroup),
 }
 
-impl CgroupManager for JobCgroup {
-    fn join(&self) -> CgroupJoin {
+impl JobCgroup {
+    /// cgroup v2: the directory, to clone the jail's PID 1 into (`CLONE_INTO_CGROUP`).
+    pub fn clone_target(&self) -> Result<Option<std::os::fd::OwnedFd>, CgroupError> {
         match self {
-            JobCgroup::V1(cg) => cg.join(),
-            JobCgroup::V2(cg) => cg.join(),
+            JobCgroup::V1(_) => Ok(None),
+            JobCgroup::V2(cg) => cg.clone_target().map(Some),
+        }
+    }
+}
+
+impl CgroupManager for JobCgroup {
+    fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        match self {
+            JobCgroup::V1(cg) => cg.set_limits(limits),
+            JobCgroup::V2(cg) => cg.set_limits(limits),
         }
     }
 
@@ -367,14 +386,6 @@ impl CgroupManager for JobCgroup {
             JobCgroup::V2(cg) => cg.stats(),
         }
     }
-
-    fn try_remove(&self) -> bool {
-        match self {
-            JobCgroup::V1(cg) => cg.try_remove(),
-            JobCgroup::V2(cg) => cg.try_remove(),
-        }
-    }
-
     fn remove(self) -> Result<(), CgroupError> {
         match self {
             JobCgroup::V1(cg) => cg.remove(),

@@ -2,13 +2,11 @@
 //! gets a cgroup in the memory, pids, cpu and (where mounted) cpuacct hierarchies, each
 //! beneath the supervisor's own cgroup in that hierarchy.
 //!
-//! The shim joins by writing `0` to each `tasks` file while it is single-threaded: moving
-//! one thread skips the global threadgroup rwsem a `cgroup.procs` write takes for writing,
-//! and with it an RCU grace period (about 15 ms on our hosts).
+//! The jail's PID 1 joins by writing `0` to each `tasks` file, before it forks the tool:
+//! moving one thread skips the global threadgroup rwsem a `cgroup.procs` write takes for
+//! writing, and with it an RCU grace period (about 15 ms on our hosts).
 
 use std::path::{Path, PathBuf};
-
-use toolbox_spec::CgroupJoin;
 
 use super::fs::{self, MountEntry, ProcCgroup};
 use super::{cpu_quota_us, CgroupError, CgroupLimits, CgroupStats, CPU_PERIOD_US};
@@ -92,17 +90,20 @@ impl V1 {
             .collect()
     }
 
-    pub fn join_for(&self, name: &str) -> CgroupJoin {
-        CgroupJoin::V1Tasks {
-            tasks: self
-                .hierarchies
-                .iter()
-                .map(|h| tasks_path(&h.parent.join(name)))
-                .collect(),
-        }
+    pub fn tasks_for(&self, name: &str) -> Vec<String> {
+        self.hierarchies
+            .iter()
+            .map(|h| {
+                h.parent
+                    .join(name)
+                    .join("tasks")
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect()
     }
 
-    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<JobCgroup, CgroupError> {
+    pub fn make(&self, name: &str) -> Result<JobCgroup, CgroupError> {
         let mut job = JobCgroup {
             dirs: Vec::with_capacity(self.hierarchies.len()),
         };
@@ -118,16 +119,8 @@ impl V1 {
                 member: hierarchy.own.join(name),
             });
         }
-        if let Err(err) = job.configure(limits) {
-            let _ = job.remove_dirs();
-            return Err(err);
-        }
         Ok(job)
     }
-}
-
-fn tasks_path(dir: &Path) -> String {
-    dir.join("tasks").to_string_lossy().into_owned()
 }
 
 #[derive(Debug)]
@@ -154,7 +147,7 @@ impl JobCgroup {
         self.dir(controller).map(|d| d.dir.join(name))
     }
 
-    fn configure(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         let memory = limits.memory.to_string();
         if let Some(path) = self.file("memory", "memory.limit_in_bytes") {
             fs::write(&path, &memory)?;
@@ -194,12 +187,6 @@ impl JobCgroup {
         first_error.map_or(Ok(()), Err)
     }
 
-    pub fn join(&self) -> CgroupJoin {
-        CgroupJoin::V1Tasks {
-            tasks: self.dirs.iter().map(|d| tasks_path(&d.dir)).collect(),
-        }
-    }
-
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
         fs::read_pids(&self.procs_dir().dir.join("cgroup.procs"))
     }
@@ -226,13 +213,6 @@ impl JobCgroup {
             cpu_system_us: number("cpuacct", "cpuacct.usage_sys").unwrap_or(0) / 1000,
         }
     }
-
-    pub fn try_remove(&self) -> bool {
-        // Every process of the job is in every hierarchy, so the first rmdir already fails if
-        // one is left; then the rest (pids among them, which the later cleanup reads) stay.
-        self.dirs.iter().rev().all(|d| fs::remove_dir_now(&d.dir))
-    }
-
     pub fn remove(self) -> Result<(), CgroupError> {
         let killed = self.kill_all();
         let removed = self.remove_dirs();
@@ -295,9 +275,13 @@ mod tests {
             cpus: 1.5,
             pids: 64,
         };
-        let err = v1
+        let cgroups = super::super::Cgroups::V1(v1);
+        let err = cgroups
             .create("toolbox-j1", &limits)
             .expect_err("no control files");
+        let super::super::Cgroups::V1(v1) = cgroups else {
+            unreachable!()
+        };
         assert!(err.to_string().contains("memory.limit_in_bytes"), "{err}");
         assert!(
             expected.iter().all(|p| !p.exists()),
@@ -345,7 +329,7 @@ mod tests {
                 })
                 .collect(),
         };
-        job.configure(&limits).expect("configure");
+        job.set_limits(&limits).expect("set the limits");
         let read = |p: PathBuf| std::fs::read_to_string(p).expect("read");
         assert_eq!(read(expected[0].join("memory.limit_in_bytes")), "268435456");
         assert_eq!(
@@ -354,17 +338,16 @@ mod tests {
         );
         assert_eq!(read(expected[1].join("pids.max")), "64");
         assert_eq!(read(expected[2].join("cpu.cfs_quota_us")), "150000");
-        let CgroupJoin::V1Tasks { tasks } = job.join() else {
-            panic!("not v1")
-        };
-        assert_eq!(tasks.len(), 4);
-        assert!(
-            tasks.iter().all(|t| t.ends_with("/toolbox-j1/tasks")),
-            "{tasks:?}"
-        );
         assert_eq!(job.paths(), expected.to_vec());
-        // What the shim is told before the cgroup exists is where it then is.
-        assert_eq!(v1.join_for("toolbox-j1"), job.join());
+        // The jail's PID 1 writes itself into every hierarchy's `tasks`, told before the
+        // cgroup is made.
+        assert_eq!(
+            v1.tasks_for("toolbox-j1"),
+            expected
+                .iter()
+                .map(|dir| dir.join("tasks").to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -6,13 +6,14 @@
 //! `Delegate=yes`, a container's root), or when placement (`placement.rs`) found it or made
 //! it so.
 //!
-//! The shim clones the jail's PID 1 straight into the job cgroup (`CLONE_INTO_CGROUP`), so
-//! no process is ever moved on the hot path.
+//! The supervisor clones the jail's PID 1 straight into the job cgroup
+//! (`CLONE_INTO_CGROUP`), so no process is ever moved on the hot path.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use toolbox_spec::CgroupJoin;
+use nix::fcntl::OFlag;
 
 use super::fs::{self, MountEntry, ProcCgroup};
 use super::{cpu_quota_us, CgroupError, CgroupLimits, CgroupStats, CPU_PERIOD_US};
@@ -167,27 +168,16 @@ impl V2 {
         })
     }
 
-    pub fn join_for(&self, name: &str) -> CgroupJoin {
-        CgroupJoin::V2Dir {
-            dir: self.own_dir.join(name).to_string_lossy().into_owned(),
-        }
-    }
-
-    pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<JobCgroup, CgroupError> {
+    pub fn make(&self, name: &str) -> Result<JobCgroup, CgroupError> {
         let dir = self.own_dir.join(name);
         std::fs::create_dir(&dir).map_err(|source| CgroupError::Create {
             path: dir.clone(),
             source,
         })?;
-        let job = JobCgroup {
+        Ok(JobCgroup {
             dir,
             member: self.own.join(name),
-        };
-        if let Err(err) = job.configure(limits) {
-            let _ = fs::remove_dir(&job.dir);
-            return Err(err);
-        }
-        Ok(job)
+        })
     }
 }
 
@@ -198,7 +188,7 @@ pub struct JobCgroup {
 }
 
 impl JobCgroup {
-    fn configure(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
         fs::write(&self.dir.join("memory.max"), &limits.memory.to_string())?;
         let swap = self.dir.join("memory.swap.max");
         if swap.exists() {
@@ -211,10 +201,9 @@ impl JobCgroup {
         )
     }
 
-    pub fn join(&self) -> CgroupJoin {
-        CgroupJoin::V2Dir {
-            dir: self.dir.to_string_lossy().into_owned(),
-        }
+    /// The directory, for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn clone_target(&self) -> Result<OwnedFd, CgroupError> {
+        fs::open(&self.dir, OFlag::O_PATH | OFlag::O_DIRECTORY)
     }
 
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
@@ -263,11 +252,6 @@ impl JobCgroup {
             cpu_system_us: keyed("cpu.stat", "system_usec").unwrap_or(0),
         }
     }
-
-    pub fn try_remove(&self) -> bool {
-        fs::remove_dir_now(&self.dir)
-    }
-
     pub fn remove(self) -> Result<(), CgroupError> {
         let killed = self.kill_all();
         let removed = fs::remove_dir(&self.dir);
@@ -372,13 +356,8 @@ mod tests {
     fn job_cgroups_get_limits_swap_off_and_a_clone_into_cgroup_fd() {
         let (_root, own, v2) = fake("42\n");
         let dir = own.join("toolbox-j2");
-        let job = JobCgroup {
-            dir: dir.clone(),
-            member: PathBuf::from("/system.slice/toolbox.service/toolbox-j2"),
-        };
-        // What the shim is told before the cgroup exists is where it then is.
-        assert_eq!(v2.join_for("toolbox-j2"), job.join());
-        std::fs::create_dir(&dir).expect("mkdir");
+        let job = v2.make("toolbox-j2").expect("mkdir");
+        assert_eq!(job.paths(), vec![dir.clone()]);
         for file in [
             "memory.max",
             "memory.swap.max",
@@ -388,23 +367,19 @@ mod tests {
         ] {
             std::fs::write(dir.join(file), "").expect("touch");
         }
-        job.configure(&CgroupLimits {
+        job.set_limits(&CgroupLimits {
             memory: 1 << 30,
             cpus: 0.5,
             pids: 100,
         })
-        .expect("configure");
+        .expect("set the limits");
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("read");
         assert_eq!(read("memory.max"), "1073741824");
         assert_eq!(read("memory.swap.max"), "0");
         assert_eq!(read("pids.max"), "100");
         assert_eq!(read("cpu.max"), "50000 100000");
-        assert_eq!(
-            job.join(),
-            CgroupJoin::V2Dir {
-                dir: dir.to_string_lossy().into_owned()
-            }
-        );
+        // The jail's PID 1 is cloned into the directory.
+        job.clone_target().expect("open the directory");
         // An empty cgroup is removed without killing anything.
         std::fs::write(
             dir.join("memory.events"),

@@ -794,14 +794,18 @@ impl JobTask {
                 return Some(result);
             }
         };
-        let shim = match daemon.engine.prestart(self.plan.network, Stdin::Fd(stdin)) {
-            Ok(shim) => shim,
-            Err(err) => {
-                let result = daemon.engine.not_started(&self.plan, Some(err.to_string()));
-                self.finish(&result, started.elapsed()).await;
-                return Some(result);
-            }
-        };
+        let shim =
+            match daemon
+                .engine
+                .prestart(&self.plan.job_id, self.plan.network, Stdin::Fd(stdin))
+            {
+                Ok(shim) => shim,
+                Err(err) => {
+                    let result = daemon.engine.not_started(&self.plan, Some(err.to_string()));
+                    self.finish(&result, started.elapsed()).await;
+                    return Some(result);
+                }
+            };
         let (events, mut received) = mpsc::unbounded_channel::<Event>();
         let lines = self.lines.clone();
         let forward = tokio::spawn(async move {
