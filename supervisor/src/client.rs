@@ -198,6 +198,8 @@ async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow
     let tell_queue = std::io::stderr().is_terminal();
     let mut pending = Vec::new();
     let mut job_id: Option<String> = None;
+    // Whether the tool's stderr, as written so far, ends a line.
+    let mut stderr_at_line_start = true;
     // The signal that made us cancel: the exit status says so, as in-process.
     let mut cancelled_by: Option<i32> = None;
     // The stream is read by a task of its own: a signal arriving mid-chunk must not cut a
@@ -281,7 +283,11 @@ async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow
                     let _ = stdout.write_all(&bytes()).await;
                 }
                 "stderr" => {
-                    let _ = stderr.write_all(&bytes()).await;
+                    let data = bytes();
+                    if let Some(last) = data.last() {
+                        stderr_at_line_start = *last == b'\n';
+                    }
+                    let _ = stderr.write_all(&data).await;
                 }
                 "truncated" => {
                     let stream = event
@@ -309,6 +315,9 @@ async fn run_inner(socket: &Path, body: serde_json::Value, json: bool) -> anyhow
                     let _ = stderr.flush().await;
                     if let Some(error) = event.get("error").and_then(|e| e.as_str()) {
                         eprintln!("toolbox: {error}");
+                    } else if let Some(reason) = event.get("reason").and_then(|r| r.as_str()) {
+                        let newline = if stderr_at_line_start { "" } else { "\n" };
+                        eprintln!("{newline}[toolbox: {reason}]");
                     }
                     if json {
                         let mut record = event.clone();

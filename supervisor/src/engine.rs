@@ -245,6 +245,7 @@ impl Engine {
             None => {
                 result.status = JobStatus::Cancelled;
                 result.exit_code = exit::SIGNAL_BASE + libc::SIGTERM;
+                result.reason = Some("cancelled before it started".into());
             }
         }
         result
@@ -370,6 +371,7 @@ impl Engine {
         }
         result.duration_ms = started.elapsed().as_millis() as u64;
         fill(&mut result, &run, &stats);
+        result.reason = explain(&plan, &run, &stats, &result);
         result
     }
 
@@ -424,6 +426,7 @@ impl Engine {
             exit_code: exit::TOOLBOX_FAILED,
             signal: None,
             error: None,
+            reason: None,
             duration_ms: 0,
             cpu_user_ms: 0,
             cpu_system_ms: 0,
@@ -750,6 +753,100 @@ fn fill(result: &mut JobResult, run: &Run, stats: &CgroupStats) {
     }
 }
 
+/// Why a job ended as it did, in a sentence or two, unless it simply exited: the OOM killer
+/// (the limit, the peak, how to raise it), the timeout (after how long, and whether SIGKILL
+/// was needed), a cancel, the pids limit refusing forks, a signal.
+fn explain(plan: &JobPlan, run: &Run, stats: &CgroupStats, result: &JobResult) -> Option<String> {
+    use crate::units::{Dur, Size};
+    let policy = &plan.policy;
+    let raise = |flag: &str, now: String, max: String| {
+        if now == max {
+            format!("{now} is the most policy \"{policy}\" allows")
+        } else {
+            format!("{flag} raises it, up to {max} under policy \"{policy}\"")
+        }
+    };
+    let ended = |grace: &str| {
+        if run.killed {
+            format!("every process got SIGTERM, then SIGKILL after {grace}")
+        } else {
+            format!("every process got SIGTERM and ended within {grace}")
+        }
+    };
+    let mut sentences = Vec::new();
+    match run.ending {
+        Some(Ending::Timeout) => sentences.push(format!(
+            "timed out after {}: {}; {}",
+            Dur(plan.limits.timeout),
+            ended(&format!("the {} grace", Dur(plan.limits.grace))),
+            raise(
+                "--timeout",
+                Dur(plan.limits.timeout).to_string(),
+                Dur(plan.max.timeout).to_string()
+            )
+        )),
+        Some(Ending::Cancelled(_)) => {
+            sentences.push(format!("cancelled: {}", ended("the grace period")))
+        }
+        None => {}
+    }
+    if stats.oom_kills > 0 {
+        let memory = Size(plan.limits.memory).to_string();
+        let peak = mebibytes(stats.memory_peak);
+        let what = match run.tool {
+            Some(ToolEnd::Exited(code)) => format!(
+                "ended {} of the job's processes at its {memory} memory limit (peak {peak}) \
+                 while the main one went on (it exited {code})",
+                stats.oom_kills
+            ),
+            Some(ToolEnd::Signaled(signal)) if signal != Signal::SIGKILL as i32 => format!(
+                "ended {} of the job's processes at its {memory} memory limit (peak {peak}); \
+                 the main one then died of {}",
+                stats.oom_kills,
+                signal_name(signal)
+            ),
+            _ => format!("ended the job at its {memory} memory limit (peak {peak})"),
+        };
+        sentences.push(format!(
+            "out of memory: the OOM killer {what}; {}",
+            raise(
+                "--memory",
+                memory.clone(),
+                Size(plan.max.memory).to_string()
+            )
+        ));
+    }
+    if stats.pids_refused > 0 {
+        sentences.push(format!(
+            "the pids limit ({}) refused {} new process(es) or thread(s); {}",
+            plan.limits.pids,
+            stats.pids_refused,
+            raise(
+                "--pids",
+                plan.limits.pids.to_string(),
+                plan.max.pids.to_string()
+            )
+        ));
+    }
+    if result.status == JobStatus::Signaled {
+        if let Some(signal) = result.signal {
+            sentences.push(format!("the tool was killed by {}", signal_name(signal)));
+        }
+    }
+    (!sentences.is_empty()).then(|| sentences.join(". "))
+}
+
+fn signal_name(signal: i32) -> String {
+    match Signal::try_from(signal) {
+        Ok(named) => format!("{} (signal {signal})", named.as_str()),
+        Err(_) => format!("signal {signal}"),
+    }
+}
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
 fn classify(run: &Run, stats: &CgroupStats) -> (JobStatus, i32, Option<i32>, Option<String>) {
     let sigkill = Signal::SIGKILL as i32;
     // When the supervisor SIGKILLed the jail, its PID 1 died before it could report the
@@ -794,6 +891,11 @@ fn classify(run: &Run, stats: &CgroupStats) -> (JobStatus, i32, Option<i32>, Opt
         return (JobStatus::SetupError, code, None, Some(message));
     }
     match run.tool {
+        // Some of the job's processes were OOM-killed while the main one went on: its own
+        // exit code would pass for success, and the job's output is likely short.
+        Some(ToolEnd::Exited(_)) if stats.oom_kills > 0 => {
+            (JobStatus::Oom, exit::SIGNAL_BASE + sigkill, None, None)
+        }
         Some(ToolEnd::Exited(code)) => (JobStatus::Exited, code, None, None),
         Some(ToolEnd::Signaled(signal)) if signal == sigkill && stats.oom_kills > 0 => (
             JobStatus::Oom,

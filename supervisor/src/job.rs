@@ -103,6 +103,8 @@ pub struct JobPlan {
     pub gid: u32,
     pub network: NetworkMode,
     pub limits: Limits,
+    /// The most the policy lets a request ask for: what an ending's explanation points to.
+    pub max: Limits,
     pub view: View,
     pub landlock_min_abi: u32,
     pub seccomp: crate::seccomp::Profile,
@@ -186,6 +188,7 @@ pub fn plan(
         gid,
         network,
         limits,
+        max: policy.overrides.max,
         view,
         landlock_min_abi: policy.landlock_min_abi,
         seccomp: policy.seccomp.clone(),

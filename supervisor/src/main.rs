@@ -361,10 +361,11 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         let printer = tokio::spawn(print_events(received));
         let cancel = cancel_on_signal();
         let result = engine.run(plan, shim, events, cancel).await;
-        let _ = printer.await;
-        anyhow::Ok(result)
+        let stderr_at_line_start = printer.await.unwrap_or(true);
+        anyhow::Ok((result, stderr_at_line_start))
     })?;
-    report(&result, args.json);
+    let (result, stderr_at_line_start) = result;
+    report(&result, args.json, stderr_at_line_start);
     Ok(result.exit_code)
 }
 
@@ -397,8 +398,8 @@ fn cancel_on_signal() -> impl std::future::Future<Output = Cancel> {
 }
 
 /// Write the tool's output to ours: stdout to stdout, stderr to stderr, with a one-line
-/// marker where a capped stream lost its middle.
-async fn print_events(mut events: mpsc::UnboundedReceiver<Event>) {
+/// marker where a capped stream lost its middle. Returns whether stderr ends a line.
+async fn print_events(mut events: mpsc::UnboundedReceiver<Event>) -> bool {
     // tokio's stdout and stderr write from a helper thread, so a consumer that stops reading
     // can never stall the job's timers. They are created on first output only: a quiet job
     // starts no thread at all.
@@ -452,12 +453,19 @@ async fn print_events(mut events: mpsc::UnboundedReceiver<Event>) {
     if let Some(err) = &mut stderr {
         let _ = err.flush().await;
     }
+    at_line_start[Stream::Stderr as usize]
 }
 
-fn report(result: &JobResult, json: bool) {
+/// After the output: why the job ended, unless it simply exited (in the style of the
+/// truncation marker: an agent reads stderr, not records), or what kept it from starting;
+/// then the record, with `--json`.
+fn report(result: &JobResult, json: bool, stderr_at_line_start: bool) {
     let mut stderr = std::io::stderr().lock();
+    let newline = if stderr_at_line_start { "" } else { "\n" };
     if let Some(error) = &result.error {
-        let _ = writeln!(stderr, "toolbox: {error}");
+        let _ = writeln!(stderr, "{newline}toolbox: {error}");
+    } else if let Some(reason) = &result.reason {
+        let _ = writeln!(stderr, "{newline}[toolbox: {reason}]");
     }
     if json {
         match serde_json::to_string(result) {

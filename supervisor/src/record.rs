@@ -11,7 +11,8 @@ pub enum JobStatus {
     Signaled,
     /// The job ran past its timeout and was terminated.
     Timeout,
-    /// The job ran out of memory and the OOM killer ended it.
+    /// The job ran out of memory: the OOM killer ended it, or ended some of its processes
+    /// while the main one went on (then `signal` is empty; `reason` says how it ended).
     Oom,
     /// The job was cancelled (Ctrl-C, a cancel request, or its client left).
     Cancelled,
@@ -40,6 +41,11 @@ pub struct JobResult {
     /// Set for `setup_error`: what went wrong, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when the job did not simply exit: what ended it or what it ran into (the OOM
+    /// killer, the timeout, the pids limit, a signal, a cancel), in a sentence that names
+    /// the limit and how to raise it. `toolbox run` prints it on stderr after the output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub duration_ms: u64,
     pub cpu_user_ms: u64,
     pub cpu_system_ms: u64,

@@ -161,6 +161,12 @@ fn ctrl_c_cancels_the_whole_job() {
     assert_eq!(job.status(), "cancelled", "{job:?}");
     assert_eq!(job.code, 130);
     assert!(
+        job.stderr
+            .contains("[toolbox: cancelled: every process got SIGTERM"),
+        "{}",
+        job.stderr
+    );
+    assert!(
         started.elapsed() < Duration::from_secs(5),
         "cancel took {:?}",
         started.elapsed()

@@ -600,6 +600,38 @@ fn find_named(dir: &std::path::Path, prefix: &str, depth: usize) -> Vec<std::pat
 }
 
 #[test]
+fn an_ending_is_explained_through_the_daemon_as_it_is_locally() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    let job = Run::probe(ws.path(), &["memhog", "512"])
+        .opts(&[
+            "--memory",
+            "64M",
+            "--socket",
+            &daemon.socket.to_string_lossy(),
+        ])
+        .run_remote();
+    assert_eq!(job.code, 137, "{job:?}");
+    let reason = job.record()["reason"]
+        .as_str()
+        .expect("a reason")
+        .to_string();
+    assert!(
+        reason.starts_with("out of memory: the OOM killer ended the job at its 64M memory limit"),
+        "{reason}"
+    );
+    assert_eq!(
+        job.stderr.matches(&format!("[toolbox: {reason}]")).count(),
+        1,
+        "{}",
+        job.stderr
+    );
+}
+
+#[test]
 fn peers_off_the_allowlist_are_refused_and_allowed_ones_run_as_themselves() {
     if !require_root() {
         return;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use toolbox_tests::{host_pids_named, require_root, token, wait_for, workspace, Run};
+use toolbox_tests::{host_pids_named, probe, require_root, token, wait_for, workspace, Run};
 
 #[test]
 fn memory_over_the_limit_is_an_oom_kill() {
@@ -25,6 +25,52 @@ fn memory_over_the_limit_is_an_oom_kill() {
     assert!(
         peak > 32 << 20 && peak <= 65 << 20,
         "memory peak {peak} is not near the 64M limit"
+    );
+    // Said on stderr, after the output, and in the record: the limit and how to raise it.
+    assert_explained(
+        &job,
+        "out of memory: the OOM killer ended the job at its 64M memory limit (peak ",
+    );
+    assert!(job.stderr.contains("--memory raises it"), "{}", job.stderr);
+}
+
+/// The job's ending, explained once on stderr after the output and as the record's
+/// `reason`.
+fn assert_explained(job: &toolbox_tests::Job, start: &str) {
+    let reason = job.record()["reason"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no reason in {}", job.record()));
+    assert!(reason.starts_with(start), "{reason:?} / {start:?}");
+    let line = format!("[toolbox: {reason}]");
+    assert_eq!(job.stderr.matches(&line).count(), 1, "{}", job.stderr);
+    assert!(job.stderr.trim_end().ends_with(&line), "{}", job.stderr);
+}
+
+#[test]
+fn a_process_of_the_job_killed_by_the_oom_killer_is_no_clean_exit() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    // The shell's child runs out of memory; the shell goes on and exits 0.
+    let script = format!("{} memhog 512; echo went on", probe().display());
+    let job = Run::command(ws.path(), &["/bin/sh", "-c", &script])
+        .opts(&["--memory", "64M"])
+        .run();
+    assert_eq!(job.stdout_text(), "went on\n", "{job:?}");
+    assert_eq!(job.status(), "oom", "{:?}", job.record());
+    assert_eq!(job.code, 137);
+    assert_eq!(job.record()["signal"], serde_json::Value::Null);
+    assert_explained(
+        &job,
+        "out of memory: the OOM killer ended 1 of the job's processes at its 64M memory \
+         limit (peak ",
+    );
+    assert!(
+        job.stderr
+            .contains("while the main one went on (it exited 0)"),
+        "{}",
+        job.stderr
     );
 }
 
@@ -48,6 +94,9 @@ fn a_fork_bomb_stops_at_the_pids_limit_and_leaves_nothing() {
         "the bomb never went off: {result}"
     );
     assert!(job.record()["pids_peak"].as_u64().expect("pids_peak") <= 32);
+    // The bomb exits 0 by itself, but the limit it ran into is said.
+    assert_explained(&job, "the pids limit (32) refused ");
+    assert!(job.stderr.contains("--pids raises it"), "{}", job.stderr);
     assert!(
         wait_for(Duration::from_secs(10), || host_pids_named(&mark)
             .is_empty()),
@@ -89,6 +138,11 @@ fn a_tool_that_ignores_sigterm_is_killed_after_the_grace_period() {
         host_pids_named(&mark).is_empty(),
         "its SIGTERM-ignoring child survived"
     );
+    assert_explained(
+        &job,
+        "timed out after 1s: every process got SIGTERM, then SIGKILL after the 1s grace; \
+         --timeout raises it",
+    );
 }
 
 #[test]
@@ -106,6 +160,10 @@ fn a_tool_that_honours_sigterm_ends_at_the_timeout() {
     let ms = job.record()["duration_ms"].as_u64().expect("duration");
     // Ended by the SIGTERM: well before the 5 s grace would have run out.
     assert!((450..5000).contains(&ms), "took {ms} ms");
+    assert_explained(
+        &job,
+        "timed out after 500ms: every process got SIGTERM and ended within the 5s grace",
+    );
 }
 
 #[test]

@@ -69,6 +69,8 @@ pub struct CgroupStats {
     pub memory_peak: u64,
     pub oom_kills: u64,
     pub pids_peak: u64,
+    /// Forks (and threads) the pids limit refused.
+    pub pids_refused: u64,
     pub cpu_user_us: u64,
     pub cpu_system_us: u64,
 }

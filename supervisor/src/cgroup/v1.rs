@@ -209,6 +209,11 @@ impl JobCgroup {
             memory_peak: number("memory", "memory.max_usage_in_bytes").unwrap_or(0),
             oom_kills,
             pids_peak: number("pids", "pids.peak").unwrap_or(0),
+            pids_refused: self
+                .file("pids", "pids.events")
+                .and_then(|p| fs::read_text(&p).ok())
+                .and_then(|text| fs::keyed(&text, "max"))
+                .unwrap_or(0),
             cpu_user_us: number("cpuacct", "cpuacct.usage_user").unwrap_or(0) / 1000,
             cpu_system_us: number("cpuacct", "cpuacct.usage_sys").unwrap_or(0) / 1000,
         }
@@ -376,6 +381,7 @@ mod tests {
         )
         .expect("write");
         std::fs::write(cg.join("pids/pids.peak"), "17\n").expect("write");
+        std::fs::write(cg.join("pids/pids.events"), "max 3\n").expect("write");
         std::fs::write(cg.join("cpuacct/cpuacct.usage_user"), "5000000\n").expect("write");
         std::fs::write(cg.join("cpuacct/cpuacct.usage_sys"), "3000000\n").expect("write");
         let stats = job.stats();
@@ -385,6 +391,7 @@ mod tests {
                 memory_peak: 1 << 20,
                 oom_kills: 2,
                 pids_peak: 17,
+                pids_refused: 3,
                 cpu_user_us: 5000,
                 cpu_system_us: 3000
             }

@@ -248,6 +248,7 @@ impl JobCgroup {
             memory_peak: number("memory.peak").unwrap_or(0),
             oom_kills: keyed("memory.events", "oom_kill").unwrap_or(0),
             pids_peak: number("pids.peak").unwrap_or(0),
+            pids_refused: keyed("pids.events", "max").unwrap_or(0),
             cpu_user_us: keyed("cpu.stat", "user_usec").unwrap_or(0),
             cpu_system_us: keyed("cpu.stat", "system_usec").unwrap_or(0),
         }
@@ -388,6 +389,7 @@ mod tests {
         .expect("write");
         std::fs::write(dir.join("memory.peak"), "5242880\n").expect("write");
         std::fs::write(dir.join("pids.peak"), "9\n").expect("write");
+        std::fs::write(dir.join("pids.events"), "max 2\n").expect("write");
         std::fs::write(
             dir.join("cpu.stat"),
             "usage_usec 900\nuser_usec 600\nsystem_usec 300\n",
@@ -399,6 +401,7 @@ mod tests {
                 memory_peak: 5 << 20,
                 oom_kills: 1,
                 pids_peak: 9,
+                pids_refused: 2,
                 cpu_user_us: 600,
                 cpu_system_us: 300
             }
