@@ -78,7 +78,7 @@ fn only_the_policy_paths_are_visible() {
         assert!(
             [
                 "bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp",
-                "usr"
+                "usr", "var"
             ]
             .contains(&entry)
                 || ws.path().starts_with(format!("/{entry}"))
@@ -86,9 +86,11 @@ fn only_the_policy_paths_are_visible() {
             "unexpected /{entry} in the jail's root: {root}"
         );
     }
-    for absent in ["/root", "/home", "/sys", "/var", "/run"] {
+    for absent in ["/root", "/home", "/sys", "/run"] {
         assert_eq!(result[absent]["ok"], false, "{absent} is visible: {result}");
     }
+    // Of the host's /var, nothing: only the job's private /var/tmp.
+    assert_eq!(result["/var"]["detail"], "tmp", "{result}");
     let etc = result["/etc"]["detail"].as_str().expect("/etc listed");
     assert!(
         etc.contains("passwd") && !etc.contains("shadow") && !etc.contains("sudoers"),
@@ -118,12 +120,15 @@ fn writes_land_only_in_the_workspace_and_the_private_tmp() {
     std::fs::write(&host_tmp_file, "host").expect("host marker");
     let in_ws = ws.path().join("out.txt");
     let jail_tmp = format!("/tmp/{marker}-from-jail");
+    let jail_var_tmp = format!("/var/tmp/{marker}-from-jail");
     let job = Run::probe(
         ws.path(),
         &[
             "write",
             in_ws.to_str().expect("utf8"),
             &jail_tmp,
+            &jail_var_tmp,
+            "/var/toolbox-x",
             "/usr/toolbox-x",
             "/etc/toolbox-x",
             "/toolbox-x",
@@ -139,7 +144,10 @@ fn writes_land_only_in_the_workspace_and_the_private_tmp() {
         "{result}"
     );
     assert_eq!(result[jail_tmp.as_str()]["ok"], true, "{result}");
+    // /var/tmp too, private like /tmp (the default policy's tmpfs).
+    assert_eq!(result[jail_var_tmp.as_str()]["ok"], true, "{result}");
     for path in [
+        "/var/toolbox-x",
         "/usr/toolbox-x",
         "/etc/toolbox-x",
         "/toolbox-x",
@@ -152,6 +160,10 @@ fn writes_land_only_in_the_workspace_and_the_private_tmp() {
     assert!(
         !Path::new(&jail_tmp).exists(),
         "the jail wrote into the host's /tmp"
+    );
+    assert!(
+        !Path::new(&jail_var_tmp).exists(),
+        "the jail wrote into the host's /var/tmp"
     );
     let seen = Run::probe(ws.path(), &["read", host_tmp_file.to_str().expect("utf8")])
         .run()

@@ -393,7 +393,11 @@ fn a_policy_can_add_tmpfs_mounts_and_mask_paths() {
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("masking.toml");
-    let text = edited("tmpfs = []", "tmpfs = [\"/var/tmp\"]").replacen(
+    let text = edited(
+        "tmpfs = [\"/var/tmp\"]",
+        "tmpfs = [\"/var/tmp\", \"/srv/scratch\"]",
+    )
+    .replacen(
         "masked = []",
         "masked = [\"/usr/share/doc\", \"/usr/share/common-licenses/GPL-3\"]",
         1,
@@ -408,6 +412,7 @@ fn a_policy_can_add_tmpfs_mounts_and_mask_paths() {
     let script = "echo doc=$(ls -A /usr/share/doc | wc -l); \
                   echo gpl3=$(wc -c < /usr/share/common-licenses/GPL-3); \
                   echo x > /var/tmp/t && echo var-tmp-writable; \
+                  echo x > /srv/scratch/t && echo scratch-writable; \
                   echo listed=$(ls /usr/share/common-licenses | grep -cx GPL-3); \
                   mkdir /usr/share/doc/new 2>/dev/null || echo mask-not-writable";
     let job = Run::command(ws.path(), &["sh", "-c", script])
@@ -415,11 +420,12 @@ fn a_policy_can_add_tmpfs_mounts_and_mask_paths() {
         .run();
     let out = job.stdout_text();
     // The masked directory is empty and unwritable, the masked file reads empty (its
-    // name stays), /var/tmp is a private writable tmpfs.
+    // name stays), /var/tmp and the added /srv/scratch are private writable tmpfs.
     for expected in [
         "doc=0",
         "gpl3=0",
         "var-tmp-writable",
+        "scratch-writable",
         "listed=1",
         "mask-not-writable",
     ] {
