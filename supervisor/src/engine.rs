@@ -103,23 +103,18 @@ pub struct Prestarted(Result<Started, String>);
 #[derive(Debug)]
 struct Started {
     /// Made with the shim on cgroup v2; on v1 made while the shim builds the jail.
-    cgroup: Option<CgroupGuard>,
+    cgroup: CgroupGuard,
     shim: Shim,
 }
 
-/// A job cgroup removed when dropped, for the paths on which a job never starts.
+/// The job's cgroup once made, removed when dropped: for the paths on which a job never
+/// starts.
 #[derive(Debug)]
 struct CgroupGuard(Option<JobCgroup>);
 
 impl CgroupGuard {
-    fn get(&self) -> &JobCgroup {
-        self.0
-            .as_ref()
-            .expect("the cgroup is taken only by into_inner")
-    }
-
-    fn into_inner(mut self) -> JobCgroup {
-        self.0.take().expect("the cgroup is taken only once")
+    fn into_inner(mut self) -> Option<JobCgroup> {
+        self.0.take()
     }
 }
 
@@ -187,7 +182,7 @@ impl Engine {
         network: NetworkMode,
         stdin: Stdin,
     ) -> Result<Prestarted, EngineError> {
-        let mut cgroup = None;
+        let mut cgroup = CgroupGuard(None);
         if Cgroups::unified_host() {
             let made = self
                 .cgroups()
@@ -198,7 +193,7 @@ impl Engine {
                         .map_err(|e| format!("create the job's cgroup: {e}"))
                 });
             match made {
-                Ok(made) => cgroup = Some(CgroupGuard(Some(made))),
+                Ok(made) => cgroup.0 = Some(made),
                 Err(message) => return Ok(Prestarted(Err(message))),
             }
         }
@@ -206,9 +201,8 @@ impl Engine {
             path: self.shim.clone(),
             source,
         };
-        let target = match &cgroup {
+        let target = match &cgroup.0 {
             Some(cgroup) => cgroup
-                .get()
                 .clone_target()
                 .map_err(|e| spawn_error(std::io::Error::other(e.to_string())))?,
             None => None,
@@ -306,7 +300,7 @@ impl Engine {
         };
         // Declared before the shim, so dropped after it: on a failure before the go the
         // shim dies with its handle, having run nothing, and then its cgroup is removed.
-        let mut cgroup = cgroup;
+        let mut guard = cgroup;
         let mut shim = shim;
         // Said here, not at the spawn: `toolbox run` starts its logging after its shim.
         static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -335,21 +329,22 @@ impl Engine {
         if let Err(message) = sent {
             return fail(result, started, message);
         }
-        let cgroup = match cgroup.take() {
-            Some(cgroup) => cgroup,
+        let cgroup = match &guard.0 {
+            Some(made) => made,
             None => match cgroups.make(&name) {
-                Ok(made) => CgroupGuard(Some(made)),
+                Ok(made) => guard.0.insert(made),
                 Err(err) => {
                     return fail(result, started, format!("create the job's cgroup: {err}"))
                 }
             },
         };
-        debug_assert!(cgroup.get().path().ends_with(&name));
-        if let Err(err) = cgroup.get().set_limits(&limits) {
-            drop(shim);
+        debug_assert!(cgroup.path().ends_with(&name));
+        if let Err(err) = cgroup.set_limits(&limits) {
             return fail(result, started, format!("limit the job's cgroup: {err}"));
         }
-        let cgroup = cgroup.into_inner();
+        let Some(cgroup) = guard.into_inner() else {
+            unreachable!("the job's cgroup was made above")
+        };
         result.isolation.cgroup_path = Some(cgroup.path().to_string_lossy().into_owned());
         if let Err(err) = shim.send_go().await {
             // The shim is gone already: its status pipe says why, and the cgroup is
