@@ -32,11 +32,14 @@ const DEVICES: [(&str, u64, u64); 6] = [
     ("tty", 5, 0),
 ];
 /// The symlinks every `/dev` has.
-const DEV_LINKS: [(&str, &str); 4] = [
+const DEV_LINKS: [(&str, &str); 5] = [
     ("fd", "/proc/self/fd"),
     ("stdin", "/proc/self/fd/0"),
     ("stdout", "/proc/self/fd/1"),
     ("stderr", "/proc/self/fd/2"),
+    // The multiplexer of the jail's own devpts instance (below), as container runtimes
+    // lay it out.
+    ("ptmx", "pts/ptmx"),
 ];
 /// Where the new root is attached until `pivot_root`. Any directory would do: every host
 /// source is already open by then.
@@ -245,7 +248,7 @@ impl Tree {
     }
 
     /// A minimal `/dev`: the harmless device nodes and fd symlinks in the (soon read-only)
-    /// root, and a tmpfs `shm`.
+    /// root, a tmpfs `shm`, and a devpts instance of the jail's own at `pts`.
     fn build_dev(&mut self, dst: &str) -> Result<(), SetupError> {
         for (name, major, minor) in DEVICES {
             let dev = self.dir(dst)?;
@@ -279,7 +282,23 @@ impl Tree {
             0o1777,
             MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
         )?;
-        self.attach(&fs, &shm, Kind::Dir, "tmpfs")
+        self.attach(&fs, &shm, Kind::Dir, "tmpfs")?;
+        // Pseudo-terminals (openpty, script, REPL and pexpect-style tests): a new devpts
+        // instance (every mount made through fsopen is one), so the jail sees only the ptys
+        // it opens itself, never the host's. The slaves belong to whoever opens the master,
+        // readable and writable by it alone; TIOCSTI/TIOCLINUX stay filtered by seccomp.
+        let pts = format!("{dst}/pts");
+        let fs = sys::new_fs_mount(
+            "devpts",
+            &[("ptmxmode", "0666"), ("mode", "0600")],
+            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
+        )
+        .map_err(|errno| SetupError::NewFs {
+            fstype: "devpts",
+            dst: pts.clone(),
+            errno,
+        })?;
+        self.attach(&fs, &pts, Kind::Dir, "devpts")
     }
 
     fn symlink(&mut self, target: &str, dst: &str) -> Result<(), SetupError> {

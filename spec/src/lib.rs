@@ -92,8 +92,8 @@ pub enum Mount {
     Copy { src: String, dst: String, mode: u32 },
     /// A fresh procfs for the jail's pid namespace.
     Proc { dst: String },
-    /// A minimal `/dev`: null, zero, full, random, urandom, tty, the fd symlinks and a
-    /// tmpfs `shm`.
+    /// A minimal `/dev`: null, zero, full, random, urandom, tty, the fd symlinks, a tmpfs
+    /// `shm`, and a private devpts at `pts` (`ptmx` links to its multiplexer).
     Dev { dst: String },
     /// A symlink, as the host lays one out (`/bin -> usr/bin`).
     Symlink { target: String, dst: String },

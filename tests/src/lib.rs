@@ -34,6 +34,23 @@ pub fn require_root() -> bool {
     false
 }
 
+/// A program of the host's system view (`/usr/bin`, `/bin`) that a test runs in the jail
+/// as real agent work would: its path, or (outside CI) `None` after a loud skip.
+/// `scripts/test.sh` installs every one the suite names.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    let found = ["/usr/bin", "/bin"]
+        .iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|path| path.exists());
+    if found.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("this test runs {name}, which the host lacks, and CI=true: failing rather than skipping (scripts/test.sh installs it)");
+        }
+        eprintln!("\n!!! SKIPPED: this test runs {name}, which the host lacks !!!\n");
+    }
+    found
+}
+
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -144,6 +144,14 @@ fn forbidden_syscalls_fail_with_eperm() {
                 == i64::from(libc::EPERM)
         })
         .collect();
+    // TIOCSTI on the caller's own controlling pty: allowed unfiltered unless the kernel
+    // turned legacy TIOCSTI off (dev.tty.legacy_tiocsti = 0, Linux 6.2+), when the kernel
+    // refuses it itself.
+    let legacy_tiocsti = std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti")
+        .map_or(true, |v| v.trim() == "1");
+    if legacy_tiocsti {
+        assert_eq!(control["ioctl_tiocsti_pty"], 0, "{control}");
+    }
     assert!(
         undiscriminating.is_empty(),
         "{undiscriminating:?} give EPERM even unfiltered: not discriminating checks ({control})"

@@ -350,6 +350,9 @@ fn syscalls() -> Value {
             "ioctl_tioclinux",
             libc::syscall(libc::SYS_ioctl, 0, libc::TIOCLINUX, &c),
         );
+        // TIOCSTI on a real terminal: a pty of our own, the controlling terminal of a child
+        // that leads a new session — where the kernel itself would let the byte in.
+        record("ioctl_tiocsti_pty", in_child(|| tiocsti_on_own_pty(c)));
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -383,6 +386,33 @@ fn in_child(call: impl FnOnce() -> libc::c_long) -> libc::c_long {
             *libc::__errno_location() = code;
             -1
         }
+    }
+}
+
+/// In a new session, open a pty (its slave becomes our controlling terminal) and push a
+/// byte into its input with TIOCSTI. A missing pty gives that errno, not EPERM.
+///
+/// SAFETY: call in a forked child only (it leaves its session).
+unsafe fn tiocsti_on_own_pty(c: u8) -> libc::c_long {
+    // SAFETY: plain calls on our own descriptors; `ptsname`'s static buffer is read before
+    // anything else could overwrite it (the child has one thread).
+    unsafe {
+        if libc::setsid() < 0 {
+            return -1;
+        }
+        let master = libc::posix_openpt(libc::O_RDWR);
+        if master < 0 || libc::grantpt(master) < 0 || libc::unlockpt(master) < 0 {
+            return -1;
+        }
+        let name = libc::ptsname(master);
+        if name.is_null() {
+            return -1;
+        }
+        let slave = libc::open(name, libc::O_RDWR);
+        if slave < 0 {
+            return -1;
+        }
+        libc::syscall(libc::SYS_ioctl, slave, libc::TIOCSTI, &c)
     }
 }
 

@@ -1,0 +1,40 @@
+//! Real agent work under the default policy, with the real tools: what a jail must provide
+//! for everyday tasks to behave as they do outside it.
+
+use toolbox_tests::{require_root, require_tool, workspace, Run};
+
+#[test]
+fn a_job_has_pseudo_terminals_of_its_own() {
+    if !require_root() {
+        return;
+    }
+    let (Some(python), Some(script)) = (require_tool("python3"), require_tool("script")) else {
+        return;
+    };
+    let ws = workspace();
+    // openpty, a byte through it, and the slave's name, from Python's pty module.
+    let code = "import os, pty\n\
+                m, s = pty.openpty()\n\
+                os.write(m, b'ping\\n')\n\
+                print(os.ttyname(s), os.read(s, 5))\n\
+                print(sorted(os.listdir('/dev/pts')))";
+    let job = Run::command(ws.path(), &[python.to_str().expect("path"), "-c", code])
+        .without_probe()
+        .run();
+    assert_eq!(job.code, 0, "{job:?}");
+    // The jail's own devpts instance: its first pty is 0, and none of the host's shows.
+    assert_eq!(
+        job.stdout_text(),
+        "/dev/pts/0 b'ping\\n'\n['0', 'ptmx']\n",
+        "{job:?}"
+    );
+    // script(1) runs a command on a pty it allocates: the command sees a terminal.
+    let job = Run::command(
+        ws.path(),
+        &[script.to_str().expect("path"), "-qec", "tty", "/dev/null"],
+    )
+    .without_probe()
+    .run();
+    assert_eq!(job.code, 0, "{job:?}");
+    assert_eq!(job.stdout_text().trim(), "/dev/pts/0", "{job:?}");
+}
