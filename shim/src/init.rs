@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 use toolbox_spec::{control, JailSpec, Network, Status};
 
 use crate::error::SetupError;
-use crate::netns::{self, NetHelper};
+use crate::netns::{self, NetHelper, Netns};
 use crate::{mounts, report, sys, tool};
 
 /// Signals PID 1 handles; all blocked and read from a signalfd.
@@ -123,7 +123,7 @@ pub fn run(
         // The supervisor gave up on the job (and knows why), or is gone.
         return Ok(crate::SHIM_FAILED);
     }
-    let network = match network.transpose() {
+    let mut network = match network.transpose() {
         Ok(network) => network,
         // The helper failed, and has said why.
         Err(SetupError::NetworkNotReady) => return Ok(crate::SHIM_FAILED),
@@ -136,16 +136,15 @@ pub fn run(
         Some(pid) => pid,
         None => {
             drop((signals, lifeline, oom_score));
-            tool::run(spec, network)
+            tool::run(spec, network.take())
         }
     };
-    drop(network);
     // Set after the fork, so the tool keeps the score it inherited. Best effort: without
     // CAP_SYS_RESOURCE we stay as killable as the tool.
     if let Some(mut file) = oom_score {
         let _ = std::io::Write::write_all(&mut file, b"-1000");
     }
-    supervise(tool, &signals, lifeline)
+    supervise(tool, &signals, lifeline, network.as_ref())
 }
 
 /// A freshly forked task is queued on its parent's CPU, where it would wait until we finish
@@ -235,7 +234,12 @@ fn wait_gone(child: Pid) {
     while waitpid(child, None) == Err(nix::errno::Errno::EINTR) {}
 }
 
-fn supervise(tool: Pid, signals: &SignalFd, lifeline: OwnedFd) -> Result<i32, SetupError> {
+fn supervise(
+    tool: Pid,
+    signals: &SignalFd,
+    lifeline: OwnedFd,
+    network: Option<&Netns>,
+) -> Result<i32, SetupError> {
     loop {
         let mut fds = [
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
@@ -253,7 +257,7 @@ fn supervise(tool: Pid, signals: &SignalFd, lifeline: OwnedFd) -> Result<i32, Se
         while let Some(info) = signals.read_signal().map_err(SetupError::Wait)? {
             let signal = info.ssi_signo as i32;
             if signal == Signal::SIGCHLD as i32 {
-                if let Some(code) = reap(tool)? {
+                if let Some(code) = reap(tool, network)? {
                     return Ok(code);
                 }
             } else if signal == control::TERMINATE_ALL {
@@ -270,15 +274,30 @@ fn supervise(tool: Pid, signals: &SignalFd, lifeline: OwnedFd) -> Result<i32, Se
     }
 }
 
+/// What the job tried of the network and was refused, counted by its namespace: the
+/// supervisor says so when the policy is why.
+fn report_network(network: Option<&Netns>) {
+    if let Some((no_route, udp_no_ports)) = network.and_then(Netns::refused) {
+        if no_route > 0 || udp_no_ports > 0 {
+            report::send(&Status::Network {
+                no_route,
+                udp_no_ports,
+            });
+        }
+    }
+}
+
 /// Reap every child that has exited; report and return once the tool is among them.
-fn reap(tool: Pid) -> Result<Option<i32>, SetupError> {
+fn reap(tool: Pid, network: Option<&Netns>) -> Result<Option<i32>, SetupError> {
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) if pid == tool => {
+                report_network(network);
                 report::send(&Status::ToolExited { code });
                 return Ok(Some(code));
             }
             Ok(WaitStatus::Signaled(pid, signal, _)) if pid == tool => {
+                report_network(network);
                 report::send(&Status::ToolSignaled {
                     signal: signal as i32,
                 });

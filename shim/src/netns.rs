@@ -113,4 +113,46 @@ impl Netns {
     pub fn join(self) -> Result<(), SetupError> {
         nix::sched::setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET).map_err(SetupError::Namespaces)
     }
+
+    /// What the job tried of the network and could not have, counted by its namespace (see
+    /// `Status::Network`): joins it, so call it only when done with our own network.
+    pub fn refused(&self) -> Option<(u64, u64)> {
+        nix::sched::setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET).ok()?;
+        let snmp = std::fs::read_to_string("/proc/self/net/snmp").ok()?;
+        let no_route = snmp_field(&snmp, "Ip:", "OutNoRoutes").unwrap_or(0);
+        let udp_no_ports = snmp_field(&snmp, "Udp:", "NoPorts").unwrap_or(0);
+        let no_route6 = std::fs::read_to_string("/proc/self/net/snmp6")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix("Ip6OutNoRoutes"))
+                    .and_then(|value| value.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        Some((no_route + no_route6, udp_no_ports))
+    }
+}
+
+/// One counter of `/proc/net/snmp`, where each protocol has a line of names, then a line of
+/// values, both starting with `prefix`.
+fn snmp_field(snmp: &str, prefix: &str, name: &str) -> Option<u64> {
+    let mut lines = snmp.lines().filter(|line| line.starts_with(prefix));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snmp_field;
+
+    #[test]
+    fn snmp_counters_are_found_by_name() {
+        let snmp = "Ip: Forwarding DefaultTTL OutNoRoutes\nIp: 1 64 7\n\
+                    Udp: InDatagrams NoPorts\nUdp: 3 2\n";
+        assert_eq!(snmp_field(snmp, "Ip:", "OutNoRoutes"), Some(7));
+        assert_eq!(snmp_field(snmp, "Udp:", "NoPorts"), Some(2));
+        assert_eq!(snmp_field(snmp, "Udp:", "Missing"), None);
+        assert_eq!(snmp_field(snmp, "Tcp:", "NoPorts"), None);
+    }
 }

@@ -243,6 +243,12 @@ pub enum Status {
     Enforced(Enforced),
     /// `execve` of the tool failed with this errno.
     ExecFailed { errno: i32, error: String },
+    /// Sent just before the tool's end (and only when one is non-zero), for a job with a
+    /// network namespace of its own: what of the network it tried and could not have.
+    /// `no_route`: packets with no route (IPv4 and IPv6) — an address beyond `lo`.
+    /// `udp_no_ports`: datagrams to a port of `lo` no one listened on (a resolver at
+    /// 127.0.0.53 that is not in the jail).
+    Network { no_route: u64, udp_no_ports: u64 },
     /// The tool (the jail's main process) exited.
     ToolExited { code: i32 },
     /// The tool was killed by a signal.

@@ -503,6 +503,9 @@ struct Run {
     shim_exit: Option<nix::sys::wait::WaitStatus>,
     /// The cgroup measured as soon as the tool's end was reported, before PID 1's teardown.
     tool_stats: Option<CgroupStats>,
+    /// What the job tried of the network beyond its namespace: packets with no route, and
+    /// datagrams to closed ports of its `lo` (see `Status::Network`).
+    network_refused: Option<(u64, u64)>,
     stdout: StreamCount,
     stderr: StreamCount,
 }
@@ -695,6 +698,10 @@ fn record_status(run: &mut Run, line: &str) {
         }
         Ok(Status::Enforced(enforced)) => run.enforced = Some(enforced),
         Ok(Status::ExecFailed { errno, error }) => run.exec_error = Some((errno, error)),
+        Ok(Status::Network {
+            no_route,
+            udp_no_ports,
+        }) => run.network_refused = Some((no_route, udp_no_ports)),
         Ok(Status::ToolExited { code }) => run.tool = Some(ToolEnd::Exited(code)),
         Ok(Status::ToolSignaled { signal }) => run.tool = Some(ToolEnd::Signaled(signal)),
         Err(err) => warn!("unreadable status line from the shim ({err}): {line:?}"),
@@ -823,12 +830,71 @@ fn explain(plan: &JobPlan, run: &Run, stats: &CgroupStats, result: &JobResult) -
             )
         ));
     }
+    if let Some(sentence) = network_refusal(plan, run.network_refused) {
+        sentences.push(sentence);
+    }
     if result.status == JobStatus::Signaled {
         if let Some(signal) = result.signal {
             sentences.push(format!("the tool was killed by {}", signal_name(signal)));
         }
     }
     (!sentences.is_empty()).then(|| sentences.join(". "))
+}
+
+/// When the job tried to reach more of the network than its policy gives it: what it tried
+/// and what would give it more.
+fn network_refusal(plan: &JobPlan, refused: Option<(u64, u64)>) -> Option<String> {
+    let (no_route, udp_no_ports) = refused?;
+    if plan.network == NetworkMode::Host {
+        return None;
+    }
+    let mut tried = Vec::new();
+    if no_route > 0 {
+        let plural = if no_route == 1 { "" } else { "s" };
+        tried.push(format!(
+            "{no_route} packet{plural} to addresses beyond its own loopback had no route"
+        ));
+    }
+    // A resolver on the host's loopback (systemd-resolved's 127.0.0.53) is not in the
+    // job's: its name lookups go to a closed port of the job's own `lo`.
+    if udp_no_ports > 0 {
+        if let Some(resolver) = loopback_resolver() {
+            tried.push(format!(
+                "name lookups went to the resolver at {resolver}, which is on the host's \
+                 loopback, not the job's"
+            ));
+        }
+    }
+    if tried.is_empty() {
+        return None;
+    }
+    let fix = if plan.host_network_allowed {
+        "--net host gives it the host's network"
+    } else {
+        "the policy allows no more: a policy with network mode \"host\" (--policy network, \
+         where installed) gives a job the host's network"
+    };
+    Some(format!(
+        "no network: the job tried to reach the network ({}), and policy \"{}\" gives it \
+         network mode \"{}\"; {fix}",
+        tried.join("; "),
+        plan.policy,
+        format!("{:?}", plan.network).to_lowercase(),
+    ))
+}
+
+/// The first nameserver of the host's resolv.conf (what the job's view holds), when it is
+/// a loopback address.
+fn loopback_resolver() -> Option<String> {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    let server = conf.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        (words.next() == Some("nameserver"))
+            .then(|| words.next())
+            .flatten()
+    })?;
+    let ip: std::net::IpAddr = server.parse().ok()?;
+    ip.is_loopback().then(|| server.to_string())
 }
 
 fn signal_name(signal: i32) -> String {

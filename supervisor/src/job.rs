@@ -105,6 +105,9 @@ pub struct JobPlan {
     pub limits: Limits,
     /// The most the policy lets a request ask for: what an ending's explanation points to.
     pub max: Limits,
+    /// Whether a request may give the job the host's network (what a refusal's
+    /// explanation points to).
+    pub host_network_allowed: bool,
     pub view: View,
     pub landlock_min_abi: u32,
     pub seccomp: crate::seccomp::Profile,
@@ -189,6 +192,7 @@ pub fn plan(
         network,
         limits,
         max: policy.overrides.max,
+        host_network_allowed: policy.allows_network(NetworkMode::Host),
         view,
         landlock_min_abi: policy.landlock_min_abi,
         seccomp: policy.seccomp.clone(),

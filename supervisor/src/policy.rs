@@ -749,8 +749,8 @@ mod tests {
     #[test]
     fn shipped_default_policy_is_valid() {
         let policy = default_policy();
-        assert_eq!(policy.network, NetworkMode::None);
-        assert_eq!(policy.limits.memory, 1 << 30);
+        assert_eq!(policy.network, NetworkMode::Loopback);
+        assert_eq!(policy.limits.memory, 2 << 30);
         assert_eq!(policy.limits.output, 1 << 20);
         assert!(policy.etc.iter().all(|e| e != "shadow" && e != "gshadow"));
     }
@@ -766,7 +766,7 @@ mod tests {
             "{err}"
         );
 
-        let bad = BUILTIN_DEFAULT.replace("memory = \"1G\"", "memory = \"lots\"");
+        let bad = BUILTIN_DEFAULT.replace("memory = \"2G\"", "memory = \"lots\"");
         let err = Policy::parse("x", Path::new("x.toml"), &bad)
             .expect_err("refused")
             .to_string();

@@ -254,7 +254,7 @@ fn policy_check_accepts_the_shipped_policy_and_names_the_line_of_a_bad_one() {
     let bad = dir.path().join("bad.toml");
     let text = std::fs::read_to_string(shipped)
         .expect("read")
-        .replace("pids = 256", "pids = \"many\"");
+        .replace("\npids = 1024", "\npids = \"many\"");
     std::fs::write(&bad, text).expect("write");
     let out = Command::new(toolbox())
         .args(["policy", "check"])

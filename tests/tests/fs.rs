@@ -100,8 +100,8 @@ fn only_the_policy_paths_are_visible() {
     for node in dev.split(' ') {
         assert!(
             [
-                "fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "tty",
-                "urandom", "zero"
+                "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout",
+                "tty", "urandom", "zero"
             ]
             .contains(&node),
             "unexpected /dev/{node}: {dev}"

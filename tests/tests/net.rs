@@ -81,10 +81,11 @@ fn host_loopback_tcp_is_unreachable_without_host_network() {
     let server = HostServer::start();
     let addr = server.addr.clone();
     let none = Run::probe(ws.path(), &["connect", &addr])
+        .opts(&["--net", "none"])
         .run()
         .probe_json();
+    // The default policy's mode.
     let loopback = Run::probe(ws.path(), &["connect", &addr])
-        .opts(&["--net", "loopback"])
         .run()
         .probe_json();
     // Control: the `network` policy (the host's network) gets the same probe through.
@@ -157,20 +158,65 @@ fn host_abstract_unix_sockets_are_unreachable() {
 }
 
 #[test]
-fn mode_none_refuses_tcp_and_loopback_mode_allows_a_local_server() {
+fn mode_none_refuses_tcp_and_the_default_policy_lets_a_test_suite_run_its_own_server() {
     if !require_root() {
         return;
     }
     let ws = workspace();
-    let none = Run::probe(ws.path(), &["tcp-self"]).run();
-    let loopback = Run::probe(ws.path(), &["tcp-self"])
-        .opts(&["--net", "loopback"])
+    let none = Run::probe(ws.path(), &["tcp-self"])
+        .opts(&["--net", "none"])
         .run();
-    if none.record()["isolation"]["landlock_tcp"] == true {
+    // Landlock's TCP rights (ABI 4) are what refuse it; a kernel without them must say so
+    // in the record, and this one has them under CI.
+    let tcp = none.record()["isolation"]["landlock_tcp"] == true;
+    let abi = none.record()["isolation"]["landlock_abi"]
+        .as_u64()
+        .unwrap_or(0);
+    assert_eq!(tcp, abi >= 4, "{:?}", none.record());
+    if tcp {
         assert_eq!(none.probe_json()["bound"], false, "{:?}", none.probe_json());
         assert_eq!(none.probe_json()["errno"], libc::EACCES);
     }
-    let result = loopback.probe_json();
+    // The default policy: a server on the job's own lo, and a client of it.
+    let default = Run::probe(ws.path(), &["tcp-self"]).run();
+    assert_eq!(default.record()["isolation"]["network"], "loopback");
+    let result = default.probe_json();
     assert_eq!(result["bound"], true, "{result}");
     assert_eq!(result["client"]["received"], "pong", "{result}");
+    // Talking to itself on lo is no network refusal: nothing to explain.
+    assert!(
+        default.record().get("reason").is_none(),
+        "{:?}",
+        default.record()
+    );
+    assert!(!default.stderr.contains("[toolbox:"), "{}", default.stderr);
+}
+
+#[test]
+fn a_job_that_tries_the_network_its_policy_does_not_give_is_told_why() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    // TEST-NET-1 (RFC 5737): no route from the job's namespace, whatever the host has.
+    let job = Run::probe(ws.path(), &["connect", "192.0.2.1:80"]).run();
+    assert_eq!(job.probe_json()["errno"], libc::ENETUNREACH, "{job:?}");
+    assert_eq!(job.status(), "exited", "{job:?}");
+    let reason = job.record()["reason"].as_str().expect("a reason");
+    for words in [
+        "no network",
+        "had no route",
+        "policy \"default\"",
+        "mode \"loopback\"",
+        "network mode \"host\"",
+    ] {
+        assert!(reason.contains(words), "{words:?} not in {reason:?}");
+    }
+    // Once, on stderr, after the output.
+    assert_eq!(
+        job.stderr.matches("[toolbox: no network").count(),
+        1,
+        "{}",
+        job.stderr
+    );
 }

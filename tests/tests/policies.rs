@@ -82,15 +82,15 @@ fn broken_policy_files_each_get_their_own_error_with_the_line() {
         ),
         (
             "unknown key",
-            "pids = 256",
-            "pids = 256\ncolour = \"red\"",
+            "\npids = 1024",
+            "\npids = 1024\ncolour = \"red\"",
             "colour",
             "unknown field `colour`",
         ),
         (
             "wrong type",
-            "pids = 256",
-            "pids = \"many\"",
+            "\npids = 1024",
+            "\npids = \"many\"",
             "pids = \"many\"",
             "invalid type",
         ),
@@ -110,22 +110,22 @@ fn broken_policy_files_each_get_their_own_error_with_the_line() {
         ),
         (
             "negative limit",
-            "pids = 256",
-            "pids = -1",
+            "\npids = 1024",
+            "\npids = -1",
             "pids = -1",
             "invalid value",
         ),
         (
             "absurd limit",
-            "memory = \"1G\"",
+            "memory = \"2G\"",
             "memory = \"900T\"",
             "memory = \"900T\"",
             "memory",
         ),
         (
             "duplicate key",
-            "pids = 256",
-            "pids = 256\npids = 512",
+            "\npids = 1024",
+            "\npids = 1024\npids = 512",
             "pids = 512",
             "duplicate key",
         ),
@@ -138,7 +138,7 @@ fn broken_policy_files_each_get_their_own_error_with_the_line() {
         ),
         (
             "bound below the limit",
-            "memory = \"4G\"",
+            "memory = \"8G\"",
             "memory = \"512M\"",
             "memory = \"512M\"",
             "below",
@@ -174,9 +174,9 @@ fn broken_policy_files_each_get_their_own_error_with_the_line() {
 const LIMITS: [(&str, &str, &str, &str, &str, &str); 6] = [
     ("--timeout", "10s", "10m", "2h", "30m", "timeout"),
     ("--grace", "1s", "10s", "5m", "30s", "grace"),
-    ("--memory", "256M", "2G", "64G", "4G", "memory"),
-    ("--cpus", "0.5", "1.5", "8", "2", "cpus"),
-    ("--pids", "64", "512", "100000", "1024", "pids"),
+    ("--memory", "256M", "4G", "64G", "8G", "memory"),
+    ("--cpus", "0.5", "3", "8", "4", "cpus"),
+    ("--pids", "64", "2048", "100000", "4096", "pids"),
     ("--output-limit", "64K", "8M", "512M", "16M", "output"),
 ];
 
@@ -209,7 +209,7 @@ fn a_request_tightens_freely_and_loosens_only_to_the_bound_from_the_command_line
         assert_eq!(job.code, 125, "{opts:?}: {job:?}");
         assert!(job.stderr.contains(words), "{opts:?}: {}", job.stderr);
     };
-    refused(&["--net", "host"], "none or loopback");
+    refused(&["--net", "host"], "allows loopback");
     refused(
         &["--policy", "strict", "--net", "loopback"],
         "policy strict",
@@ -331,7 +331,7 @@ fn sighup_reloads_keeps_running_jobs_on_their_policy_and_survives_a_broken_edit(
     let dir = tempfile::tempdir().expect("tempdir");
     let custom = dir.path().join("custom.toml");
     let default = std::fs::read_to_string(policies_dir().join("default.toml")).expect("default");
-    let with_pids = |pids: u32| default.replacen("pids = 256", &format!("pids = {pids}"), 1);
+    let with_pids = |pids: u32| default.replacen("\npids = 1024", &format!("\npids = {pids}"), 1);
     std::fs::write(&custom, with_pids(100)).expect("write");
     // Another file that is broken from the start must not take the rest down.
     std::fs::write(dir.path().join("broken.toml"), "limits = 3\n").expect("write");
