@@ -17,6 +17,15 @@ if ! command -v systemd-analyze >/dev/null; then
     echo "== installing systemd (for systemd-analyze)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd >/dev/null
 fi
+# The real tools tests/tests/workloads.rs runs in jails, as agents do.
+tools=()
+command -v python3 >/dev/null || tools+=(python3)
+command -v script >/dev/null || tools+=(bsdutils)
+command -v java >/dev/null || tools+=(default-jre-headless)
+if [ "${#tools[@]}" -gt 0 ]; then
+    echo "== installing ${tools[*]} (the workload tests run them)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${tools[@]}" >/dev/null
+fi
 echo "== the Rust tests"
 cargo test --workspace
 echo "== nothing left behind"

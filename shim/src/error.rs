@@ -21,6 +21,8 @@ pub enum SetupError {
     Namespaces(Errno),
     #[error("enter a new cgroup namespace: {0}")]
     CgroupNamespace(Errno),
+    #[error("set the tool's CPUs: {0}")]
+    Affinity(Errno),
     #[error("set the jail's hostname: {0}")]
     Hostname(Errno),
     #[error("bring up lo in the jail's network namespace: {0}")]
@@ -98,6 +100,7 @@ impl SetupError {
             SetupError::Signals(_) => "signals",
             SetupError::Namespaces(_) | SetupError::CgroupNamespace(_) => "namespaces",
             SetupError::CgroupJoin { .. } => "cgroup",
+            SetupError::Affinity(_) => "cpus",
             SetupError::Hostname(_) => "hostname",
             SetupError::Loopback(_) => "network",
             SetupError::MountPrivate(_)

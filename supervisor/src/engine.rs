@@ -12,7 +12,10 @@ use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc::UnboundedSender;
-use toolbox_spec::{control, Enforced, JailSpec, Landlock, Network, Rlimit, RlimitKind, Status};
+use toolbox_spec::{
+    control, Enforced, FsAccess, JailSpec, Landlock, LandlockRule, Mount, Network, Rlimit,
+    RlimitKind, Status,
+};
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::cgroup::{
@@ -135,6 +138,7 @@ pub struct Engine {
     /// Placed, detected and prepared on first use: [`Engine::prestart`] of the first job
     /// (a daemon calls [`Engine::cgroups`] at start).
     cgroups: std::sync::OnceLock<Result<(Cgroups, Placement), String>>,
+    pins: CpuPins,
 }
 
 impl std::fmt::Debug for Engine {
@@ -162,6 +166,7 @@ impl Engine {
             swept: std::sync::atomic::AtomicBool::new(false),
             placement,
             cgroups: std::sync::OnceLock::new(),
+            pins: CpuPins::new(),
         })
     }
 
@@ -319,7 +324,9 @@ impl Engine {
         let name = job_name(&plan.job_id);
         // The spec first: the shim builds the jail's root while we make the cgroup (v1) and
         // set its limits, then joins it (v1) and forks the tool on the go.
-        let sent = match self.spec(&plan, cgroups.tasks_for(&name)) {
+        // The tool's CPUs: as many as its quota rounds up to, the least busy of ours.
+        let pinned = self.pins.take(plan.limits.cpus);
+        let sent = match self.spec(&plan, cgroups, &name, &pinned.cpus) {
             Ok(spec) => shim
                 .send_spec(&spec)
                 .await
@@ -370,8 +377,29 @@ impl Engine {
         result
     }
 
-    fn spec(&self, plan: &JobPlan, cgroup_tasks: Vec<String>) -> Result<JailSpec, String> {
+    fn spec(
+        &self,
+        plan: &JobPlan,
+        cgroups: &Cgroups,
+        name: &str,
+        cpus: &[u32],
+    ) -> Result<JailSpec, String> {
         let seccomp = seccomp::filter_for(&plan.seccomp).map_err(|e| e.to_string())?;
+        // The job's cgroup at /sys/fs/cgroup, read-only: the mount points (and a v1
+        // layout's symlinks) in the root, the filesystems mounted by the tool's process.
+        let (cgroup_view, links) = cgroups.view();
+        let mut mounts = plan.view.mounts.clone();
+        mounts.extend(
+            links
+                .into_iter()
+                .map(|(target, dst)| Mount::Symlink { target, dst }),
+        );
+        let mut rules = plan.view.rules.clone();
+        rules.push(LandlockRule {
+            path: "/sys/fs/cgroup".into(),
+            access: FsAccess::Read,
+            dir: true,
+        });
         Ok(JailSpec {
             job_id: plan.job_id.clone(),
             argv: plan.argv.clone(),
@@ -381,9 +409,9 @@ impl Engine {
             gid: plan.gid,
             hostname: "toolbox".into(),
             network: jail_network(plan.network),
-            mounts: plan.view.mounts.clone(),
+            mounts,
             landlock: Landlock {
-                rules: plan.view.rules.clone(),
+                rules,
                 deny_tcp: plan.network == NetworkMode::None,
                 scoped: true,
                 min_abi: plan.landlock_min_abi,
@@ -406,7 +434,9 @@ impl Engine {
                     hard: plan.limits.open_files,
                 },
             ],
-            cgroup_tasks,
+            cgroup_tasks: cgroups.tasks_for(name),
+            cgroup_view,
+            cpus: cpus.to_vec(),
         })
     }
 
@@ -455,6 +485,82 @@ impl Engine {
                 seccomp_inherited_filters: crate::sys::inherited_seccomp_filters(),
                 ..Isolation::default()
             },
+        }
+    }
+}
+
+/// The CPUs jobs may be pinned to (this process's own), and how many running jobs each
+/// holds: a job whose quota is less than all of them runs on the least busy few, so what
+/// it counts (`nproc`, a runtime's thread pools) is what it gets, and jobs spread out.
+struct CpuPins {
+    allowed: Vec<u32>,
+    load: std::sync::Mutex<Vec<u32>>,
+    /// Where ties start: rotates, from this process's pid, so one-job processes (`toolbox
+    /// run`) do not all pick the first CPU.
+    next: std::sync::atomic::AtomicUsize,
+}
+
+/// A job's CPUs, given back when it ends.
+struct Pinned<'a> {
+    pins: &'a CpuPins,
+    cpus: Vec<u32>,
+}
+
+impl CpuPins {
+    fn new() -> CpuPins {
+        let allowed: Vec<u32> = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+            .map(|set| {
+                (0..nix::sched::CpuSet::count())
+                    .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+                    .map(|cpu| cpu as u32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        CpuPins {
+            load: std::sync::Mutex::new(vec![0; allowed.len()]),
+            allowed,
+            next: std::sync::atomic::AtomicUsize::new(std::process::id() as usize),
+        }
+    }
+
+    fn take(&self, quota: f64) -> Pinned<'_> {
+        let want = quota.ceil().max(1.0) as usize;
+        let mut pinned = Pinned {
+            pins: self,
+            cpus: Vec::new(),
+        };
+        if want >= self.allowed.len() {
+            return pinned;
+        }
+        let Ok(mut load) = self.load.lock() else {
+            return pinned;
+        };
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.allowed.len();
+        let mut order: Vec<usize> = (0..n).map(|i| (start + i) % n).collect();
+        // Stable: among equally busy CPUs, the rotation decides.
+        order.sort_by_key(|&i| load[i]);
+        order.truncate(want);
+        order.sort_unstable();
+        for &i in &order {
+            load[i] += 1;
+        }
+        pinned.cpus = order.iter().map(|&i| self.allowed[i]).collect();
+        pinned
+    }
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        if self.cpus.is_empty() {
+            return;
+        }
+        if let Ok(mut load) = self.pins.load.lock() {
+            for cpu in &self.cpus {
+                if let Some(i) = self.pins.allowed.iter().position(|c| c == cpu) {
+                    load[i] = load[i].saturating_sub(1);
+                }
+            }
         }
     }
 }
@@ -986,5 +1092,53 @@ fn classify(run: &Run, stats: &CgroupStats) -> (JobStatus, i32, Option<i32>, Opt
                 run.shim_exit
             )),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuPins;
+
+    fn pins(allowed: Vec<u32>, start: usize) -> CpuPins {
+        CpuPins {
+            load: std::sync::Mutex::new(vec![0; allowed.len()]),
+            allowed,
+            next: std::sync::atomic::AtomicUsize::new(start),
+        }
+    }
+
+    #[test]
+    fn jobs_are_pinned_to_the_least_busy_cpus_and_give_them_back() {
+        let pins = pins(vec![0, 2, 4, 6], 0);
+        let a = pins.take(1.0);
+        let b = pins.take(1.5);
+        let c = pins.take(0.25);
+        assert_eq!(a.cpus.len(), 1);
+        assert_eq!(b.cpus.len(), 2);
+        assert_eq!(c.cpus.len(), 1);
+        // Four jobs' worth of CPUs over four CPUs: none shared.
+        let mut all: Vec<u32> = [&a.cpus, &b.cpus, &c.cpus]
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, vec![0, 2, 4, 6]);
+        // Once b is over, its CPUs are the idle ones again.
+        let freed = b.cpus.clone();
+        drop(b);
+        let d = pins.take(2.0);
+        assert_eq!(d.cpus, freed);
+        // A quota of all of them (or more) pins nothing.
+        assert!(pins.take(4.0).cpus.is_empty());
+        assert!(pins.take(9.0).cpus.is_empty());
+    }
+
+    #[test]
+    fn one_job_processes_do_not_all_pick_the_first_cpu() {
+        let picked: std::collections::BTreeSet<u32> = (0..4)
+            .map(|start| pins(vec![0, 1, 2, 3], start).take(1.0).cpus[0])
+            .collect();
+        assert_eq!(picked.len(), 4, "{picked:?}");
     }
 }

@@ -117,7 +117,7 @@ pub fn toolbox() -> &'static Path {
 /// `$TOOLBOX_TEST_SCOPES/<unit>.scope`.
 pub const UNIT_ENV: &str = "TOOLBOX_TEST_UNIT";
 
-/// The v1 hierarchies toolbox makes job cgroups in (memory, pids, cpu, cpuacct), each as the
+/// The v1 hierarchies toolbox makes job cgroups in (memory, pids, cpu, cpuacct, cpuset), each as the
 /// directory of this process's cgroup in it; empty on a unified host.
 fn v1_own_cgroups() -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup");
@@ -127,7 +127,7 @@ fn v1_own_cgroups() -> Vec<PathBuf> {
             let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
             let first = controllers
                 .split(',')
-                .find(|c| ["memory", "pids", "cpu", "cpuacct"].contains(c))?;
+                .find(|c| ["memory", "pids", "cpu", "cpuacct", "cpuset"].contains(c))?;
             Some(
                 PathBuf::from("/sys/fs/cgroup")
                     .join(first)
@@ -155,6 +155,16 @@ pub fn in_unit(command: &mut Command, unit: &str) {
     let mut files = Vec::new();
     for dir in v1_unit_cgroups(unit) {
         std::fs::create_dir_all(&dir).expect("create the unit's cgroup");
+        // A new cpuset takes no process until it has CPUs and memory nodes: its parent's.
+        if dir.starts_with("/sys/fs/cgroup/cpuset") {
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let parent = dir.parent().expect("parent").join(file);
+                let value = std::fs::read_to_string(&parent).expect("read the parent's cpuset");
+                if std::fs::read_to_string(dir.join(file)).is_ok_and(|v| v.trim().is_empty()) {
+                    std::fs::write(dir.join(file), value.trim()).expect("set the unit's cpuset");
+                }
+            }
+        }
         let procs = std::fs::OpenOptions::new()
             .write(true)
             .open(dir.join("cgroup.procs"))

@@ -65,7 +65,7 @@ fn only_the_policy_paths_are_visible() {
     let job = Run::probe(
         ws.path(),
         &[
-            "readdir", "/", "/etc", "/dev", "/root", "/home", "/sys", "/var", "/run",
+            "readdir", "/", "/etc", "/dev", "/root", "/home", "/sys", "/sys/fs", "/var", "/run",
         ],
     )
     .run();
@@ -77,8 +77,8 @@ fn only_the_policy_paths_are_visible() {
     for entry in root.split(' ') {
         assert!(
             [
-                "bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp",
-                "usr", "var"
+                "bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "sys",
+                "tmp", "usr", "var"
             ]
             .contains(&entry)
                 || ws.path().starts_with(format!("/{entry}"))
@@ -86,9 +86,12 @@ fn only_the_policy_paths_are_visible() {
             "unexpected /{entry} in the jail's root: {root}"
         );
     }
-    for absent in ["/root", "/home", "/sys", "/run"] {
+    for absent in ["/root", "/home", "/run"] {
         assert_eq!(result[absent]["ok"], false, "{absent} is visible: {result}");
     }
+    // Of /sys, only the job's own cgroup at /sys/fs/cgroup (see workloads.rs).
+    assert_eq!(result["/sys"]["detail"], "fs", "{result}");
+    assert_eq!(result["/sys/fs"]["detail"], "cgroup", "{result}");
     // Of the host's /var, nothing: only the job's private /var/tmp.
     assert_eq!(result["/var"]["detail"], "tmp", "{result}");
     let etc = result["/etc"]["detail"].as_str().expect("/etc listed");

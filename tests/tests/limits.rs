@@ -237,3 +237,44 @@ fn an_output_flood_is_capped_with_head_tail_and_counts_and_flat_memory() {
         "toolbox peaked at {max_rss_kib} KiB during a 200 MB flood"
     );
 }
+
+#[test]
+fn runtimes_see_the_jobs_cpus_and_memory() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    // The job's cgroup, read-only, at /sys/fs/cgroup (v2: its files at the top; v1: one
+    // directory per hierarchy), and nproc counting the CPUs the quota rounds up to.
+    let script = "nproc; \
+        cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+        cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us; \
+        cat /proc/self/cgroup; \
+        echo 1 > /sys/fs/cgroup/pids.max 2>/dev/null || echo 1 > /sys/fs/cgroup/pids/pids.max 2>/dev/null || echo read-only";
+    let job = Run::command(ws.path(), &["sh", "-c", script])
+        .without_probe()
+        .opts(&["--cpus", "1", "--memory", "512M"])
+        .run();
+    assert_eq!(job.code, 0, "{job:?}");
+    let out = job.stdout_text();
+    let lines: Vec<&str> = out.lines().collect();
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        lines[0], "1",
+        "nproc under --cpus 1 on {host_cpus} CPUs: {out}"
+    );
+    assert_eq!(lines[1], "536870912", "{out}");
+    assert!(lines[2] == "100000 100000" || lines[2] == "100000", "{out}");
+    // At the root of its cgroup namespace, in every hierarchy.
+    assert!(
+        lines[3..lines.len() - 1].iter().all(|l| l.ends_with(":/")),
+        "{out}"
+    );
+    assert_eq!(lines.last(), Some(&"read-only"), "{out}");
+    // Past the host's CPUs there is nothing to pin: nproc counts them all.
+    let job = Run::command(ws.path(), &["nproc"])
+        .without_probe()
+        .opts(&["--cpus", &host_cpus.to_string()])
+        .run();
+    assert_eq!(job.stdout_text().trim(), host_cpus.to_string(), "{job:?}");
+}

@@ -1,5 +1,7 @@
-//! Real agent work under the default policy, with the real tools: what a jail must provide
-//! for everyday tasks to behave as they do outside it.
+//! Real agent work under the default policy, with the real tools (Python, script(1), a JVM;
+//! `scripts/test.sh` installs them): what a jail must provide for everyday tasks to behave
+//! as they do outside it. The cgroup v2 VM tier, whose guest has none of them, leaves this
+//! suite out; what of it needs no such tool is checked there through limits.rs.
 
 use toolbox_tests::{require_root, require_tool, workspace, Run};
 
@@ -37,4 +39,40 @@ fn a_job_has_pseudo_terminals_of_its_own() {
     .run();
     assert_eq!(job.code, 0, "{job:?}");
     assert_eq!(job.stdout_text().trim(), "/dev/pts/0", "{job:?}");
+}
+
+#[test]
+fn a_jvm_sizes_itself_by_the_jobs_limits() {
+    if !require_root() {
+        return;
+    }
+    let Some(java) = require_tool("java") else {
+        return;
+    };
+    let ws = workspace();
+    let job = Run::command(
+        ws.path(),
+        &[
+            java.to_str().expect("path"),
+            "-XshowSettings:system",
+            "-XX:+PrintFlagsFinal",
+            "-version",
+        ],
+    )
+    .without_probe()
+    .opts(&["--cpus", "1", "--memory", "512M"])
+    .run();
+    assert_eq!(job.code, 0, "{job:?}");
+    let all = format!("{}{}", job.stdout_text(), job.stderr);
+    assert!(all.contains("Effective CPU Count: 1"), "{all}");
+    assert!(all.contains("Memory Limit: 512.00M"), "{all}");
+    // The default heap is a quarter of the memory the JVM sees: 128 MiB of the job's
+    // 512M, not a quarter of the host's.
+    let heap = all
+        .lines()
+        .find(|l| l.contains(" MaxHeapSize "))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no MaxHeapSize in {all}"));
+    assert_eq!(heap, 128 << 20, "{all}");
 }

@@ -294,6 +294,22 @@ impl Cgroups {
         }
     }
 
+    /// The job's read-only view of its own cgroup at `/sys/fs/cgroup` (mounted in its
+    /// cgroup namespace), and the symlinks of a v1 layout (directory, link path).
+    pub fn view(&self) -> (Vec<toolbox_spec::CgroupFs>, Vec<(String, String)>) {
+        match self {
+            Cgroups::V1(v1) => v1.view(),
+            Cgroups::V2(_) => (
+                vec![toolbox_spec::CgroupFs {
+                    dst: "/sys/fs/cgroup".into(),
+                    fstype: "cgroup2".into(),
+                    controllers: Vec::new(),
+                }],
+                Vec::new(),
+            ),
+        }
+    }
+
     /// cgroup v1: the `tasks` files of the job cgroup `name`, which the jail's PID 1 writes
     /// itself into once the cgroup is made (it is told before, and opens their parents while
     /// it can still see them). Empty on v2, where PID 1 is cloned into the cgroup.

@@ -10,13 +10,36 @@ use std::path::{Path, PathBuf};
 
 use super::fs::{self, MountEntry, ProcCgroup};
 use super::{cpu_quota_us, CgroupError, CgroupLimits, CgroupStats, CPU_PERIOD_US};
+use toolbox_spec::CgroupFs;
 
 const REQUIRED: [&str; 3] = ["memory", "pids", "cpu"];
-const OPTIONAL: [&str; 1] = ["cpuacct"];
+/// cpuset: not for a limit, but a JVM sizes itself by the job's cgroups only where it finds
+/// every one of cpuset, cpu, cpuacct and memory (it reads the host's otherwise).
+const OPTIONAL: [&str; 2] = ["cpuacct", "cpuset"];
+/// Every v1 controller: what of a hierarchy's mount options names its controllers (the
+/// rest are flags — rw, clone_children, xattr, release_agent=… — a view leaves out).
+const CONTROLLERS: [&str; 14] = [
+    "cpuset",
+    "cpu",
+    "cpuacct",
+    "blkio",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "perf_event",
+    "net_prio",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
+];
 
 #[derive(Debug, Clone)]
 struct Hierarchy {
     controllers: Vec<String>,
+    /// Where the host mounted it.
+    mount_point: PathBuf,
     /// The supervisor's own cgroup directory in this hierarchy.
     parent: PathBuf,
     /// The same cgroup as `/proc/self/cgroup` names it.
@@ -47,6 +70,7 @@ impl V1 {
             match (mount, line) {
                 (Some(mount), Some(line)) => hierarchies.push(Hierarchy {
                     controllers: mount.super_options.clone(),
+                    mount_point: mount.mount_point.clone(),
                     parent: fs::cgroup_dir(root, mount, &line.path),
                     own: line.path.clone(),
                 }),
@@ -90,6 +114,40 @@ impl V1 {
             .collect()
     }
 
+    /// The job's view of its cgroup: each hierarchy at `/sys/fs/cgroup/<its directory>`,
+    /// as the host lays it out, with a symlink per controller of a co-mounted one (`cpu ->
+    /// cpu,cpuacct`), as systemd makes them.
+    pub fn view(&self) -> (Vec<CgroupFs>, Vec<(String, String)>) {
+        let mut filesystems = Vec::new();
+        let mut links = Vec::new();
+        for hierarchy in &self.hierarchies {
+            let controllers: Vec<String> = hierarchy
+                .controllers
+                .iter()
+                .filter(|c| CONTROLLERS.contains(&c.as_str()))
+                .cloned()
+                .collect();
+            let Some(dir) = hierarchy
+                .mount_point
+                .file_name()
+                .and_then(|name| name.to_str())
+            else {
+                continue;
+            };
+            for controller in &controllers {
+                if controller != dir && !dir.contains('/') {
+                    links.push((dir.to_string(), format!("/sys/fs/cgroup/{controller}")));
+                }
+            }
+            filesystems.push(CgroupFs {
+                dst: format!("/sys/fs/cgroup/{dir}"),
+                fstype: "cgroup".into(),
+                controllers,
+            });
+        }
+        (filesystems, links)
+    }
+
     pub fn tasks_for(&self, name: &str) -> Vec<String> {
         self.hierarchies
             .iter()
@@ -112,6 +170,24 @@ impl V1 {
             if let Err(source) = std::fs::create_dir(&dir) {
                 let _ = job.remove_dirs();
                 return Err(CgroupError::Create { path: dir, source });
+            }
+            // A new cpuset has no CPUs and no memory nodes, and takes no task until it has
+            // both (unless its parent has clone_children): its parent's.
+            if hierarchy.controllers.iter().any(|c| c == "cpuset") {
+                job.dirs.push(JobDir {
+                    controllers: hierarchy.controllers.clone(),
+                    dir: dir.clone(),
+                    member: hierarchy.own.join(name),
+                });
+                for file in ["cpuset.cpus", "cpuset.mems"] {
+                    let copied = fs::read(&hierarchy.parent.join(file))
+                        .and_then(|value| fs::write(&dir.join(file), value.trim()));
+                    if let Err(err) = copied {
+                        let _ = job.remove_dirs();
+                        return Err(err);
+                    }
+                }
+                continue;
             }
             job.dirs.push(JobDir {
                 controllers: hierarchy.controllers.clone(),
