@@ -21,7 +21,8 @@ fi
 tools=()
 command -v python3 >/dev/null || tools+=(python3)
 command -v script >/dev/null || tools+=(bsdutils)
-command -v java >/dev/null || tools+=(default-jre-headless)
+command -v javac >/dev/null || tools+=(default-jdk-headless)
+command -v mvn >/dev/null || tools+=(maven)
 if [ "${#tools[@]}" -gt 0 ]; then
     echo "== installing ${tools[*]} (the workload tests run them)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${tools[@]}" >/dev/null

@@ -38,8 +38,15 @@ pub enum RequestError {
     Env { entry: String, reason: String },
     #[error("--user: {0}")]
     User(String),
+    // Not a `source`: the message holds it already, and a chain would say it twice.
     #[error("filesystem view: {0}")]
-    View(#[from] view::ViewError),
+    View(view::ViewError),
+}
+
+impl From<view::ViewError> for RequestError {
+    fn from(err: view::ViewError) -> Self {
+        RequestError::View(err)
+    }
 }
 
 /// What a caller asks for; `None` means "what the policy says".

@@ -10,6 +10,7 @@ pub mod client;
 pub mod daemon;
 pub mod doctor;
 pub mod engine;
+pub mod etc_links;
 pub mod etc_snapshot;
 pub mod job;
 pub mod output;

@@ -16,6 +16,12 @@ pub enum ViewError {
     Inspect { path: PathBuf, source: io::Error },
     #[error("{path} is not valid UTF-8; toolbox binds only UTF-8 paths")]
     NotUtf8 { path: PathBuf },
+    #[error(
+        "{path} is kept from every jail (a secret, or where secrets live), whatever the policy"
+    )]
+    EtcSecret { path: PathBuf },
+    #[error("{path} holds nothing a jail may be shown: of /etc, jails see only files every user may read")]
+    EtcUnreadable { path: PathBuf },
     #[error("{path} would be mounted twice in the jail (as {first} and as {second})")]
     Twice {
         path: String,
@@ -128,6 +134,41 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
             etc_mounts.push((etc_entry(dst.clone(), dst, &meta), Origin::Etc));
         }
     }
+    // What the system directories' symlinks lead to in /etc (a JDK's security files,
+    // Maven's m2.conf…), and what the request asks for there with --ro: into the snapshot,
+    // file by file, secrets and what is not world-readable left out.
+    let mut etc_extra: Vec<&Path> = Vec::new();
+    let linked = crate::etc_links::targets(&policy.system);
+    etc_extra.extend(linked.iter().map(PathBuf::as_path));
+    for path in extra.ro.iter().filter(|p| p.starts_with(etc)) {
+        if crate::etc_links::is_secret(path) {
+            return Err(ViewError::EtcSecret { path: path.clone() });
+        }
+        if crate::etc_links::shown_files(path, 1).is_empty() {
+            return Err(ViewError::EtcUnreadable { path: path.clone() });
+        }
+        etc_extra.push(path);
+    }
+    for target in etc_extra {
+        if policy.masked.iter().any(|m| target.starts_with(m)) {
+            continue;
+        }
+        for (file, mode) in crate::etc_links::shown_files(target, ETC_FILES_MAX) {
+            let dst = utf8(&file)?;
+            let shown = etc_mounts
+                .iter()
+                .any(|(m, _): &(Mount, Origin)| Path::new(&dst).starts_with(m.dst()));
+            if shown {
+                continue;
+            }
+            let meta = std::fs::metadata(&file).map_err(|source| inspect(&file, source))?;
+            let mut entry = etc_entry(dst.clone(), dst, &meta);
+            if let Mount::Copy { mode: m, .. } = &mut entry {
+                *m = mode;
+            }
+            etc_mounts.push((entry, Origin::Etc));
+        }
+    }
     if !etc_mounts.is_empty() {
         rules.push(rule("/etc", FsAccess::Read));
         // One bind of a shared snapshot instead of a mount or copy per entry.
@@ -185,7 +226,14 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
     for (paths, writable, origin) in [
         (
             policy_ro
-                .chain(extra.ro.iter().map(|p| (p, false)))
+                // Beneath /etc: in the snapshot (above), not bound.
+                .chain(
+                    extra
+                        .ro
+                        .iter()
+                        .filter(|p| !p.starts_with(etc))
+                        .map(|p| (p, false)),
+                )
                 .collect::<Vec<_>>(),
             false,
             Origin::ExtraRo,
@@ -295,6 +343,8 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
 /// Small regular files are copied into the jail's read-only root (one file write instead of
 /// a bind mount, about half the cost); directories and large files are bound read-only.
 const COPY_MAX: u64 = 1 << 20;
+/// The most files one `/etc` path adds to the snapshot (a directory is walked).
+const ETC_FILES_MAX: usize = 512;
 
 fn etc_entry(src: String, dst: String, meta: &std::fs::Metadata) -> Mount {
     use std::os::unix::fs::PermissionsExt;

@@ -326,3 +326,134 @@ fn the_etc_snapshot_follows_changes_on_the_host() {
         .count();
     assert_eq!(snapshots, 2, "one snapshot per version of /etc");
 }
+
+/// Host files planted beneath /etc for one test, removed when it ends.
+struct Planted(Vec<std::path::PathBuf>);
+
+impl Drop for Planted {
+    fn drop(&mut self) {
+        for path in self.0.iter().rev() {
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::remove_dir(path);
+        }
+    }
+}
+
+#[test]
+fn what_the_system_view_links_to_in_etc_is_shown_and_secrets_never_are() {
+    if !require_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let token = toolbox_tests::token("etc");
+    // In /etc: a tool's config directory (world-readable), a file of it only root may read,
+    // a world-readable file where secrets live (/etc/ssh), and one the policy masks.
+    let config = Path::new("/etc").join(&token);
+    let ssh = Path::new("/etc/ssh");
+    // Removed last (if made here): children go first.
+    let mut planted = Planted(if ssh.exists() {
+        Vec::new()
+    } else {
+        vec![ssh.to_path_buf()]
+    });
+    std::fs::create_dir_all(ssh).expect("mkdir /etc/ssh");
+    let in_ssh = ssh.join(format!("{token}-key"));
+    let masked = Path::new("/etc").join(format!("{token}-masked"));
+    planted
+        .0
+        .extend([config.clone(), in_ssh.clone(), masked.clone()]);
+    std::fs::create_dir(&config).expect("mkdir");
+    let conf = config.join("tool.conf");
+    let private = config.join("private.conf");
+    planted.0.extend([conf.clone(), private.clone()]);
+    std::fs::write(&conf, "setting=1\n").expect("write");
+    std::fs::write(&private, "password=hunter2\n").expect("write");
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::write(&in_ssh, "ssh-secret\n").expect("write");
+    std::fs::set_permissions(&in_ssh, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::fs::write(&masked, "masked\n").expect("write");
+
+    // A system directory (as /usr/lib/jvm/…/conf is) whose symlinks lead to each.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let system = dir.path().join("sys");
+    std::fs::create_dir(&system).expect("mkdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    for (name, target) in [
+        ("conf", config.as_path()),
+        ("key", in_ssh.as_path()),
+        ("masked", masked.as_path()),
+        ("shadow", Path::new("/etc/shadow")),
+    ] {
+        std::os::unix::fs::symlink(target, system.join(name)).expect("symlink");
+    }
+    let policy = dir.path().join("linked.toml");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/default.toml"),
+    )
+    .expect("default policy")
+    .replacen(
+        "system = [\"/usr\",",
+        &format!("system = [\"{}\", \"/usr\",", system.display()),
+        1,
+    )
+    .replacen(
+        "masked = []",
+        &format!("masked = [\"{}\"]", masked.display()),
+        1,
+    );
+    std::fs::write(&policy, text).expect("write policy");
+    let ws = workspace();
+    let link = |name: &str| system.join(name).to_string_lossy().into_owned();
+    let job = Run::probe(
+        ws.path(),
+        &[
+            "read",
+            &link("conf/tool.conf"),
+            &link("conf/private.conf"),
+            &link("key"),
+            &link("masked"),
+            &link("shadow"),
+        ],
+    )
+    .opts(&["--policy", policy.to_str().expect("utf8")])
+    .run();
+    assert_eq!(job.code, 0, "{job:?}");
+    let result = job.probe_json();
+    assert_eq!(
+        result[link("conf/tool.conf")]["detail"],
+        "setting=1\n",
+        "the link into /etc dangles: {result}"
+    );
+    for hidden in ["conf/private.conf", "key", "masked", "shadow"] {
+        assert_eq!(result[link(hidden)]["ok"], false, "{hidden}: {result}");
+    }
+    let out = job.stdout_text();
+    assert!(
+        !out.contains("hunter2") && !out.contains("ssh-secret"),
+        "{out}"
+    );
+
+    // Asked for by name with --ro: shown as the links' targets are; a secret or a file no
+    // one else may read is refused before anything runs, saying why.
+    let job = Run::probe(ws.path(), &["read", conf.to_str().expect("utf8")])
+        .opts(&["--ro", config.to_str().expect("utf8")])
+        .run();
+    assert_eq!(
+        job.probe_json()[conf.to_str().expect("utf8")]["detail"],
+        "setting=1\n"
+    );
+    for (path, words) in [
+        ("/etc/shadow", "kept from every jail"),
+        (in_ssh.to_str().expect("utf8"), "kept from every jail"),
+        ("/etc/ssh", "kept from every jail"),
+        (private.to_str().expect("utf8"), "every user may read"),
+    ] {
+        let job = Run::command(ws.path(), &["true"])
+            .without_probe()
+            .opts(&["--ro", path])
+            .run();
+        assert_eq!(job.code, 125, "--ro {path}: {job:?}");
+        assert!(job.stderr.contains(words), "--ro {path}: {}", job.stderr);
+    }
+    drop(planted);
+}

@@ -76,3 +76,37 @@ fn a_jvm_sizes_itself_by_the_jobs_limits() {
         .unwrap_or_else(|| panic!("no MaxHeapSize in {all}"));
     assert_eq!(heap, 128 << 20, "{all}");
 }
+
+#[test]
+fn javac_and_maven_find_their_configuration_in_etc() {
+    if !require_root() {
+        return;
+    }
+    let (Some(java), Some(mvn)) = (require_tool("java"), require_tool("mvn")) else {
+        return;
+    };
+    let ws = workspace();
+    // Debian's JDK reads conf/security/java.security through a link into /etc; javac (the
+    // source launcher compiles first) crashed at start when it dangled.
+    let source = ws.path().join("Hello.java");
+    std::fs::write(
+        &source,
+        "public class Hello { public static void main(String[] a) { \
+         System.out.println(\"hello from \" + System.getProperty(\"java.version\")); } }",
+    )
+    .expect("write source");
+    let job = Run::command(
+        ws.path(),
+        &[java.to_str().expect("path"), source.to_str().expect("path")],
+    )
+    .without_probe()
+    .run();
+    assert_eq!(job.code, 0, "{job:?}");
+    assert!(job.stdout_text().starts_with("hello from "), "{job:?}");
+    // Maven's launcher reads m2.conf through a link into /etc/maven.
+    let job = Run::command(ws.path(), &[mvn.to_str().expect("path"), "--version"])
+        .without_probe()
+        .run();
+    assert_eq!(job.code, 0, "{job:?}");
+    assert!(job.stdout_text().contains("Apache Maven"), "{job:?}");
+}
