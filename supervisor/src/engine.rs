@@ -4,7 +4,8 @@
 
 use std::future::Future;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -373,6 +374,12 @@ impl Engine {
         }
         result.duration_ms = started.elapsed().as_millis() as u64;
         fill(&mut result, &run, &stats);
+        if matches!(run.exec_error, Some((errno, _)) if errno == libc::ENOENT) {
+            if let (Some(error), Some(hint)) = (&mut result.error, not_found_hint(&plan)) {
+                error.push_str("; ");
+                error.push_str(&hint);
+            }
+        }
         result.reason = explain(&plan, &run, &stats, &result);
         result
     }
@@ -1001,6 +1008,28 @@ fn loopback_resolver() -> Option<String> {
     })?;
     let ip: std::net::IpAddr = server.parse().ok()?;
     ip.is_loopback().then(|| server.to_string())
+}
+
+/// Where the caller would have found the command the jail did not: the first directory
+/// of the caller's PATH holding it, and what would show that directory.
+fn not_found_hint(plan: &JobPlan) -> Option<String> {
+    let program = plan.argv.first().filter(|p| !p.contains('/'))?;
+    let dir = plan
+        .caller_path
+        .as_deref()?
+        .split(':')
+        .filter(|dir| dir.starts_with('/'))
+        .find(|dir| {
+            std::fs::metadata(Path::new(dir).join(program))
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })?;
+    let found = Path::new(dir).join(program);
+    Some(format!(
+        "on your PATH it is {}, which the jail does not show: --ro {dir} shows it (where the \
+         policy allows), and a policy with [home] show = \"toolchains\" shows per-user \
+         toolchains (~/.cargo/bin, ~/.pyenv, ~/.local/bin…)",
+        found.display()
+    ))
 }
 
 fn signal_name(signal: i32) -> String {

@@ -78,6 +78,8 @@ pub struct Caller {
     pub cwd: PathBuf,
     /// The user behind sudo (SUDO_UID/SUDO_GID), if any.
     pub sudo: Option<(u32, u32)>,
+    /// The caller's home (see [`crate::home::of_caller`]), for policies that show some of it.
+    pub home: Option<PathBuf>,
 }
 
 impl Caller {
@@ -88,10 +90,13 @@ impl Caller {
             .collect();
         let id = |name: &str| env.get(name).and_then(|v| v.parse::<u32>().ok());
         let sudo = id("SUDO_UID").zip(id("SUDO_GID"));
+        let uid = sudo.map_or_else(|| nix::unistd::getuid().as_raw(), |(uid, _)| uid);
+        let home = crate::home::of_caller(uid, env.get("HOME").map(String::as_str));
         Ok(Caller {
             cwd: std::env::current_dir()?,
             env,
             sudo,
+            home,
         })
     }
 }
@@ -118,6 +123,8 @@ pub struct JobPlan {
     pub view: View,
     pub landlock_min_abi: u32,
     pub seccomp: crate::seccomp::Profile,
+    /// The caller's own PATH, to say where a command the jail does not find is.
+    pub caller_path: Option<String>,
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -178,14 +185,28 @@ pub fn plan(
     }
 
     let (uid, gid) = user(request.user, &workspace, caller, policy)?;
-    let env = environment(policy, &request.env, caller, &workspace)?;
+    // The caller's home, unless the policy shows none of it or the workspace holds it.
+    let home = caller
+        .home
+        .as_deref()
+        .filter(|home| policy.home != crate::home::Show::None && !home.starts_with(&workspace));
     let view = view::build(
         policy,
         &view::Extra {
             workspace: &workspace,
             ro: &ro,
             rw: &rw,
+            home,
         },
+    )?;
+    let env = environment(
+        policy,
+        &request.env,
+        caller,
+        &workspace,
+        home,
+        &view,
+        network,
     )?;
     Ok(JobPlan {
         job_id: request.id.clone().unwrap_or_else(new_job_id),
@@ -203,6 +224,7 @@ pub fn plan(
         view,
         landlock_min_abi: policy.landlock_min_abi,
         seccomp: policy.seccomp.clone(),
+        caller_path: caller.env.get("PATH").cloned(),
     })
 }
 
@@ -412,15 +434,44 @@ fn environment(
     requested: &[String],
     caller: &Caller,
     workspace: &Path,
+    home: Option<&Path>,
+    view: &view::View,
+    network: NetworkMode,
 ) -> Result<Vec<(String, String)>, RequestError> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
-    for name in &policy.env_pass {
+    // Proxies and CA bundles only where there is a network to use them on.
+    let with_network = if network == NetworkMode::Host {
+        policy.env_pass_with_network.as_slice()
+    } else {
+        &[]
+    };
+    for name in policy.env_pass.iter().chain(with_network) {
         if let Some(value) = caller.env.get(name) {
             // A HOME the jail cannot show is worse than none: tools would fail writing there.
             if name == "HOME" && !Path::new(value).starts_with(workspace) {
                 continue;
             }
+            // The caller's PATH, less what the jail does not show, in the caller's order:
+            // commands resolve as they do for the caller, or are not found.
+            if name == "PATH" {
+                let kept: Vec<&str> = value
+                    .split(':')
+                    .filter(|dir| {
+                        !dir.is_empty() && (!dir.starts_with('/') || view.shows(Path::new(dir)))
+                    })
+                    .collect();
+                if !kept.is_empty() {
+                    env.insert(name.clone(), kept.join(":"));
+                }
+                continue;
+            }
             env.insert(name.clone(), value.clone());
+        }
+    }
+    // The caller's home, as the jail shows it.
+    if let Some(home) = home.and_then(Path::to_str) {
+        if policy.env_pass.iter().any(|name| name == "HOME") {
+            env.insert("HOME".into(), home.to_string());
         }
     }
     for (name, value) in &policy.env_set {
@@ -476,6 +527,7 @@ mod tests {
             env,
             cwd: cwd.to_path_buf(),
             sudo: None,
+            home: None,
         }
     }
 

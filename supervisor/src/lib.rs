@@ -12,6 +12,7 @@ pub mod doctor;
 pub mod engine;
 pub mod etc_links;
 pub mod etc_snapshot;
+pub mod home;
 pub mod job;
 pub mod output;
 pub mod policy;

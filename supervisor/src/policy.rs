@@ -92,7 +92,20 @@ pub struct RawPolicy {
     #[serde(default)]
     pub seccomp: RawSeccomp,
     #[serde(default)]
+    pub home: RawHome,
+    #[serde(default)]
     pub overrides: RawOverrides,
+}
+
+/// What of the caller's home the job sees (see [`crate::home`]).
+#[derive(Debug, Default, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHome {
+    #[serde(default)]
+    pub show: crate::home::Show,
+    /// For `show = "toolchains"`: the entries, relative to the home (default:
+    /// [`crate::home::TOOLCHAINS`]).
+    pub toolchains: Option<Vec<PathBuf>>,
 }
 
 /// The seccomp filter: a named base list, and syscalls to deny besides or allow anyway.
@@ -172,6 +185,9 @@ pub struct RawLimits {
 #[serde(deny_unknown_fields)]
 pub struct RawEnv {
     pub pass: Vec<String>,
+    /// Passed too, but only when the job has the host's network (proxies, CA bundles).
+    #[serde(default)]
+    pub pass_with_network: Vec<String>,
     #[serde(default)]
     pub set: std::collections::BTreeMap<String, String>,
 }
@@ -219,7 +235,11 @@ pub struct Policy {
     pub network: NetworkMode,
     pub limits: Limits,
     pub env_pass: Vec<String>,
+    pub env_pass_with_network: Vec<String>,
     pub env_set: Vec<(String, String)>,
+    pub home: crate::home::Show,
+    /// The home entries `show = "toolchains"` binds, relative to the home.
+    pub home_toolchains: Vec<PathBuf>,
     pub run_as: RunAs,
     pub fallback_uid: u32,
     pub fallback_gid: u32,
@@ -359,7 +379,13 @@ impl Policy {
         limits
             .check()
             .map_err(|(field, reason)| invalid(&format!("limits.{field}"), reason))?;
-        for var in raw.env.pass.iter().chain(raw.env.set.keys()) {
+        for var in raw
+            .env
+            .pass
+            .iter()
+            .chain(&raw.env.pass_with_network)
+            .chain(raw.env.set.keys())
+        {
             check_env_name(var).map_err(|reason| invalid("env", reason))?;
         }
         let o = &raw.overrides;
@@ -421,6 +447,14 @@ impl Policy {
             };
             invalid(field, reason)
         })?;
+        let home_toolchains = raw
+            .home
+            .toolchains
+            .clone()
+            .unwrap_or_else(|| crate::home::TOOLCHAINS.iter().map(PathBuf::from).collect());
+        for entry in &home_toolchains {
+            crate::home::check_entry(entry).map_err(|reason| invalid("home.toolchains", reason))?;
+        }
         if raw.user.fallback_uid == 0 || raw.user.fallback_gid == 0 {
             return Err(invalid(
                 "user",
@@ -441,7 +475,10 @@ impl Policy {
             network: raw.network.mode,
             limits,
             env_pass: raw.env.pass,
+            env_pass_with_network: raw.env.pass_with_network,
             env_set: raw.env.set.into_iter().collect(),
+            home: raw.home.show,
+            home_toolchains,
             run_as: raw.user.run_as,
             fallback_uid: raw.user.fallback_uid,
             fallback_gid: raw.user.fallback_gid,
@@ -505,6 +542,7 @@ impl Policy {
             },
             env: RawEnv {
                 pass: self.env_pass.clone(),
+                pass_with_network: self.env_pass_with_network.clone(),
                 set: self.env_set.iter().cloned().collect(),
             },
             user: RawUser {
@@ -519,6 +557,10 @@ impl Policy {
                 profile: self.seccomp.base,
                 deny: self.seccomp.deny.clone(),
                 allow: self.seccomp.allow.clone(),
+            },
+            home: RawHome {
+                show: self.home,
+                toolchains: Some(self.home_toolchains.clone()),
             },
             overrides: RawOverrides {
                 timeout: Some(Dur(o.max.timeout)),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use toolbox_spec::{FsAccess, LandlockRule, Mount};
 
 use crate::etc_snapshot;
+use crate::home::Show;
 use crate::policy::{Policy, WorkspaceAccess};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,7 @@ enum Origin {
     ExtraRo,
     ExtraRw,
     Tmpfs,
+    Home,
     Masked,
 }
 
@@ -53,6 +55,7 @@ impl Origin {
             Origin::ExtraRo => "a --ro path",
             Origin::ExtraRw => "a --rw path",
             Origin::Tmpfs => "a policy tmpfs",
+            Origin::Home => "the caller's home",
             Origin::Masked => "a masked path",
         }
     }
@@ -65,11 +68,27 @@ pub struct View {
     pub rules: Vec<LandlockRule>,
 }
 
+impl View {
+    /// Whether the jail shows the host's `path` at the same place: it lies in a bind of a
+    /// host path (the system directories, the workspace, a toolchain…) or is a symlink the
+    /// view recreates (`/bin`), not merely in a tmpfs of the jail's own.
+    pub fn shows(&self, path: &Path) -> bool {
+        self.mounts.iter().any(|mount| match mount {
+            Mount::Bind { src, dst, .. } => src == dst && path.starts_with(dst),
+            Mount::Symlink { dst, .. } => path == Path::new(dst),
+            _ => false,
+        })
+    }
+}
+
 /// What the job asks for on top of the policy's view; every path already canonical.
 pub struct Extra<'a> {
     pub workspace: &'a Path,
     pub ro: &'a [PathBuf],
     pub rw: &'a [PathBuf],
+    /// The caller's home, when the policy shows some of it (see [`crate::home`]) and it
+    /// does not lie in the workspace.
+    pub home: Option<&'a Path>,
 }
 
 pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
@@ -288,14 +307,92 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
             Origin::Tmpfs,
         ));
     }
+    // The caller's home: its toolchains read-only in a private tmpfs, or all of it
+    // read-only; its secrets masked below wherever a bind would show them.
+    let mut home_secrets = Vec::new();
+    if let Some(home) = extra.home.filter(|_| policy.home != Show::None) {
+        let mut shown: Vec<PathBuf> = Vec::new();
+        match policy.home {
+            Show::None => {}
+            Show::All => shown.push(home.to_path_buf()),
+            Show::Toolchains => {
+                if !taken(&mounts, home) {
+                    mounts.push((
+                        Mount::Tmpfs {
+                            dst: utf8(home)?,
+                            size: policy.tmp_size,
+                            mode: 0o1777,
+                        },
+                        Origin::Home,
+                    ));
+                    rules.push(rule(&utf8(home)?, FsAccess::ReadWrite));
+                }
+                shown.extend(policy.home_toolchains.iter().map(|rel| home.join(rel)));
+            }
+        }
+        for path in shown {
+            // What the workspace or a --ro/--rw bind shows already, or lies within it.
+            let covered = mounts.iter().any(|(m, origin)| {
+                matches!(
+                    origin,
+                    Origin::Workspace | Origin::ExtraRo | Origin::ExtraRw
+                ) && path.starts_with(m.dst())
+            });
+            if covered || taken(&mounts, &path) {
+                continue;
+            }
+            let Some(meta) = lstat(&path)? else { continue };
+            // A link (dotfiles kept in a repository) shows what it leads to, if that is
+            // in the home and no secret.
+            let src = if meta.file_type().is_symlink() {
+                match path.canonicalize() {
+                    Ok(target)
+                        if target
+                            .strip_prefix(home)
+                            .is_ok_and(|rel| !crate::home::is_secret(rel)) =>
+                    {
+                        target
+                    }
+                    _ => continue,
+                }
+            } else {
+                path.clone()
+            };
+            let dst = utf8(&path)?;
+            rules.push(if src.is_dir() {
+                rule(&dst, FsAccess::ReadExec)
+            } else {
+                file_rule(&dst, FsAccess::ReadExec)
+            });
+            mounts.push((
+                Mount::Bind {
+                    src: utf8(&src)?,
+                    dst,
+                    writable: false,
+                },
+                Origin::Home,
+            ));
+            for secret in crate::home::SECRETS {
+                let secret = home.join(secret);
+                if secret.starts_with(&path) && secret != path {
+                    home_secrets.push(secret);
+                }
+            }
+        }
+    }
+
     // Masked paths: a directory is covered by an empty, root-owned tmpfs the tool cannot
     // write; a file by an empty read-only file. Only what the view shows can be masked; the rest is
     // invisible already.
-    for path in &policy.masked {
+    for path in policy.masked.iter().chain(&home_secrets) {
         let shown = mounts.iter().any(|(mount, origin)| {
             matches!(
                 origin,
-                Origin::System | Origin::ExtraRo | Origin::ExtraRw | Origin::Workspace
+                Origin::System
+                    | Origin::ExtraRo
+                    | Origin::ExtraRw
+                    | Origin::Workspace
+                    | Origin::Home
             ) && path.starts_with(mount.dst())
         });
         let Some(meta) = lstat(path)? else { continue };
@@ -338,6 +435,11 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
         mounts: mounts.into_iter().map(|(mount, _)| mount).collect(),
         rules,
     })
+}
+
+/// Whether something is mounted at `path` already.
+fn taken(mounts: &[(Mount, Origin)], path: &Path) -> bool {
+    mounts.iter().any(|(m, _)| Path::new(m.dst()) == path)
 }
 
 /// Small regular files are copied into the jail's read-only root (one file write instead of
@@ -424,6 +526,7 @@ mod tests {
                 workspace: ws.path(),
                 ro: &[],
                 rw: &[],
+                home: None,
             },
         )
         .expect("view");
@@ -449,6 +552,7 @@ mod tests {
                 workspace: ws.path(),
                 ro: &[ws.path().to_path_buf()],
                 rw: &[],
+                home: None,
             },
         )
         .expect_err("workspace bound twice");

@@ -62,12 +62,15 @@ fn only_the_policy_paths_are_visible() {
         return;
     }
     let ws = workspace();
+    // The caller's home (shown in part, see workloads.rs) is elsewhere than /root here.
+    let home = tempfile::tempdir().expect("home");
     let job = Run::probe(
         ws.path(),
         &[
             "readdir", "/", "/etc", "/dev", "/root", "/home", "/sys", "/sys/fs", "/var", "/run",
         ],
     )
+    .caller_env("HOME", home.path().to_str().expect("utf8"))
     .run();
     let result = job.probe_json();
     let root = result["/"]["detail"]
@@ -201,7 +204,11 @@ fn a_symlink_planted_in_the_workspace_does_not_reach_host_secrets() {
     }
     let link = |name: &str| ws.path().join(name).to_string_lossy().into_owned();
     let job = Run::probe(ws.path(), &["read", &link("shadow"), &link("secret")]).run();
-    let listing = Run::probe(ws.path(), &["readdir", &link("rootdir")]).run();
+    // The caller's home (root's /root here) elsewhere: /root is none of the view.
+    let home = tempfile::tempdir().expect("home");
+    let listing = Run::probe(ws.path(), &["readdir", &link("rootdir")])
+        .caller_env("HOME", home.path().to_str().expect("utf8"))
+        .run();
     let _ = std::fs::remove_file(&secret_path);
     let result = job.probe_json();
     assert_eq!(result[link("shadow").as_str()]["ok"], false, "{result}");
@@ -456,4 +463,79 @@ fn what_the_system_view_links_to_in_etc_is_shown_and_secrets_never_are() {
         assert!(job.stderr.contains(words), "--ro {path}: {}", job.stderr);
     }
     drop(planted);
+}
+
+/// A caller's home holding `secret` (readable by anyone: only the view keeps it out), and
+/// links to it from entries the shipped policies show (git's config, ~/.local/lib).
+fn home_with_secret(secret: &str) -> (tempfile::TempDir, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().expect("home");
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let text = format!("SECRET-{}", toolbox_tests::token("home"));
+    let path = home.path().join(secret);
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(&path, &text).expect("write");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::os::unix::fs::symlink(&path, home.path().join(".gitconfig")).expect("link");
+    std::fs::create_dir_all(home.path().join(".local/lib")).expect("mkdir");
+    std::os::unix::fs::symlink(&path, home.path().join(".local/lib/leak")).expect("link");
+    (home, text)
+}
+
+/// Under every shipped policy, the home's `secret` is unreadable: by its path, through a
+/// link a shown entry is, and through a link inside a shown directory.
+fn home_secret_stays_out(secret: &str) {
+    if !require_root() {
+        return;
+    }
+    let (home, text) = home_with_secret(secret);
+    let h = home.path().to_str().expect("utf8");
+    let ws = workspace();
+    for policy in ["default", "strict", "network", "build"] {
+        let script = format!(
+            "cat {h}/{secret} {h}/.gitconfig {h}/.local/lib/leak 2>/dev/null; \
+             ls -A {h}/.local/lib 2>/dev/null; echo done"
+        );
+        let job = Run::command(ws.path(), &["sh", "-c", &script])
+            .without_probe()
+            .caller_env("HOME", h)
+            .opts(&["--policy", policy])
+            .run();
+        let out = job.stdout_text();
+        assert!(out.ends_with("done\n"), "{policy}: {job:?}");
+        assert!(!out.contains(&text), "{policy}: {secret} leaked: {out}");
+    }
+    // Control: the file is there and readable by the tool's uid outside a jail.
+    let control = std::process::Command::new("cat")
+        .arg(home.path().join(secret))
+        .uid_gid(TOOL_UID)
+        .output()
+        .expect("cat");
+    assert_eq!(String::from_utf8_lossy(&control.stdout), text);
+}
+
+trait UidGid {
+    fn uid_gid(&mut self, id: u32) -> &mut Self;
+}
+
+impl UidGid for std::process::Command {
+    fn uid_gid(&mut self, id: u32) -> &mut Self {
+        std::os::unix::process::CommandExt::uid(self, id);
+        std::os::unix::process::CommandExt::gid(self, id)
+    }
+}
+
+#[test]
+fn a_callers_ssh_key_stays_out_of_every_shipped_policy() {
+    home_secret_stays_out(".ssh/id_ed25519");
+}
+
+#[test]
+fn a_callers_aws_credentials_stay_out_of_every_shipped_policy() {
+    home_secret_stays_out(".aws/credentials");
+}
+
+#[test]
+fn a_callers_netrc_stays_out_of_every_shipped_policy() {
+    home_secret_stays_out(".netrc");
 }

@@ -149,7 +149,9 @@ fn forbidden_syscalls_fail_with_eperm() {
     // refuses it itself.
     let legacy_tiocsti = std::fs::read_to_string("/proc/sys/dev/tty/legacy_tiocsti")
         .map_or(true, |v| v.trim() == "1");
-    if legacy_tiocsti {
+    // (The cgroup v2 VM tier's guest has no devpts of its own to open a pty on.)
+    let host_has_ptys = std::path::Path::new("/dev/pts/ptmx").exists();
+    if legacy_tiocsti && host_has_ptys {
         assert_eq!(control["ioctl_tiocsti_pty"], 0, "{control}");
     }
     assert!(
@@ -164,10 +166,18 @@ fn the_callers_environment_does_not_leak() {
         return;
     }
     let ws = workspace();
-    let job = Run::probe(ws.path(), &["env"])
-        .caller_env("TOOLBOX_TEST_SECRET", "hunter2")
-        .caller_env("AWS_SECRET_ACCESS_KEY", "also-secret")
-        .caller_env("PASSED_BY_NAME", "yes")
+    let home = tempfile::tempdir().expect("home");
+    let home_path = home.path().to_str().expect("utf8");
+    fn caller<'a>(run: Run<'a>, home_path: &str) -> Run<'a> {
+        run.caller_env("TOOLBOX_TEST_SECRET", "hunter2")
+            .caller_env("AWS_SECRET_ACCESS_KEY", "also-secret")
+            .caller_env("PASSED_BY_NAME", "yes")
+            .caller_env("GIT_AUTHOR_NAME", "Ada")
+            .caller_env("LC_ALL", "C.UTF-8")
+            .caller_env("HTTPS_PROXY", "http://proxy.invalid:3128")
+            .caller_env("HOME", home_path)
+    }
+    let job = caller(Run::probe(ws.path(), &["env"]), home_path)
         .opts(&["--env", "EXTRA=1", "--env", "PASSED_BY_NAME"])
         .run();
     let env = job.probe_json();
@@ -179,14 +189,61 @@ fn the_callers_environment_does_not_leak() {
     assert!(!job.stdout_text().contains("hunter2"));
     assert_eq!(env["EXTRA"], "1");
     assert_eq!(env["PASSED_BY_NAME"], "yes");
-    let allowed = ["PATH", "HOME", "LANG", "TERM", "EXTRA", "PASSED_BY_NAME"];
+    // What tools need to behave as for the caller: git's identity, the locale.
+    assert_eq!(env["GIT_AUTHOR_NAME"], "Ada");
+    assert_eq!(env["LC_ALL"], "C.UTF-8");
+    // A proxy only where there is a network to use it on.
+    assert!(!env.contains_key("HTTPS_PROXY"), "{env:?}");
+    let allowed = [
+        "PATH",
+        "HOME",
+        "LANG",
+        "TERM",
+        "EXTRA",
+        "PASSED_BY_NAME",
+        "GIT_AUTHOR_NAME",
+        "LC_ALL",
+        "LANGUAGE",
+        "LC_CTYPE",
+        "LC_MESSAGES",
+        "LC_COLLATE",
+        "LC_NUMERIC",
+        "LC_TIME",
+        "TZ",
+        "COLORTERM",
+        "NO_COLOR",
+        "GIT_AUTHOR_EMAIL",
+        "GIT_COMMITTER_NAME",
+        "GIT_COMMITTER_EMAIL",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+        "PYENV_ROOT",
+        "PYENV_VERSION",
+        "NVM_DIR",
+    ];
     for name in env.keys() {
         assert!(
             allowed.contains(&name.as_str()),
             "{name} is not on the allowlist: {env:?}"
         );
     }
-    assert_eq!(env["HOME"], "/tmp", "a HOME outside the view is replaced");
+    // The caller's home, shown in part (its toolchains, see workloads.rs), at its own path.
+    assert_eq!(env["HOME"], home_path, "{env:?}");
+    // With the host's network, the proxy goes along.
+    let job = caller(Run::probe(ws.path(), &["env"]), home_path)
+        .opts(&["--policy", "network"])
+        .run();
+    assert_eq!(job.probe_json()["HTTPS_PROXY"], "http://proxy.invalid:3128");
+    // A policy that shows none of the home: HOME is /tmp.
+    let job = caller(Run::command(ws.path(), &["env"]), home_path)
+        .without_probe()
+        .opts(&["--policy", "strict"])
+        .run();
+    assert!(
+        job.stdout_text().lines().any(|l| l == "HOME=/tmp"),
+        "{job:?}"
+    );
 }
 
 #[test]

@@ -110,3 +110,110 @@ fn javac_and_maven_find_their_configuration_in_etc() {
     assert_eq!(job.code, 0, "{job:?}");
     assert!(job.stdout_text().contains("Apache Maven"), "{job:?}");
 }
+
+/// A caller's home as a developer's looks: a rustup-like and a pyenv-like toolchain, git's
+/// config, another tool directory on PATH, and credentials readable by anyone but the
+/// view.
+fn test_home() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().expect("home");
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let script = |rel: &str, text: &str| {
+        let path = home.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, format!("#!/bin/sh\necho {text}\n")).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    };
+    script(".cargo/bin/cargo", "cargo-from-the-home");
+    script(".pyenv/shims/python3", "python-from-pyenv");
+    script("tools/bin/mytool", "mytool-ran");
+    std::fs::write(
+        home.path().join(".gitconfig"),
+        "[user]\n\tname = Ada Tester\n\temail = ada@example.invalid\n",
+    )
+    .expect("gitconfig");
+    for (rel, text) in [
+        (".ssh/id_ed25519", "SSH-KEY-SECRET"),
+        (".aws/credentials", "AWS-SECRET"),
+        (".netrc", "NETRC-SECRET"),
+    ] {
+        let path = home.path().join(rel);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, text).expect("write");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    home
+}
+
+#[test]
+fn the_callers_toolchains_resolve_as_they_do_for_the_caller() {
+    if !require_root() {
+        return;
+    }
+    let Some(git) = require_tool("git") else {
+        return;
+    };
+    let home = test_home();
+    let h = home.path().to_str().expect("utf8");
+    let ws = workspace();
+    let path = format!("{h}/.cargo/bin:{h}/.pyenv/shims:/usr/bin:/bin:/nonexistent/bin");
+    let script = format!(
+        "command -v cargo; cargo; command -v python3; python3; echo \"$PATH\"; echo \"$HOME\"; \
+         {} config user.name",
+        git.display()
+    );
+    let job = Run::command(ws.path(), &["sh", "-c", &script])
+        .without_probe()
+        .caller_env("HOME", h)
+        .caller_env("PATH", &path)
+        .run();
+    assert_eq!(job.code, 0, "{job:?}");
+    let out = job.stdout_text();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{h}/.cargo/bin/cargo").as_str(),
+            "cargo-from-the-home",
+            format!("{h}/.pyenv/shims/python3").as_str(),
+            "python-from-pyenv",
+            // In the caller's order, less what the jail does not show.
+            format!("{h}/.cargo/bin:{h}/.pyenv/shims:/usr/bin:/bin").as_str(),
+            h,
+            "Ada Tester",
+        ],
+        "{job:?}"
+    );
+    // The home is a private tmpfs: writable, nothing written there reaches the host.
+    let job = Run::command(ws.path(), &["sh", "-c", "echo x > ~/.new && cat ~/.new"])
+        .without_probe()
+        .caller_env("HOME", h)
+        .run();
+    assert_eq!(job.stdout_text(), "x\n", "{job:?}");
+    assert!(!home.path().join(".new").exists());
+    // A policy that shows none of it: the toolchain is not found — and toolbox says where
+    // it is on the caller's PATH and what would show it.
+    let job = Run::command(ws.path(), &["mytool"])
+        .without_probe()
+        .caller_env("HOME", h)
+        .caller_env("PATH", &format!("{h}/tools/bin:/usr/bin:/bin"))
+        .run();
+    assert_eq!(job.code, 127, "{job:?}");
+    for words in [
+        format!("on your PATH it is {h}/tools/bin/mytool"),
+        format!("--ro {h}/tools/bin"),
+    ] {
+        assert!(
+            job.stderr.contains(&words),
+            "{words:?} not in {}",
+            job.stderr
+        );
+    }
+    let job = Run::command(ws.path(), &["mytool"])
+        .without_probe()
+        .caller_env("HOME", h)
+        .caller_env("PATH", &format!("{h}/tools/bin:/usr/bin:/bin"))
+        .opts(&["--ro", &format!("{h}/tools/bin")])
+        .run();
+    assert_eq!(job.stdout_text(), "mytool-ran\n", "{job:?}");
+}

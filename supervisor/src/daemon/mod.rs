@@ -641,6 +641,8 @@ async fn submit(
         env: BTreeMap::new(),
         cwd: request.cwd.clone().unwrap_or_else(|| PathBuf::from("/")),
         sudo: None,
+        // The peer's own home (its passwd entry), for policies that show some of it.
+        home: crate::home::of_caller(peer.uid, None),
     };
     let cwd = caller.cwd.clone();
     let plan = job::plan(&policy, request, &caller).map_err(request_error)?;
