@@ -375,6 +375,17 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
             for secret in crate::home::SECRETS {
                 let secret = home.join(secret);
                 if secret.starts_with(&path) && secret != path {
+                    // A secret that is a link (dotfiles kept in a repository) cannot be
+                    // mounted over: what it leads to is, where the bind shows that.
+                    let is_link = std::fs::symlink_metadata(&secret)
+                        .is_ok_and(|m| m.file_type().is_symlink());
+                    if is_link {
+                        if let Ok(target) = secret.canonicalize() {
+                            if target.starts_with(&path) {
+                                home_secrets.push(target);
+                            }
+                        }
+                    }
                     home_secrets.push(secret);
                 }
             }

@@ -539,3 +539,45 @@ fn a_callers_aws_credentials_stay_out_of_every_shipped_policy() {
 fn a_callers_netrc_stays_out_of_every_shipped_policy() {
     home_secret_stays_out(".netrc");
 }
+
+#[test]
+fn a_policy_showing_the_whole_home_still_hides_its_secrets() {
+    if !require_root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let (home, text) = home_with_secret(".aws/credentials");
+    let h = home.path().to_str().expect("utf8");
+    // A secret kept as a link into a dotfiles directory, and a file that is no secret.
+    std::fs::create_dir(home.path().join("dotfiles")).expect("mkdir");
+    let netrc = home.path().join("dotfiles/netrc");
+    std::fs::write(&netrc, &text).expect("write");
+    std::fs::set_permissions(&netrc, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    std::os::unix::fs::symlink("dotfiles/netrc", home.path().join(".netrc")).expect("link");
+    std::fs::write(home.path().join("notes.txt"), "plain notes\n").expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("all.toml");
+    let policy_text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/default.toml"),
+    )
+    .expect("default policy")
+    .replacen("show = \"toolchains\"", "show = \"all\"", 1);
+    std::fs::write(&policy, policy_text).expect("write policy");
+    let ws = workspace();
+    let script = format!(
+        "cat {h}/notes.txt; cat {h}/.aws/credentials {h}/.gitconfig {h}/.local/lib/leak \
+         {h}/.netrc {h}/dotfiles/netrc 2>/dev/null; echo done"
+    );
+    let job = Run::command(ws.path(), &["sh", "-c", &script])
+        .without_probe()
+        .caller_env("HOME", h)
+        .opts(&["--policy", policy.to_str().expect("utf8")])
+        .run();
+    let out = job.stdout_text();
+    assert!(
+        out.starts_with("plain notes\n"),
+        "the home is not shown: {job:?}"
+    );
+    assert!(out.ends_with("done\n"), "{job:?}");
+    assert!(!out.contains(&text), "a secret leaked: {out}");
+}
