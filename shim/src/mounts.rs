@@ -92,11 +92,6 @@ pub fn build_root(spec: &JailSpec) -> Result<(), SetupError> {
     for (mount, source) in spec.mounts.iter().zip(sources) {
         tree.apply(mount, source)?;
     }
-    // Mount points for the job's cgroup view, which the tool mounts in its own cgroup
-    // namespace (`mount_cgroup_view`).
-    for fs in &spec.cgroup_view {
-        tree.dir(&fs.dst)?;
-    }
 
     sys::mount_setattr(
         tree.root.as_fd(),
@@ -414,41 +409,6 @@ impl Tree {
         }
         Ok(dir)
     }
-}
-
-/// The job's own cgroup, read-only, at `/sys/fs/cgroup`: called by the tool's process once
-/// it is in its own cgroup namespace (a cgroup filesystem mounted there is rooted at the
-/// job's cgroup, and mounting one outside the initial namespace changes nothing of the
-/// host's hierarchy options), before it gives up its capabilities. The mount points were
-/// made in the root, which the tool has not run in yet.
-pub fn mount_cgroup_view(spec: &JailSpec) -> Result<(), SetupError> {
-    for fs in &spec.cgroup_view {
-        let options: Vec<(&str, &str)> = fs.controllers.iter().map(|c| (c.as_str(), "")).collect();
-        let fstype = if fs.fstype == "cgroup2" {
-            "cgroup2"
-        } else {
-            "cgroup"
-        };
-        let err = |errno| SetupError::NewFs {
-            fstype,
-            dst: fs.dst.clone(),
-            errno,
-        };
-        let mount = sys::new_fs_mount(
-            fstype,
-            &options,
-            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
-        )
-        .map_err(err)?;
-        let target = nix::fcntl::open(
-            fs.dst.as_str(),
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(err)?;
-        sys::move_mount(mount.as_fd(), target.as_fd()).map_err(err)?;
-    }
-    Ok(())
 }
 
 fn new_tmpfs(dst: &str, size: u64, mode: u32, attrs: u64) -> Result<OwnedFd, SetupError> {

@@ -168,7 +168,6 @@ pub fn move_mount(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> Result<(), Errno>
 /// A new, detached filesystem mount (`fsopen` + `fsconfig` + `fsmount`).
 pub fn new_fs_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> Result<OwnedFd, Errno> {
     const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
-    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
     const FSCONFIG_SET_STRING: libc::c_uint = 1;
     const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
     const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
@@ -177,21 +176,14 @@ pub fn new_fs_mount(fstype: &str, options: &[(&str, &str)], attrs: u64) -> Resul
     let fs = owned(unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) })?;
     for (key, value) in options {
         let (key, value) = (cstring(key)?, cstring(value)?);
-        // An empty value sets a flag (a v1 cgroup's controller names are flags).
-        let (command, value) = if value.is_empty() {
-            (FSCONFIG_SET_FLAG, std::ptr::null())
-        } else {
-            (FSCONFIG_SET_STRING, value.as_ptr())
-        };
-        // SAFETY: valid descriptor and NUL-terminated key/value strings alive for the call
-        // (or a null value, as a flag takes).
+        // SAFETY: valid descriptor and NUL-terminated key/value strings alive for the call.
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_fsconfig,
                 fs.as_raw_fd(),
-                command,
+                FSCONFIG_SET_STRING,
                 key.as_ptr(),
-                value,
+                value.as_ptr(),
                 0,
             )
         };

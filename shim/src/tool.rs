@@ -54,8 +54,6 @@ fn prepare(spec: &JailSpec, network: Option<Netns>) -> Result<Enforced, SetupErr
     // A cgroup namespace rooted at the job's cgroup: the tool sees itself at "/".
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
         .map_err(SetupError::CgroupNamespace)?;
-    // ... and that cgroup, read-only, at /sys/fs/cgroup: runtimes size themselves by it.
-    crate::mounts::mount_cgroup_view(spec)?;
     // The CPUs the job's quota rounds up to (nproc, thread pools count these).
     if !spec.cpus.is_empty() {
         let mut set = nix::sched::CpuSet::new();

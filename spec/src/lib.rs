@@ -63,27 +63,9 @@ pub struct JailSpec {
     /// ~15 ms) — then forks the tool, which is born there. Empty on cgroup v2, where the
     /// supervisor clones PID 1 straight into the job's cgroup.
     pub cgroup_tasks: Vec<String>,
-    /// The job's own cgroup, read-only, where runtimes look for their limits (JVMs, Go and
-    /// Rust runtimes, `nproc`-style sizing): each filesystem is mounted by the tool's process
-    /// once it is in its own cgroup namespace, so its root is the job's cgroup. The shim
-    /// makes the mount points while it builds the root.
-    pub cgroup_view: Vec<CgroupFs>,
     /// The CPUs the tool runs on (its affinity), or empty for those it inherits: as many as
     /// the job's CPU quota rounds up to, so what a runtime counts matches what it gets.
     pub cpus: Vec<u32>,
-}
-
-/// One cgroup filesystem of the job's view.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CgroupFs {
-    /// Where, inside the jail (`/sys/fs/cgroup`, or `/sys/fs/cgroup/memory` on v1).
-    pub dst: String,
-    /// `cgroup2`, or `cgroup` (v1).
-    pub fstype: String,
-    /// v1: the hierarchy's controllers, exactly as the host mounted them (`cpu`,
-    /// `cpuacct`); empty on v2.
-    pub controllers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -452,11 +434,6 @@ mod tests {
             seccomp: Vec::new(),
             rlimits: Vec::new(),
             cgroup_tasks: vec!["/sys/fs/cgroup/pids/toolbox-j1/tasks".into()],
-            cgroup_view: vec![CgroupFs {
-                dst: "/sys/fs/cgroup/cpu,cpuacct".into(),
-                fstype: "cgroup".into(),
-                controllers: vec!["cpu".into(), "cpuacct".into()],
-            }],
             cpus: vec![1],
         };
         let mut pipe = spec.encode();

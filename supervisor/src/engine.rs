@@ -323,8 +323,18 @@ impl Engine {
             Err(err) => return fail(result, started, format!("create the job's cgroup: {err}")),
         };
         let name = job_name(&plan.job_id);
-        // The spec first: the shim builds the jail's root while we make the cgroup (v1) and
-        // set its limits, then joins it (v1) and forks the tool on the go.
+        // The job's cgroup before the spec (v1; on v2 it was made at prestart): the spec
+        // binds it, read-only, into the jail.
+        if guard.0.is_none() {
+            match cgroups.make(&name) {
+                Ok(made) => guard.0 = Some(made),
+                Err(err) => {
+                    return fail(result, started, format!("create the job's cgroup: {err}"))
+                }
+            }
+        }
+        // Then the spec: the shim builds the jail's root while we set the cgroup's limits,
+        // then joins it (v1) and forks the tool on the go.
         // The tool's CPUs: as many as its quota rounds up to, the least busy of ours.
         let pinned = self.pins.take(plan.limits.cpus);
         let sent = match self.spec(&plan, cgroups, &name, &pinned.cpus) {
@@ -337,14 +347,8 @@ impl Engine {
         if let Err(message) = sent {
             return fail(result, started, message);
         }
-        let cgroup = match &guard.0 {
-            Some(made) => made,
-            None => match cgroups.make(&name) {
-                Ok(made) => guard.0.insert(made),
-                Err(err) => {
-                    return fail(result, started, format!("create the job's cgroup: {err}"))
-                }
-            },
+        let Some(cgroup) = &guard.0 else {
+            unreachable!("the job's cgroup was made above")
         };
         debug_assert!(cgroup.path().ends_with(&name));
         if let Err(err) = cgroup.set_limits(&limits) {
@@ -392,21 +396,29 @@ impl Engine {
         cpus: &[u32],
     ) -> Result<JailSpec, String> {
         let seccomp = seccomp::filter_for(&plan.seccomp).map_err(|e| e.to_string())?;
-        // The job's cgroup at /sys/fs/cgroup, read-only: the mount points (and a v1
-        // layout's symlinks) in the root, the filesystems mounted by the tool's process.
-        let (cgroup_view, links) = cgroups.view();
+        // The job's cgroup (made by now), read-only, at /sys/fs/cgroup: runtimes size heaps
+        // and thread pools by it. Its cgroup namespace makes each bind read as a whole
+        // hierarchy.
+        let (binds, links) = cgroups.view(name);
         let mut mounts = plan.view.mounts.clone();
+        let mut rules = plan.view.rules.clone();
+        if !binds.is_empty() {
+            rules.push(LandlockRule {
+                path: "/sys/fs/cgroup".into(),
+                access: FsAccess::Read,
+                dir: true,
+            });
+        }
+        mounts.extend(binds.into_iter().map(|(src, dst)| Mount::Bind {
+            src: src.to_string_lossy().into_owned(),
+            dst,
+            writable: false,
+        }));
         mounts.extend(
             links
                 .into_iter()
                 .map(|(target, dst)| Mount::Symlink { target, dst }),
         );
-        let mut rules = plan.view.rules.clone();
-        rules.push(LandlockRule {
-            path: "/sys/fs/cgroup".into(),
-            access: FsAccess::Read,
-            dir: true,
-        });
         Ok(JailSpec {
             job_id: plan.job_id.clone(),
             argv: plan.argv.clone(),
@@ -442,7 +454,6 @@ impl Engine {
                 },
             ],
             cgroup_tasks: cgroups.tasks_for(name),
-            cgroup_view,
             cpus: cpus.to_vec(),
         })
     }

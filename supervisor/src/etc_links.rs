@@ -60,23 +60,59 @@ pub fn is_secret(path: &Path) -> bool {
     let Ok(rest) = path.strip_prefix("/etc") else {
         return false;
     };
-    SECRETS.iter().any(|secret| rest.starts_with(secret))
+    match rest.to_str() {
+        Some(rest) => SECRETS
+            .iter()
+            .any(|secret| crate::home::within(rest, secret)),
+        None => SECRETS.iter().any(|secret| rest.starts_with(secret)),
+    }
 }
 
-/// The `/etc` paths (files and directories, resolved) that symlinks under `system` lead to,
-/// secrets left out: from the cache when it is current, else found and cached.
-pub fn targets(system: &[PathBuf]) -> Vec<PathBuf> {
+/// One file the system directories' links lead to in `/etc`, as the snapshot needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcFile {
+    pub path: PathBuf,
+    pub mode: u32,
+    pub size: u64,
+}
+
+/// The files beneath `/etc` that symlinks under `system` lead to (a link to a directory
+/// brings what is in it), secrets and what is not world-readable left out: from the cache
+/// when it is current, else found and cached. The cache is current when the system
+/// directories and package databases are as they were (the key) and so is every directory
+/// the files were found in (their mtimes: a file added or removed there changes it); the
+/// files' own contents are the snapshot's to check, as for every /etc entry.
+/// Grouped by the link target they come from (a file, or a directory walked): a target the
+/// policy's own /etc list shows already is skipped whole.
+pub fn files(system: &[PathBuf]) -> Vec<(PathBuf, Vec<EtcFile>)> {
     let key = key(system);
     let cache = crate::etc_snapshot::state_dir().join("etc-links");
     if let Some(found) = read_cache(&cache, &key) {
         return found;
     }
-    let found = scan(system);
-    if let Err(err) = write_cache(&cache, &key, &found) {
+    let mut dirs = Vec::new();
+    let mut found = Vec::new();
+    let mut count = 0;
+    for target in scan(system) {
+        let mut files = Vec::new();
+        walk(
+            &target,
+            FILES_MAX.saturating_sub(count),
+            &mut dirs,
+            &mut files,
+        );
+        count += files.len();
+        found.push((target, files));
+    }
+    if let Err(err) = write_cache(&cache, &key, &dirs, &found) {
         tracing::debug!("cache the /etc links of the system directories: {err}");
     }
     found
 }
+
+/// The most files the links bring in (/etc holds small things; a link to something huge is
+/// a mistake not to copy into every jail).
+const FILES_MAX: usize = 4096;
 
 fn key(system: &[PathBuf]) -> String {
     let mut hasher = DefaultHasher::new();
@@ -102,7 +138,14 @@ fn key(system: &[PathBuf]) -> String {
     format!("{:016x}", hasher.finish())
 }
 
-fn read_cache(path: &Path, key: &str) -> Option<Vec<PathBuf>> {
+/// A directory's mtime, as the cache records it.
+fn mtime(path: &Path) -> Option<(i64, i64)> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|meta| (meta.mtime(), meta.mtime_nsec()))
+}
+
+fn read_cache(path: &Path, key: &str) -> Option<Vec<(PathBuf, Vec<EtcFile>)>> {
     let meta = std::fs::symlink_metadata(path).ok()?;
     // Ours alone: anyone else could have planted what jails then show.
     if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
@@ -113,15 +156,45 @@ fn read_cache(path: &Path, key: &str) -> Option<Vec<PathBuf>> {
     if lines.next()? != format!("key {key}") {
         return None;
     }
-    Some(
-        lines
-            .map(PathBuf::from)
-            .filter(|p| p.starts_with("/etc") && !is_secret(p))
-            .collect(),
-    )
+    let mut found: Vec<(PathBuf, Vec<EtcFile>)> = Vec::new();
+    for line in lines {
+        if let Some(target) = line.strip_prefix("t ") {
+            found.push((PathBuf::from(target), Vec::new()));
+            continue;
+        }
+        let mut fields = line.splitn(4, ' ');
+        let (kind, a, b, rest) = (
+            fields.next()?,
+            fields.next()?,
+            fields.next()?,
+            fields.next()?,
+        );
+        let path = PathBuf::from(rest);
+        match kind {
+            "d" => {
+                if mtime(&path) != Some((a.parse().ok()?, b.parse().ok()?)) {
+                    return None;
+                }
+            }
+            // Checked for secrets where a file is shown (the view): checking all here
+            // costs more than the rest of the read.
+            "f" => found.last_mut()?.1.push(EtcFile {
+                path,
+                mode: a.parse().ok()?,
+                size: b.parse().ok()?,
+            }),
+            _ => return None,
+        }
+    }
+    Some(found)
 }
 
-fn write_cache(path: &Path, key: &str, found: &[PathBuf]) -> io::Result<()> {
+fn write_cache(
+    path: &Path,
+    key: &str,
+    dirs: &[(PathBuf, (i64, i64))],
+    found: &[(PathBuf, Vec<EtcFile>)],
+) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("/"));
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!(".etc-links.{}", std::process::id()));
@@ -131,11 +204,26 @@ fn write_cache(path: &Path, key: &str, found: &[PathBuf]) -> io::Result<()> {
         .create_new(true)
         .mode(0o644)
         .open(&tmp)?;
+    let line_safe = |path: &Path| {
+        path.to_str()
+            .filter(|p| !p.contains('\n'))
+            .map(str::to_string)
+    };
     let mut text = format!("key {key}\n");
-    for path in found {
-        if let Some(path) = path.to_str().filter(|p| !p.contains('\n')) {
-            text.push_str(path);
-            text.push('\n');
+    for (path, (sec, nsec)) in dirs {
+        if let Some(path) = line_safe(path) {
+            text.push_str(&format!("d {sec} {nsec} {path}\n"));
+        }
+    }
+    for (target, files) in found {
+        let Some(target) = line_safe(target) else {
+            continue;
+        };
+        text.push_str(&format!("t {target}\n"));
+        for file in files {
+            if let Some(path) = line_safe(&file.path) {
+                text.push_str(&format!("f {} {} {path}\n", file.mode, file.size));
+            }
         }
     }
     file.write_all(text.as_bytes())?;
@@ -204,12 +292,16 @@ fn scan(system: &[PathBuf]) -> Vec<PathBuf> {
     kept
 }
 
-/// The files (and their directories) of `path` beneath `/etc` a jail may be shown: itself
-/// if it is a world-readable file, or the world-readable files beneath it if it is a
-/// world-searchable directory (symlinks followed, secrets left out), each as (host path,
-/// mode). At most `limit` files: /etc holds small things.
-pub fn shown_files(path: &Path, limit: usize) -> Vec<(PathBuf, u32)> {
-    let mut files = Vec::new();
+/// The files of `path` beneath `/etc` a jail may be shown: itself if it is a
+/// world-readable file, or the world-readable files beneath it if it is a world-searchable
+/// directory (symlinks followed, secrets left out), at most `limit`. The directories
+/// walked go to `dirs` with their mtimes.
+fn walk(
+    path: &Path,
+    limit: usize,
+    dirs: &mut Vec<(PathBuf, (i64, i64))>,
+    files: &mut Vec<EtcFile>,
+) {
     let mut stack = vec![path.to_path_buf()];
     while let Some(path) = stack.pop() {
         if is_secret(&path) || files.len() >= limit {
@@ -220,8 +312,13 @@ pub fn shown_files(path: &Path, limit: usize) -> Vec<(PathBuf, u32)> {
         };
         let mode = meta.mode() & 0o777;
         if meta.is_file() && mode & 0o004 != 0 {
-            files.push((path, mode));
+            files.push(EtcFile {
+                path,
+                mode,
+                size: meta.len(),
+            });
         } else if meta.is_dir() && mode & 0o001 != 0 {
+            dirs.push((path.clone(), (meta.mtime(), meta.mtime_nsec())));
             if let Ok(entries) = std::fs::read_dir(&path) {
                 let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
                 names.sort();
@@ -229,6 +326,12 @@ pub fn shown_files(path: &Path, limit: usize) -> Vec<(PathBuf, u32)> {
             }
         }
     }
+}
+
+/// [`walk`], for one path a request names (`--ro /etc/…`).
+pub fn shown_files(path: &Path, limit: usize) -> Vec<EtcFile> {
+    let mut files = Vec::new();
+    walk(path, limit, &mut Vec::new(), &mut files);
     files
 }
 

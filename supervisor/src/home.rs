@@ -97,7 +97,23 @@ pub const SECRETS: [&str; 38] = [
 /// Whether `rel` (relative to a home) is a secret or lies in one — or holds one, for a
 /// directory that would be shown whole.
 pub fn is_secret(rel: &Path) -> bool {
-    SECRETS.iter().any(|secret| rel.starts_with(secret))
+    // As strings: a policy's load checks every toolchain entry against every secret, and
+    // Path::starts_with parses components each time.
+    let Some(rel) = rel.to_str() else {
+        return SECRETS.iter().any(|secret| rel.starts_with(secret));
+    };
+    let rel = rel.trim_start_matches("./");
+    SECRETS.iter().any(|secret| within(rel, secret))
+}
+
+/// Whether `path` is `dir` or lies beneath it, both plain relative or both absolute paths
+/// without `.` or `..` components (trailing slashes allowed).
+pub fn within(path: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    match path.strip_prefix(dir) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || dir.is_empty(),
+        None => false,
+    }
 }
 
 /// A policy's toolchain entry: a plain relative path, no secret.
@@ -162,6 +178,18 @@ fn passwd_home(uid: u32) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn within_compares_whole_components() {
+        assert!(within(".ssh", ".ssh"));
+        assert!(within(".ssh/id_rsa", ".ssh"));
+        assert!(within(".ssh/", ".ssh"));
+        assert!(!within(".sshd", ".ssh"));
+        assert!(!within(".ss", ".ssh"));
+        assert!(within("/etc/ssl/private/k", "/etc/ssl/private"));
+        assert!(!within("/etc/ssl/privatekeys", "/etc/ssl/private"));
+        assert!(is_secret(Path::new("./.aws/credentials")));
+    }
 
     #[test]
     fn secrets_are_never_toolchains() {

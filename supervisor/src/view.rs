@@ -156,35 +156,53 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
     // What the system directories' symlinks lead to in /etc (a JDK's security files,
     // Maven's m2.conf…), and what the request asks for there with --ro: into the snapshot,
     // file by file, secrets and what is not world-readable left out.
-    let mut etc_extra: Vec<&Path> = Vec::new();
-    let linked = crate::etc_links::targets(&policy.system);
-    etc_extra.extend(linked.iter().map(PathBuf::as_path));
+    let mut etc_files = crate::etc_links::files(&policy.system);
     for path in extra.ro.iter().filter(|p| p.starts_with(etc)) {
         if crate::etc_links::is_secret(path) {
             return Err(ViewError::EtcSecret { path: path.clone() });
         }
-        if crate::etc_links::shown_files(path, 1).is_empty() {
+        let files = crate::etc_links::shown_files(path, ETC_FILES_MAX);
+        if files.is_empty() {
             return Err(ViewError::EtcUnreadable { path: path.clone() });
         }
-        etc_extra.push(path);
+        etc_files.push((path.clone(), files));
     }
-    for target in etc_extra {
-        if policy.masked.iter().any(|m| target.starts_with(m)) {
+    // What the policy's own entries show already (a whole target, like ssl/certs, at once).
+    let listed: Vec<PathBuf> = etc_mounts
+        .iter()
+        .map(|(m, _): &(Mount, Origin)| PathBuf::from(m.dst()))
+        .collect();
+    let mut added: Vec<PathBuf> = Vec::new();
+    for (target, files) in etc_files {
+        if listed.iter().any(|dst| target.starts_with(dst))
+            || policy.masked.iter().any(|m| target.starts_with(m))
+        {
             continue;
         }
-        for (file, mode) in crate::etc_links::shown_files(target, ETC_FILES_MAX) {
-            let dst = utf8(&file)?;
-            let shown = etc_mounts
-                .iter()
-                .any(|(m, _): &(Mount, Origin)| Path::new(&dst).starts_with(m.dst()));
-            if shown {
+        for file in files {
+            if listed.iter().any(|dst| file.path.starts_with(dst))
+                || added.contains(&file.path)
+                || policy.masked.iter().any(|m| file.path.starts_with(m))
+                || !file.path.starts_with(etc)
+                || crate::etc_links::is_secret(&file.path)
+            {
                 continue;
             }
-            let meta = std::fs::metadata(&file).map_err(|source| inspect(&file, source))?;
-            let mut entry = etc_entry(dst.clone(), dst, &meta);
-            if let Mount::Copy { mode: m, .. } = &mut entry {
-                *m = mode;
-            }
+            let dst = utf8(&file.path)?;
+            added.push(file.path);
+            let entry = if file.size <= COPY_MAX {
+                Mount::Copy {
+                    src: dst.clone(),
+                    dst,
+                    mode: file.mode,
+                }
+            } else {
+                Mount::Bind {
+                    src: dst.clone(),
+                    dst,
+                    writable: false,
+                }
+            };
             etc_mounts.push((entry, Origin::Etc));
         }
     }

@@ -294,17 +294,14 @@ impl Cgroups {
         }
     }
 
-    /// The job's read-only view of its own cgroup at `/sys/fs/cgroup` (mounted in its
-    /// cgroup namespace), and the symlinks of a v1 layout (directory, link path).
-    pub fn view(&self) -> (Vec<toolbox_spec::CgroupFs>, Vec<(String, String)>) {
+    /// The job's read-only view of its own cgroup `name` at `/sys/fs/cgroup`, once it
+    /// exists: the binds (host directory, where in the jail) — one on v2, one per
+    /// hierarchy on v1 — and the symlinks of a v1 layout (target, link).
+    pub fn view(&self, name: &str) -> CgroupBinds {
         match self {
-            Cgroups::V1(v1) => v1.view(),
-            Cgroups::V2(_) => (
-                vec![toolbox_spec::CgroupFs {
-                    dst: "/sys/fs/cgroup".into(),
-                    fstype: "cgroup2".into(),
-                    controllers: Vec::new(),
-                }],
+            Cgroups::V1(v1) => v1.view(name),
+            Cgroups::V2(v2) => (
+                vec![(v2.parent().0.join(name), "/sys/fs/cgroup".to_string())],
                 Vec::new(),
             ),
         }
@@ -340,6 +337,10 @@ impl Cgroups {
         Ok(job)
     }
 }
+
+/// A job's view of its cgroup: binds (host directory, where in the jail) and symlinks
+/// (target, link).
+pub type CgroupBinds = (Vec<(PathBuf, String)>, Vec<(String, String)>);
 
 /// What a job cgroup can do, whichever the version.
 pub trait CgroupManager {

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 
 use super::fs::{self, MountEntry, ProcCgroup};
 use super::{cpu_quota_us, CgroupError, CgroupLimits, CgroupStats, CPU_PERIOD_US};
-use toolbox_spec::CgroupFs;
 
 const REQUIRED: [&str; 3] = ["memory", "pids", "cpu"];
 /// cpuset: not for a limit, but a JVM sizes itself by the job's cgroups only where it finds
@@ -114,19 +113,14 @@ impl V1 {
             .collect()
     }
 
-    /// The job's view of its cgroup: each hierarchy at `/sys/fs/cgroup/<its directory>`,
-    /// as the host lays it out, with a symlink per controller of a co-mounted one (`cpu ->
-    /// cpu,cpuacct`), as systemd makes them.
-    pub fn view(&self) -> (Vec<CgroupFs>, Vec<(String, String)>) {
-        let mut filesystems = Vec::new();
+    /// The job's view of its cgroup `name`: each hierarchy's (host directory, where in the
+    /// jail: `/sys/fs/cgroup/<its directory>` as the host lays it out), and a symlink per
+    /// controller of a co-mounted one (`cpu -> cpu,cpuacct`), as systemd makes them
+    /// (target, link).
+    pub fn view(&self, name: &str) -> super::CgroupBinds {
+        let mut binds = Vec::new();
         let mut links = Vec::new();
         for hierarchy in &self.hierarchies {
-            let controllers: Vec<String> = hierarchy
-                .controllers
-                .iter()
-                .filter(|c| CONTROLLERS.contains(&c.as_str()))
-                .cloned()
-                .collect();
             let Some(dir) = hierarchy
                 .mount_point
                 .file_name()
@@ -134,18 +128,14 @@ impl V1 {
             else {
                 continue;
             };
-            for controller in &controllers {
-                if controller != dir && !dir.contains('/') {
+            for controller in &hierarchy.controllers {
+                if CONTROLLERS.contains(&controller.as_str()) && controller != dir {
                     links.push((dir.to_string(), format!("/sys/fs/cgroup/{controller}")));
                 }
             }
-            filesystems.push(CgroupFs {
-                dst: format!("/sys/fs/cgroup/{dir}"),
-                fstype: "cgroup".into(),
-                controllers,
-            });
+            binds.push((hierarchy.parent.join(name), format!("/sys/fs/cgroup/{dir}")));
         }
-        (filesystems, links)
+        (binds, links)
     }
 
     pub fn tasks_for(&self, name: &str) -> Vec<String> {
