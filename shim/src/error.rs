@@ -23,6 +23,13 @@ pub enum SetupError {
     CgroupNamespace(Errno),
     #[error("set the tool's CPUs: {0}")]
     Affinity(Errno),
+    #[error("the workspace {path} belongs to uid {owner} and the job runs as uid {uid}, so it needs an idmapped mount to write there (files it writes then belong to uid {owner}), and that failed: {errno} — this filesystem or kernel cannot idmap it (Linux 5.12+ on ext4, xfs, btrfs, tmpfs 6.3+, overlayfs 5.19+). Give the workspace to the unprivileged user the job should run as (chown -R), or move it to a filesystem that can be idmapped")]
+    Idmap {
+        path: String,
+        owner: u32,
+        uid: u32,
+        errno: Errno,
+    },
     #[error("set the jail's hostname: {0}")]
     Hostname(Errno),
     #[error("bring up lo in the jail's network namespace: {0}")]
@@ -101,6 +108,7 @@ impl SetupError {
             SetupError::Namespaces(_) | SetupError::CgroupNamespace(_) => "namespaces",
             SetupError::CgroupJoin { .. } => "cgroup",
             SetupError::Affinity(_) => "cpus",
+            SetupError::Idmap { .. } => "workspace",
             SetupError::Hostname(_) => "hostname",
             SetupError::Loopback(_) => "network",
             SetupError::MountPrivate(_)

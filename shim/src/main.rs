@@ -15,6 +15,7 @@
 #![deny(unsafe_code)]
 
 mod error;
+mod idmap;
 mod init;
 mod landlock;
 mod mounts;

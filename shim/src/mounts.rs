@@ -113,12 +113,24 @@ fn open_sources(spec: &JailSpec) -> Result<Vec<Option<Source>>, SetupError> {
     spec.mounts
         .iter()
         .map(|mount| match mount {
-            Mount::Bind { src, .. } => sys::open_tree_clone(src)
-                .map(|tree| Some(Source::Tree(tree)))
-                .map_err(|errno| SetupError::BindSource {
+            Mount::Bind { src, dst, .. } => {
+                let tree = sys::open_tree_clone(src).map_err(|errno| SetupError::BindSource {
                     path: src.clone(),
                     errno,
-                }),
+                })?;
+                // The workspace the tool does not own: its owner's ids read as the tool's.
+                if let Some(map) = spec.idmap.as_ref().filter(|map| &map.dst == dst) {
+                    crate::idmap::user_namespace(map)
+                        .and_then(|userns| sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()))
+                        .map_err(|errno| SetupError::Idmap {
+                            path: src.clone(),
+                            owner: map.owner_uid,
+                            uid: map.uid,
+                            errno,
+                        })?;
+                }
+                Ok(Some(Source::Tree(tree)))
+            }
             Mount::Copy { src, .. } => std::fs::File::open(src)
                 .map(|file| Some(Source::File(file)))
                 .map_err(|e| SetupError::BindSource {

@@ -147,6 +147,31 @@ pub fn mount_setattr(fd: BorrowedFd<'_>, attr_set: u64, recursive: bool) -> Resu
     Errno::result(ret).map(drop)
 }
 
+pub const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `mount_setattr(2)`: idmap the (detached) mount at `fd`, not its submounts, by the
+/// mappings of the user namespace open at `userns`.
+pub fn mount_setattr_idmap(fd: BorrowedFd<'_>, userns: BorrowedFd<'_>) -> Result<(), Errno> {
+    let mut attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: `attr` is a valid mount_attr of the size passed, alive for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &mut attr as *mut MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
 /// `move_mount(2)`: attach the detached tree `from` on top of the path open at `to`.
 pub fn move_mount(from: BorrowedFd<'_>, to: BorrowedFd<'_>) -> Result<(), Errno> {
     const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;

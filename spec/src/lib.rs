@@ -63,9 +63,26 @@ pub struct JailSpec {
     /// ~15 ms) — then forks the tool, which is born there. Empty on cgroup v2, where the
     /// supervisor clones PID 1 straight into the job's cgroup.
     pub cgroup_tasks: Vec<String>,
+    /// A workspace the tool may write though it is not its owner's (a root-owned checkout):
+    /// its bind is idmapped, so the owner's files read as the tool's, and what the tool
+    /// writes belongs to the owner on disk.
+    pub idmap: Option<IdMap>,
     /// The CPUs the tool runs on (its affinity), or empty for those it inherits: as many as
     /// the job's CPU quota rounds up to, so what a runtime counts matches what it gets.
     pub cpus: Vec<u32>,
+}
+
+/// The idmapping of one bind (see [`JailSpec::idmap`]): `owner` on disk is `tool` in the
+/// jail, and nothing else is mapped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdMap {
+    /// The bind's `dst`.
+    pub dst: String,
+    pub owner_uid: u32,
+    pub owner_gid: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -434,6 +451,13 @@ mod tests {
             seccomp: Vec::new(),
             rlimits: Vec::new(),
             cgroup_tasks: vec!["/sys/fs/cgroup/pids/toolbox-j1/tasks".into()],
+            idmap: Some(IdMap {
+                dst: "/work".into(),
+                owner_uid: 0,
+                owner_gid: 0,
+                uid: 65534,
+                gid: 65534,
+            }),
             cpus: vec![1],
         };
         let mut pipe = spec.encode();

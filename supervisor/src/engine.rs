@@ -395,7 +395,8 @@ impl Engine {
         name: &str,
         cpus: &[u32],
     ) -> Result<JailSpec, String> {
-        let seccomp = seccomp::filter_for(&plan.seccomp).map_err(|e| e.to_string())?;
+        let seccomp =
+            seccomp::filter_for(&plan.seccomp, plan.idmap.is_some()).map_err(|e| e.to_string())?;
         // The job's cgroup (made by now), read-only, at /sys/fs/cgroup: runtimes size heaps
         // and thread pools by it. Its cgroup namespace makes each bind read as a whole
         // hierarchy.
@@ -454,6 +455,7 @@ impl Engine {
                 },
             ],
             cgroup_tasks: cgroups.tasks_for(name),
+            idmap: plan.idmap.clone(),
             cpus: cpus.to_vec(),
         })
     }
@@ -499,6 +501,7 @@ impl Engine {
                 }),
                 capabilities: "none",
                 network: format!("{:?}", plan.network).to_lowercase(),
+                workspace_owner_uid: plan.idmap.as_ref().map(|map| map.owner_uid),
                 seccomp_profile: format!("{:?}", plan.seccomp.base).to_lowercase(),
                 seccomp_inherited_filters: crate::sys::inherited_seccomp_filters(),
                 ..Isolation::default()

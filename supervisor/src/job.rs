@@ -80,6 +80,9 @@ pub struct Caller {
     pub sudo: Option<(u32, u32)>,
     /// The caller's home (see [`crate::home::of_caller`]), for policies that show some of it.
     pub home: Option<PathBuf>,
+    /// Whether the caller is root (`toolbox run`; root over the socket): only root may have
+    /// a job write a workspace as its owner though the job runs as someone else.
+    pub root: bool,
 }
 
 impl Caller {
@@ -97,6 +100,7 @@ impl Caller {
             env,
             sudo,
             home,
+            root: nix::unistd::geteuid().is_root(),
         })
     }
 }
@@ -125,6 +129,8 @@ pub struct JobPlan {
     pub seccomp: crate::seccomp::Profile,
     /// The caller's own PATH, to say where a command the jail does not find is.
     pub caller_path: Option<String>,
+    /// The workspace's owner mapped to the tool (see `JailSpec::idmap`).
+    pub idmap: Option<toolbox_spec::IdMap>,
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -185,6 +191,27 @@ pub fn plan(
     }
 
     let (uid, gid) = user(request.user, &workspace, caller, policy)?;
+    // A writable workspace the job does not own and could not write (a root-owned checkout;
+    // a --user other than its owner): idmapped, so the job writes there and its files belong
+    // to the owner — only for root, who may write it anyway. (A directory anyone may write,
+    // like a shared 1777 one, stays as it is.)
+    let idmap = std::fs::metadata(&workspace)
+        .ok()
+        .filter(|meta| {
+            let writable_anyway =
+                meta.mode() & 0o002 != 0 || (meta.mode() & 0o020 != 0 && meta.gid() == gid);
+            policy.workspace == policy::WorkspaceAccess::Rw
+                && caller.root
+                && meta.uid() != uid
+                && !writable_anyway
+        })
+        .map(|meta| toolbox_spec::IdMap {
+            dst: workspace.to_string_lossy().into_owned(),
+            owner_uid: meta.uid(),
+            owner_gid: meta.gid(),
+            uid,
+            gid,
+        });
     // The caller's home, unless the policy shows none of it or the workspace holds it.
     let home = caller
         .home
@@ -225,6 +252,7 @@ pub fn plan(
         landlock_min_abi: policy.landlock_min_abi,
         seccomp: policy.seccomp.clone(),
         caller_path: caller.env.get("PATH").cloned(),
+        idmap,
     })
 }
 
@@ -528,6 +556,7 @@ mod tests {
             cwd: cwd.to_path_buf(),
             sudo: None,
             home: None,
+            root: true,
         }
     }
 

@@ -98,6 +98,10 @@ pub struct Isolation {
     pub capabilities: &'static str,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Set when the workspace was not the tool's to write and was idmapped for it: the uid
+    /// its files belong to on disk (the workspace's owner), whatever the tool runs as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workspace_owner_uid: Option<u32>,
     pub network: String,
 }
 

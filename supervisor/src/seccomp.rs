@@ -162,7 +162,34 @@ enum Verdict {
     /// Deny the terminal requests in [`DENIED_IOCTLS`] (second argument, low 32 bits, as the
     /// kernel compares them — CVE-2019-10063).
     Ioctl,
+    /// Deny if the mode in this argument (0-based) has the set-user-ID or set-group-ID bit.
+    SetidMode(u8),
 }
+
+/// Calls that set a file's mode, with the argument holding it: in an idmapped workspace the
+/// tool's files belong to the workspace's owner (root, say) on disk, so a set-ID bit would
+/// make a set-ID-root program for the host. (openat2's mode is in memory: it gets ENOSYS,
+/// and libc's open does not use it.)
+#[cfg(target_arch = "x86_64")]
+const MODE_CALLS: &[(i64, u8)] = &[
+    (libc::SYS_chmod, 1),
+    (libc::SYS_fchmod, 1),
+    (libc::SYS_fchmodat, 2),
+    (libc::SYS_fchmodat2, 2),
+    (libc::SYS_creat, 1),
+    (libc::SYS_open, 2),
+    (libc::SYS_openat, 3),
+    (libc::SYS_mknod, 1),
+    (libc::SYS_mknodat, 2),
+];
+#[cfg(target_arch = "aarch64")]
+const MODE_CALLS: &[(i64, u8)] = &[
+    (libc::SYS_fchmod, 1),
+    (libc::SYS_fchmodat, 2),
+    (libc::SYS_fchmodat2, 2),
+    (libc::SYS_openat, 3),
+    (libc::SYS_mknodat, 2),
+];
 
 /// The base deny list a policy starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -361,25 +388,39 @@ impl Profile {
 }
 
 /// The filter for a profile: the shared one for the default, else compiled now (~12 µs).
+/// `no_setid`: also refuse set-ID mode bits (a job writing a workspace idmapped to another
+/// owner, see [`MODE_CALLS`]).
 pub fn filter_for(
     profile: &Profile,
+    no_setid: bool,
 ) -> Result<std::borrow::Cow<'static, [SockFilter]>, SeccompError> {
-    if profile.is_default() {
+    if profile.is_default() && !no_setid {
         return filter().map(std::borrow::Cow::Borrowed);
     }
-    compile_list(&profile.denied()).map(std::borrow::Cow::Owned)
+    compile_list(&profile.denied(), no_setid).map(std::borrow::Cow::Owned)
 }
 
 /// Compile the default filter (uncached; see [`filter`]).
 pub fn compile() -> Result<Vec<SockFilter>, SeccompError> {
-    compile_list(DENIED)
+    compile_list(DENIED, false)
 }
 
-fn compile_list(denied: &[i64]) -> Result<Vec<SockFilter>, SeccompError> {
+fn compile_list(denied: &[i64], no_setid: bool) -> Result<Vec<SockFilter>, SeccompError> {
     let mut keys: Vec<(u32, Verdict)> = denied
         .iter()
         .map(|&nr| (nr as u32, Verdict::Deny))
         .collect();
+    if no_setid {
+        keys.retain(|(nr, _)| !MODE_CALLS.iter().any(|(call, _)| *call as u32 == *nr));
+        keys.extend(
+            MODE_CALLS
+                .iter()
+                .map(|&(nr, arg)| (nr as u32, Verdict::SetidMode(arg))),
+        );
+        if !keys.iter().any(|(nr, _)| *nr == libc::SYS_openat2 as u32) {
+            keys.push((libc::SYS_openat2 as u32, Verdict::NoSys));
+        }
+    }
     keys.push((libc::SYS_clone as u32, Verdict::CloneFlags));
     keys.push((libc::SYS_clone3 as u32, Verdict::NoSys));
     keys.push((libc::SYS_ioctl as u32, Verdict::Ioctl));
@@ -417,6 +458,18 @@ fn compile_list(denied: &[i64]) -> Result<Vec<SockFilter>, SeccompError> {
             Label::Verdict(Verdict::Deny),
             otherwise,
         );
+    }
+    if no_setid {
+        for arg in [1u8, 2, 3] {
+            asm.label(Label::Verdict(Verdict::SetidMode(arg)));
+            asm.stmt(BPF_LD_W_ABS, SECCOMP_DATA_ARG0_LOW + 8 * u32::from(arg));
+            asm.jump(
+                BPF_JSET_K,
+                libc::S_ISUID | libc::S_ISGID,
+                Label::Verdict(Verdict::Deny),
+                Label::Allow,
+            );
+        }
     }
     asm.label(Label::Allow);
     asm.stmt(BPF_RET_K, SECCOMP_RET_ALLOW);
@@ -786,9 +839,9 @@ mod tests {
             ..Profile::default()
         };
         assert!(unknown.check().is_err());
-        assert!(filter_for(&custom).expect("compiles").len() > 10);
+        assert!(filter_for(&custom, false).expect("compiles").len() > 10);
         assert!(matches!(
-            filter_for(&Profile::default()).expect("shared"),
+            filter_for(&Profile::default(), false).expect("shared"),
             std::borrow::Cow::Borrowed(_)
         ));
     }

@@ -282,3 +282,97 @@ impl UidGid for Command {
         self
     }
 }
+
+#[test]
+fn a_root_owned_workspace_is_written_by_an_unprivileged_job_as_root_on_disk() {
+    if !require_root() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    // As a checkout in a container or a CI job is: root's, and only root's to write.
+    let ws = tempfile::tempdir().expect("workspace");
+    std::fs::write(ws.path().join("existing"), "old\n").expect("write");
+    let job = Run::command(
+        ws.path(),
+        &[
+            "sh",
+            "-c",
+            "id -u; echo new > written && echo more >> existing && mkdir dir && echo wrote; \
+             chmod u+s written 2>/dev/null || echo no-setuid; chmod g+s written 2>/dev/null || echo no-setgid",
+        ],
+    )
+    .without_probe()
+    .run();
+    assert_eq!(job.code, 0, "{job:?}");
+    let out = job.stdout_text();
+    let lines: Vec<&str> = out.lines().collect();
+    // Never root in the jail, yet the workspace is the job's to write...
+    assert_eq!(lines[0], "65534", "{job:?}");
+    assert_eq!(job.record()["isolation"]["uid"], 65534);
+    assert_eq!(job.record()["isolation"]["workspace_owner_uid"], 0);
+    assert_eq!(lines[1], "wrote", "{job:?}");
+    // ... and what it wrote belongs to the workspace's owner on disk.
+    for name in ["written", "existing", "dir"] {
+        let meta = std::fs::metadata(ws.path().join(name)).expect("written");
+        assert_eq!((meta.uid(), meta.gid()), (0, 0), "{name}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(ws.path().join("existing")).expect("read"),
+        "old\nmore\n"
+    );
+    // A set-ID bit there would make a set-ID-root program for the host: refused.
+    assert_eq!(&lines[2..], ["no-setuid", "no-setgid"], "{job:?}");
+    let mode = std::fs::metadata(ws.path().join("written"))
+        .expect("meta")
+        .mode();
+    assert_eq!(mode & 0o6000, 0, "{mode:o}");
+    // Control: in a workspace of its own the same job may set them (the refusal is the
+    // idmapped workspace's, not a blanket one).
+    let own = workspace();
+    let job = Run::command(
+        own.path(),
+        &["sh", "-c", "touch f && chmod u+s f && echo set"],
+    )
+    .without_probe()
+    .run();
+    assert_eq!(job.stdout_text(), "set\n", "{job:?}");
+}
+
+#[test]
+fn a_workspace_that_cannot_be_idmapped_is_refused_with_the_reason_and_the_fix() {
+    if !require_root() {
+        return;
+    }
+    // ramfs cannot be idmapped on any kernel.
+    let dir = tempfile::tempdir().expect("dir");
+    let mounted = Command::new("mount")
+        .args(["-t", "ramfs", "ramfs"])
+        .arg(dir.path())
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mount a ramfs");
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+    let job = Run::command(dir.path(), &["sh", "-c", "echo ran > ran"])
+        .without_probe()
+        .run();
+    assert_eq!(job.code, 125, "{job:?}");
+    assert!(!dir.path().join("ran").exists());
+    for words in [
+        "belongs to uid 0",
+        "runs as uid 65534",
+        "idmapped mount",
+        "chown -R",
+    ] {
+        assert!(
+            job.stderr.contains(words),
+            "{words:?} not in {}",
+            job.stderr
+        );
+    }
+}

@@ -643,6 +643,7 @@ async fn submit(
         sudo: None,
         // The peer's own home (its passwd entry), for policies that show some of it.
         home: crate::home::of_caller(peer.uid, None),
+        root: peer.uid == 0,
     };
     let cwd = caller.cwd.clone();
     let plan = job::plan(&policy, request, &caller).map_err(request_error)?;
