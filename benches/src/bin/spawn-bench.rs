@@ -89,9 +89,13 @@ fn kernel() -> String {
 }
 
 /// A workspace owned by nobody, like a job's.
+/// A workspace of an unprivileged user's (65534), as an agent's checkout is: the job runs as
+/// its owner. (A root-owned one would be idmapped for the job, which costs a user namespace
+/// more; `scripts/bench-spawn.sh` does not measure that case.)
 fn workspace() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("toolbox-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("workspace");
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).expect("chown the workspace");
     dir
 }
 
