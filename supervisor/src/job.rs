@@ -191,10 +191,11 @@ pub fn plan(
     }
 
     let (uid, gid) = user(request.user, &workspace, caller, policy)?;
-    // A writable workspace the job does not own and could not write (a root-owned checkout;
-    // a --user other than its owner): idmapped, so the job writes there and its files belong
-    // to the owner — only for root, who may write it anyway. (A directory anyone may write,
-    // like a shared 1777 one, stays as it is.)
+    // A writable workspace that belongs to root, whom the job never runs as, and that the
+    // job could not write otherwise (a root-owned checkout in a container or a CI job):
+    // idmapped, so the job writes there and its files belong to root on disk — only for a
+    // root caller, who may write it anyway. (A directory anyone may write, like a shared 1777
+    // one, stays as it is; a workspace of another user's is theirs to share.)
     let idmap = std::fs::metadata(&workspace)
         .ok()
         .filter(|meta| {
@@ -202,7 +203,8 @@ pub fn plan(
                 meta.mode() & 0o002 != 0 || (meta.mode() & 0o020 != 0 && meta.gid() == gid);
             policy.workspace == policy::WorkspaceAccess::Rw
                 && caller.root
-                && meta.uid() != uid
+                && meta.uid() == 0
+                && uid != 0
                 && !writable_anyway
         })
         .map(|meta| toolbox_spec::IdMap {
