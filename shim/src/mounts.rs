@@ -88,6 +88,15 @@ pub fn build_root(spec: &JailSpec) -> Result<(), SetupError> {
     let mut tree = Tree {
         root: attach_root(&root_fs)?,
         dirs: HashMap::new(),
+        writable: spec
+            .mounts
+            .iter()
+            .filter_map(|mount| match mount {
+                Mount::Tmpfs { dst, mode, .. } if mode & 0o002 != 0 => Some(normalize(dst)),
+                _ => None,
+            })
+            .collect(),
+        tool: (spec.uid, spec.gid),
     };
     for (mount, source) in spec.mounts.iter().zip(sources) {
         tree.apply(mount, source)?;
@@ -167,6 +176,11 @@ fn attach_root(root_fs: &OwnedFd) -> Result<OwnedFd, SetupError> {
 struct Tree {
     root: OwnedFd,
     dirs: HashMap<String, OwnedFd>,
+    /// The jail's writable tmpfs mounts (/tmp, /var/tmp, the caller's home): a directory
+    /// made in one as a mount point's parent (`~/.cargo` for `~/.cargo/bin`) is given to
+    /// the tool, so it can write beside what is bound there (npm's `~/.npm/_logs`).
+    writable: Vec<String>,
+    tool: (u32, u32),
 }
 
 impl Tree {
@@ -378,12 +392,29 @@ impl Tree {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) => {
                     match want {
-                        Kind::Dir => nix::sys::stat::mkdirat(
-                            dir.as_fd(),
-                            *name,
-                            Mode::from_bits_truncate(0o755),
-                        )
-                        .map_err(err)?,
+                        Kind::Dir => {
+                            nix::sys::stat::mkdirat(
+                                dir.as_fd(),
+                                *name,
+                                Mode::from_bits_truncate(0o755),
+                            )
+                            .map_err(err)?;
+                            let made = format!("/{}", components[..=i].join("/"));
+                            let in_writable = self
+                                .writable
+                                .iter()
+                                .any(|tmpfs| made.starts_with(&format!("{tmpfs}/")));
+                            if in_writable {
+                                nix::unistd::fchownat(
+                                    dir.as_fd(),
+                                    *name,
+                                    Some(nix::unistd::Uid::from_raw(self.tool.0)),
+                                    Some(nix::unistd::Gid::from_raw(self.tool.1)),
+                                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                                )
+                                .map_err(err)?;
+                            }
+                        }
                         Kind::File => drop(
                             sys::open_beneath(
                                 dir.as_fd(),

@@ -184,13 +184,22 @@ fn the_callers_toolchains_resolve_as_they_do_for_the_caller() {
         ],
         "{job:?}"
     );
-    // The home is a private tmpfs: writable, nothing written there reaches the host.
-    let job = Run::command(ws.path(), &["sh", "-c", "echo x > ~/.new && cat ~/.new"])
-        .without_probe()
-        .caller_env("HOME", h)
-        .run();
-    assert_eq!(job.stdout_text(), "x\n", "{job:?}");
+    // The home is a private tmpfs: writable — also beside what is bound in it (a tool's
+    // lock in ~/.cargo, npm's ~/.npm/_logs) — and nothing written there reaches the host.
+    let job = Run::command(
+        ws.path(),
+        &[
+            "sh",
+            "-c",
+            "echo x > ~/.new && cat ~/.new && touch ~/.cargo/.package-cache && echo beside",
+        ],
+    )
+    .without_probe()
+    .caller_env("HOME", h)
+    .run();
+    assert_eq!(job.stdout_text(), "x\nbeside\n", "{job:?}");
     assert!(!home.path().join(".new").exists());
+    assert!(!home.path().join(".cargo/.package-cache").exists());
     // A policy that shows none of it: the toolchain is not found — and toolbox says where
     // it is on the caller's PATH and what would show it.
     let job = Run::command(ws.path(), &["mytool"])
