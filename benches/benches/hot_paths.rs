@@ -40,6 +40,8 @@ fn planning(c: &mut Criterion) {
     let policy =
         Policy::parse("default", Path::new("default.toml"), BUILTIN_DEFAULT).expect("valid");
     let ws = std::env::temp_dir();
+    // The caller's home, as `toolbox run` shows it under the default policy (its toolchains).
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
     c.bench_function("view_build", |b| {
         b.iter(|| {
             toolbox::view::build(
@@ -48,6 +50,7 @@ fn planning(c: &mut Criterion) {
                     workspace: &ws,
                     ro: &[],
                     rw: &[],
+                    home: home.as_deref(),
                 },
             )
             .map(|v| v.mounts.len())

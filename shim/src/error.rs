@@ -95,13 +95,17 @@ pub enum SetupError {
     Wait(Errno),
     #[error("the job's network namespace was never made")]
     NetworkNotReady,
+    /// The spec pipe closed where the cgroup's word was due: the supervisor gave up on the
+    /// job (and knows why), or is gone. Nothing to report.
+    #[error("the supervisor gave up on the job before its cgroup was made")]
+    Abandoned,
 }
 
 impl SetupError {
     /// A short, stable name for the recipe step that failed.
     pub fn step(&self) -> &'static str {
         match self {
-            SetupError::Spec(_) => "spec",
+            SetupError::Spec(_) | SetupError::Abandoned => "spec",
             SetupError::CloseFds(_) => "close_fds",
             SetupError::NotPidOne(_) => "namespaces",
             SetupError::Signals(_) => "signals",

@@ -79,7 +79,7 @@ pub fn run(
         .write(true)
         .open("/proc/self/oom_score_adj")
         .ok();
-    build(spec)?;
+    build(spec, &mut go)?;
 
     // What is left before the tool can start, done while the supervisor still makes the
     // cgroup. Signals: we came with every one blocked (see `sys::unblock_signals`).
@@ -164,10 +164,16 @@ pub fn place_elsewhere(child: Pid, cpus: Option<&CpuSet>) {
     }
 }
 
-/// The jail's hostname and root.
-fn build(spec: &JailSpec) -> Result<(), SetupError> {
+/// The jail's hostname and root (its cgroup's part once the supervisor has made it).
+fn build(spec: &JailSpec, go: &mut std::fs::File) -> Result<(), SetupError> {
     nix::unistd::sethostname(&spec.hostname).map_err(SetupError::Hostname)?;
-    mounts::build_root(spec)
+    mounts::build_root(spec, || {
+        let mut byte = [0u8; 1];
+        match std::io::Read::read_exact(go, &mut byte) {
+            Ok(()) if byte[0] == toolbox_spec::MADE => Ok(()),
+            _ => Err(SetupError::Abandoned),
+        }
+    })
 }
 
 /// Where the job's cgroup goes in one v1 hierarchy: the directory the supervisor makes it

@@ -44,6 +44,7 @@ fn main() {
     }));
     let code = match run() {
         Ok(code) => code,
+        Err(SetupError::Abandoned) => SHIM_FAILED,
         Err(err) => {
             report::setup_failed(&err);
             SHIM_FAILED

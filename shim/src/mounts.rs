@@ -17,7 +17,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{Mode, SFlag};
-use toolbox_spec::{JailSpec, Mount};
+use toolbox_spec::{IdMap, JailSpec, Mount};
 
 use crate::error::SetupError;
 use crate::sys::{self, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY};
@@ -59,7 +59,12 @@ enum Source {
     File(std::fs::File),
 }
 
-pub fn build_root(spec: &JailSpec) -> Result<(), SetupError> {
+/// The root: `spec.mounts`, then — once `cgroup_made` has waited for the supervisor to make
+/// the job's cgroup — `spec.cgroup_view`; then read-only, and `pivot_root` into it.
+pub fn build_root(
+    spec: &JailSpec,
+    cgroup_made: impl FnOnce() -> Result<(), SetupError>,
+) -> Result<(), SetupError> {
     // Nothing we mount from here on may propagate back to the host.
     mount(
         None::<&str>,
@@ -69,7 +74,7 @@ pub fn build_root(spec: &JailSpec) -> Result<(), SetupError> {
         None::<&str>,
     )
     .map_err(SetupError::MountPrivate)?;
-    let sources = open_sources(spec)?;
+    let sources = open_sources(&spec.mounts, spec.idmap.as_ref())?;
     // Files and nodes get exactly the modes we ask for.
     let umask = nix::sys::stat::umask(Mode::empty());
 
@@ -101,6 +106,11 @@ pub fn build_root(spec: &JailSpec) -> Result<(), SetupError> {
     for (mount, source) in spec.mounts.iter().zip(sources) {
         tree.apply(mount, source)?;
     }
+    cgroup_made()?;
+    let sources = open_sources(&spec.cgroup_view, None)?;
+    for (mount, source) in spec.cgroup_view.iter().zip(sources) {
+        tree.apply(mount, source)?;
+    }
 
     sys::mount_setattr(
         tree.root.as_fd(),
@@ -118,8 +128,11 @@ pub fn build_root(spec: &JailSpec) -> Result<(), SetupError> {
     Ok(())
 }
 
-fn open_sources(spec: &JailSpec) -> Result<Vec<Option<Source>>, SetupError> {
-    spec.mounts
+fn open_sources(
+    mounts: &[Mount],
+    idmap: Option<&IdMap>,
+) -> Result<Vec<Option<Source>>, SetupError> {
+    mounts
         .iter()
         .map(|mount| match mount {
             Mount::Bind { src, dst, .. } => {
@@ -128,7 +141,7 @@ fn open_sources(spec: &JailSpec) -> Result<Vec<Option<Source>>, SetupError> {
                     errno,
                 })?;
                 // The workspace the tool does not own: its owner's ids read as the tool's.
-                if let Some(map) = spec.idmap.as_ref().filter(|map| &map.dst == dst) {
+                if let Some(map) = idmap.filter(|map| &map.dst == dst) {
                     crate::idmap::user_namespace(map)
                         .and_then(|userns| sys::mount_setattr_idmap(tree.as_fd(), userns.as_fd()))
                         .map_err(|errno| SetupError::Idmap {

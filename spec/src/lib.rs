@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 /// The file descriptors the shim is started with (stdin, stdout, stderr are 0, 1, 2).
 pub mod fds {
     /// A pipe carrying the [`super::JailSpec`] (see [`super::JailSpec::encode`]), then, once
-    /// the job's cgroup is ready, the byte [`super::GO`]; EOF in its place means the job
-    /// will not run. The shim is started before its spec is ready and waits on this pipe:
-    /// its own start-up overlaps the supervisor's planning, and it builds the jail's root
-    /// while the supervisor makes the cgroup (v1) or sets its limits (v2).
+    /// the job's cgroup exists, the byte [`super::MADE`], and once it has its limits, the
+    /// byte [`super::GO`]; EOF in the place of either means the job will not run. The shim
+    /// is started before its spec is ready and waits on this pipe: its own start-up
+    /// overlaps the supervisor's planning, and it builds the jail's root while the
+    /// supervisor makes the cgroup (v1) and sets its limits.
     pub const SPEC: i32 = 3;
     /// Write end of the status pipe: one JSON [`super::Status`] per line.
     pub const STATUS: i32 = 4;
@@ -50,6 +51,11 @@ pub struct JailSpec {
     pub network: Network,
     /// Applied in order; a mount's parent is always mounted before it.
     pub mounts: Vec<Mount>,
+    /// The job's cgroup, read-only at `/sys/fs/cgroup` (binds of its directories, and the
+    /// symlinks of co-mounted v1 hierarchies): applied after `mounts`, once [`MADE`] says
+    /// the directories exist — on cgroup v1 the supervisor makes them while the shim builds
+    /// the rest of the root.
+    pub cgroup_view: Vec<Mount>,
     pub landlock: Landlock,
     /// A complete, already-compiled seccomp BPF program (hex on the wire: a few hundred
     /// instructions as JSON objects cost the shim more to parse than the rest of the spec).
@@ -325,8 +331,12 @@ fn truncate_utf8(s: &mut String, max: usize) {
     }
 }
 
-/// On the spec pipe, after the spec: the job's cgroup is ready, with its limits; join it (v1)
-/// and fork the tool.
+/// On the spec pipe, after the spec: the job's cgroup exists; bind it
+/// ([`JailSpec::cgroup_view`]) and finish the root.
+pub const MADE: u8 = b'm';
+
+/// On the spec pipe, after [`MADE`]: the job's cgroup has its limits; join it (v1) and fork
+/// the tool.
 pub const GO: u8 = b'g';
 
 /// The most a framed spec may claim to be (a real one is a few tens of KiB).
@@ -334,7 +344,7 @@ const MAX_SPEC: u64 = 16 << 20;
 
 impl JailSpec {
     /// The spec as it goes on the spec pipe: its length (8 bytes, little-endian), then its
-    /// JSON. Framed, so that the pipe can stay open for [`GO`].
+    /// JSON. Framed, so that the pipe can stay open for [`MADE`] and [`GO`].
     pub fn encode(&self) -> Vec<u8> {
         let json = serde_json::to_vec(self).unwrap_or_default();
         let mut frame = (json.len() as u64).to_le_bytes().to_vec();
@@ -429,7 +439,7 @@ mod tests {
     }
 
     #[test]
-    fn specs_are_framed_and_the_go_waits_behind_them() {
+    fn specs_are_framed_and_what_follows_waits_behind_them() {
         let spec = JailSpec {
             job_id: "j1".into(),
             argv: vec!["true".into()],
@@ -441,6 +451,11 @@ mod tests {
             network: Network::Isolated,
             mounts: vec![Mount::Proc {
                 dst: "/proc".into(),
+            }],
+            cgroup_view: vec![Mount::Bind {
+                src: "/sys/fs/cgroup/pids/toolbox-j1".into(),
+                dst: "/sys/fs/cgroup/pids".into(),
+                writable: false,
             }],
             landlock: Landlock {
                 rules: Vec::new(),
@@ -461,11 +476,11 @@ mod tests {
             cpus: vec![1],
         };
         let mut pipe = spec.encode();
-        pipe.push(GO);
+        pipe.extend([MADE, GO]);
         let mut reader = pipe.as_slice();
         assert_eq!(JailSpec::read_from(&mut reader).expect("read"), spec);
-        // Nothing past the spec is consumed: the go is still there.
-        assert_eq!(reader, [GO]);
+        // Nothing past the spec is consumed: the cgroup's word and the go are still there.
+        assert_eq!(reader, [MADE, GO]);
 
         // A truncated frame, and one claiming an absurd length, are refused.
         let frame = spec.encode();

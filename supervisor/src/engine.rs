@@ -323,18 +323,9 @@ impl Engine {
             Err(err) => return fail(result, started, format!("create the job's cgroup: {err}")),
         };
         let name = job_name(&plan.job_id);
-        // The job's cgroup before the spec (v1; on v2 it was made at prestart): the spec
-        // binds it, read-only, into the jail.
-        if guard.0.is_none() {
-            match cgroups.make(&name) {
-                Ok(made) => guard.0 = Some(made),
-                Err(err) => {
-                    return fail(result, started, format!("create the job's cgroup: {err}"))
-                }
-            }
-        }
-        // Then the spec: the shim builds the jail's root while we set the cgroup's limits,
-        // then joins it (v1) and forks the tool on the go.
+        // The spec first: the shim builds the jail's root while we make the job's cgroup
+        // (v1; on v2 it was made at prestart) and set its limits. It binds the cgroup into
+        // the root once told it exists, then joins it (v1) and forks the tool on the go.
         // The tool's CPUs: as many as its quota rounds up to, the least busy of ours.
         let pinned = self.pins.take(plan.limits.cpus);
         let sent = match self.spec(&plan, cgroups, &name, &pinned.cpus) {
@@ -346,6 +337,18 @@ impl Engine {
         };
         if let Err(message) = sent {
             return fail(result, started, message);
+        }
+        if guard.0.is_none() {
+            match cgroups.make(&name) {
+                Ok(made) => guard.0 = Some(made),
+                Err(err) => {
+                    return fail(result, started, format!("create the job's cgroup: {err}"))
+                }
+            }
+        }
+        if let Err(err) = shim.send_made().await {
+            // As for the go below: the shim is gone, and its status pipe says why.
+            debug!("the shim left before its cgroup was made: {err}");
         }
         let Some(cgroup) = &guard.0 else {
             unreachable!("the job's cgroup was made above")
@@ -397,11 +400,10 @@ impl Engine {
     ) -> Result<JailSpec, String> {
         let seccomp =
             seccomp::filter_for(&plan.seccomp, plan.idmap.is_some()).map_err(|e| e.to_string())?;
-        // The job's cgroup (made by now), read-only, at /sys/fs/cgroup: runtimes size heaps
-        // and thread pools by it. Its cgroup namespace makes each bind read as a whole
-        // hierarchy.
+        // The job's cgroup, read-only, at /sys/fs/cgroup (bound once the shim hears it is made):
+        // runtimes size heaps and thread pools by it. Its cgroup namespace makes each bind
+        // read as a whole hierarchy.
         let (binds, links) = cgroups.view(name);
-        let mut mounts = plan.view.mounts.clone();
         let mut rules = plan.view.rules.clone();
         if !binds.is_empty() {
             rules.push(LandlockRule {
@@ -410,16 +412,19 @@ impl Engine {
                 dir: true,
             });
         }
-        mounts.extend(binds.into_iter().map(|(src, dst)| Mount::Bind {
-            src: src.to_string_lossy().into_owned(),
-            dst,
-            writable: false,
-        }));
-        mounts.extend(
-            links
-                .into_iter()
-                .map(|(target, dst)| Mount::Symlink { target, dst }),
-        );
+        let cgroup_view = binds
+            .into_iter()
+            .map(|(src, dst)| Mount::Bind {
+                src: src.to_string_lossy().into_owned(),
+                dst,
+                writable: false,
+            })
+            .chain(
+                links
+                    .into_iter()
+                    .map(|(target, dst)| Mount::Symlink { target, dst }),
+            )
+            .collect();
         Ok(JailSpec {
             job_id: plan.job_id.clone(),
             argv: plan.argv.clone(),
@@ -429,7 +434,8 @@ impl Engine {
             gid: plan.gid,
             hostname: "toolbox".into(),
             network: jail_network(plan.network),
-            mounts,
+            mounts: plan.view.mounts.clone(),
+            cgroup_view,
             landlock: Landlock {
                 rules,
                 deny_tcp: plan.network == NetworkMode::None,

@@ -133,6 +133,15 @@ impl Shim {
         pipe.write_all(&spec.encode()).await
     }
 
+    /// Tell the shim the job's cgroup exists: it binds it into the jail's root.
+    pub async fn send_made(&mut self) -> io::Result<()> {
+        let pipe = self
+            .spec
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the go was already sent"))?;
+        pipe.write_all(&[toolbox_spec::MADE]).await
+    }
+
     /// Tell the shim the job's cgroup has its limits: it forks the tool. (Dropping the shim
     /// without this closes the pipe instead, and the shim leaves without running anything.)
     pub async fn send_go(&mut self) -> io::Result<()> {
