@@ -264,6 +264,10 @@ fn remote_body(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
             },
         };
     }
+    // Ours, for the daemon to pick from by its policy's allowlist as a local run does.
+    let caller_env: serde_json::Map<String, serde_json::Value> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?.into())))
+        .collect();
     let mut limits = serde_json::Map::new();
     if let Some(t) = args.timeout {
         limits.insert("timeout".into(), format!("{}ms", t.0.as_millis()).into());
@@ -297,6 +301,7 @@ fn remote_body(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
         "argv": args.command,
         "cwd": cwd,
         "env": env,
+        "caller_env": caller_env,
         "policy": args.policy,
         "limits": limits,
         "mounts": mounts,

@@ -336,6 +336,18 @@ fn every_malformed_request_gets_its_4xx_and_the_daemon_carries_on() {
             Some("env.A"),
         ),
         (
+            "'=' in a caller_env name",
+            format!(r#"{{"argv":["ls"],"cwd":"{cwd}","caller_env":{{"A=B":"x"}}}}"#),
+            400,
+            Some("caller_env.A=B"),
+        ),
+        (
+            "NUL in a caller_env value",
+            format!(r#"{{"argv":["ls"],"cwd":"{cwd}","caller_env":{{"A":"x\u0000y"}}}}"#),
+            400,
+            Some("caller_env.A"),
+        ),
+        (
             "NUL in a path",
             format!(
                 r#"{{"argv":["ls"],"cwd":"{cwd}","mounts":[{{"path":"/usr\u0000x","mode":"ro"}}]}}"#
@@ -937,4 +949,32 @@ fn a_client_that_never_finishes_its_request_head_is_cut_off() {
     );
     // And it still serves everyone else.
     assert_eq!(daemon.request("GET", "/v1/health", None).status, 200);
+}
+
+#[test]
+fn the_callers_environment_reaches_a_daemon_job_as_it_does_a_local_one() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    let job = Run::probe(ws.path(), &["env"])
+        .opts(&["--socket", &daemon.socket.to_string_lossy()])
+        .caller_env("TOOLBOX_TEST_SECRET", "hunter2")
+        .caller_env("GIT_AUTHOR_NAME", "Ada")
+        .caller_env("LC_ALL", "C.UTF-8")
+        // The caller's order, less what the jail does not show.
+        .caller_env(
+            "PATH",
+            "/usr/bin:/opt/toolbox-test-unseen/bin:/usr/local/bin:/bin",
+        )
+        .run_remote();
+    assert_eq!(job.code, 0, "{job:?}");
+    let env = job.probe_json();
+    // The policy's allowlist picks from the caller's environment, as for a local run.
+    assert_eq!(env["GIT_AUTHOR_NAME"], "Ada", "{env}");
+    assert_eq!(env["LC_ALL"], "C.UTF-8", "{env}");
+    assert_eq!(env["PATH"], "/usr/bin:/usr/local/bin:/bin", "{env}");
+    assert!(env.get("TOOLBOX_TEST_SECRET").is_none(), "{env}");
+    assert!(!job.stdout_text().contains("hunter2"));
 }

@@ -22,6 +22,11 @@ pub struct JobBody {
     pub cwd: Option<PathBuf>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The caller's own environment, as `toolbox run` forwards it: the policy's allowlist
+    /// picks from it what the job inherits (git identity, locale, proxy variables…), and its
+    /// PATH orders the job's, as for a local run. Nothing else of it reaches the job.
+    #[serde(default)]
+    pub caller_env: BTreeMap<String, String>,
     /// Text for the tool's standard input (else it reads /dev/null).
     pub stdin: Option<String>,
     /// The same, base64-encoded, for bytes that are not UTF-8.
@@ -166,6 +171,20 @@ pub fn parse_body(bytes: &[u8]) -> Result<JobBody, ApiError> {
 /// Check a parsed body for one peer and turn it into the engine's request, plus the stdin
 /// bytes. Paths must be absolute, exist, and be reachable by the peer itself: the daemon is
 /// root, and must not lend its own access to anybody.
+/// The caller's environment from a request (see [`JobBody::caller_env`]), taken out of it.
+pub fn take_caller_env(body: &mut JobBody) -> Result<BTreeMap<String, String>, ApiError> {
+    let env = std::mem::take(&mut body.caller_env);
+    for (name, value) in &env {
+        if name.is_empty() || name.contains(['=', '\0']) || value.contains('\0') {
+            return Err(ApiError::bad(
+                format!("caller_env.{name}"),
+                "is not an environment variable (a name without '=' or NUL, a value without NUL)",
+            ));
+        }
+    }
+    Ok(env)
+}
+
 pub fn to_request(
     body: JobBody,
     peer: &Peer,

@@ -631,14 +631,15 @@ async fn submit(
             )
         }
     };
-    let body = api::parse_body(&bytes)?;
+    let mut body = api::parse_body(&bytes)?;
+    let caller_env = api::take_caller_env(&mut body)?;
     let policy_name = api::policy_name(body.policy.as_deref())?.to_string();
     let policy = daemon.policies.get(&policy_name)?;
     let job_id = job::new_job_id();
     let stdin_cap = policy.limits.stdin;
     let (request, stdin) = api::to_request(body, &peer, &policy, &job_id, stdin_cap)?;
     let caller = Caller {
-        env: BTreeMap::new(),
+        env: caller_env,
         cwd: request.cwd.clone().unwrap_or_else(|| PathBuf::from("/")),
         sudo: None,
         // The peer's own home (its passwd entry), for policies that show some of it.
