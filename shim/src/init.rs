@@ -70,7 +70,8 @@ pub fn run(
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(SetupError::Signals)?;
 
     // cgroup v1: where the job's cgroup will be, opened while the host's view is ours; the
-    // supervisor makes the cgroup while we build the root, and says so with the go.
+    // supervisor makes the cgroup while we build the root, says so (MADE) before we bind it
+    // into the root, and gives the go once it has its limits.
     let parents = open_cgroup_parents(&spec.cgroup_tasks)?;
     // Our own OOM-killer score, opened while the host's /proc is in view: once the tool is
     // forked, PID 1 is the one process of the job's cgroup the OOM killer must never pick
@@ -81,8 +82,8 @@ pub fn run(
         .ok();
     build(spec, &mut go)?;
 
-    // What is left before the tool can start, done while the supervisor still makes the
-    // cgroup. Signals: we came with every one blocked (see `sys::unblock_signals`).
+    // What is left before the tool can start, done while the supervisor still sets the
+    // cgroup's limits. Signals: we came with every one blocked (see `sys::unblock_signals`).
     sys::unblock_signals().map_err(SetupError::Signals)?;
     // Signals from the supervisor's namespace reach PID 1 only where it has a handler; the
     // handlers never run (the signals stay blocked and are read from the signalfd).
