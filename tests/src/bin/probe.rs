@@ -344,7 +344,7 @@ fn syscalls() -> Value {
         );
         record(
             "ioctl_tiocsti_high_bits",
-            libc::syscall(libc::SYS_ioctl, 0, libc::TIOCSTI | (1u64 << 32), &c),
+            libc::syscall(libc::SYS_ioctl, 0, libc::TIOCSTI as u64 | (1u64 << 32), &c),
         );
         record(
             "ioctl_tioclinux",
@@ -484,7 +484,7 @@ fn if_up(name: &str) -> bool {
         for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
             *d = s as libc::c_char;
         }
-        let ok = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) == 0;
+        let ok = libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req) == 0;
         libc::close(sock);
         ok && (req.ifr_ifru.ifru_flags & libc::IFF_UP as libc::c_short) != 0
     }
