@@ -19,9 +19,9 @@ if ! command -v bwrap >/dev/null; then
     echo "bench-spawn: installing bubblewrap for the baseline" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null
 fi
-scripts/build-deps.sh
+. scripts/target.sh
 cargo build --release -q -p toolbox -p toolbox-shim -p toolbox-benches
-bin="target/x86_64-unknown-linux-musl/release"
+bin="target/$triple/release"
 # toolbox as installed (scripts/install.sh, staged), as bubblewrap is from its package, not
 # straight out of target/: the linker writes its output through mmap, and a binary whose page
 # cache was filled that way maps in small pages — about 25 more page faults a run here, until

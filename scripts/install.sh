@@ -9,7 +9,7 @@
 #
 # Only a plain install builds (cargo build --release, when cargo is there). Staging
 # (DESTDIR) and BINDIR never do: they take the binaries as they are, from BINDIR or
-# target/x86_64-unknown-linux-musl/release, so a packager's staging or a machine without a
+# target/$CARGO_BUILD_TARGET/release (x86_64-unknown-linux-musl unless set), so a packager's staging or a machine without a
 # toolchain (a VM, a container image) needs none.
 #
 # Then: sudo usermod -aG toolbox "$USER" (log in again), and `toolbox run -- cmd` uses the
@@ -23,9 +23,10 @@ if [ -z "$dest" ] && [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-bin="${BINDIR:-target/x86_64-unknown-linux-musl/release}"
+bin="${BINDIR:-target/${CARGO_BUILD_TARGET:-x86_64-unknown-linux-musl}/release}"
 if [ -z "${BINDIR:-}" ] && [ -z "$dest" ] && command -v cargo >/dev/null; then
-    scripts/build-deps.sh
+    . scripts/target.sh
+    bin="target/$triple/release"
     cargo build --release --quiet -p toolbox -p toolbox-shim
 fi
 for b in toolbox toolbox-serve toolbox-shim; do

@@ -3,7 +3,7 @@
 # a real daemon on a socket), a check that nothing was left behind, the install script's
 # staging, then the two VM tiers — pure cgroup v2 (scripts/vm-test.sh) and a guest booting
 # systemd (scripts/vm-systemd-test.sh). It installs what it needs: the musl target
-# (rustup) and musl-tools (scripts/build-deps.sh), and from Debian's archive systemd-analyze
+# (rustup) and musl-tools (scripts/target.sh), and from Debian's archive systemd-analyze
 # for the unit check, qemu, busybox-static and mmdebstrap for the VMs.
 #
 #   sudo scripts/test.sh            # everything (about 15 minutes on 2 CPUs, TCG)
@@ -28,7 +28,7 @@ if [ "${#tools[@]}" -gt 0 ]; then
     echo "== installing ${tools[*]} (the workload tests run them)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${tools[@]}" >/dev/null
 fi
-scripts/build-deps.sh --benches
+. scripts/target.sh --benches
 echo "== the Rust tests"
 cargo test --workspace
 echo "== nothing left behind"
@@ -36,7 +36,7 @@ scripts/check-leaks.sh
 echo "== the install script stages binaries, policies and units (building nothing)"
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
-DESTDIR="$stage" BINDIR=target/x86_64-unknown-linux-musl/debug scripts/install.sh
+DESTDIR="$stage" BINDIR="target/$triple/debug" scripts/install.sh
 for f in usr/local/bin/toolbox usr/local/bin/toolbox-serve usr/local/bin/toolbox-shim \
     etc/toolbox/policies/default.toml etc/systemd/system/toolbox.service \
     etc/systemd/system/toolbox.socket; do

@@ -77,10 +77,10 @@ fi
 
 echo "vm-systemd-test: building toolbox (release) and the probe" >&2
 # (Two builds: `--bin probe` would select that one binary of every package named.)
-scripts/build-deps.sh
+. scripts/target.sh
 cargo build --release -q -p toolbox -p toolbox-shim
 cargo build --release -q -p toolbox-tests --bin probe
-bin="$root_dir/target/x86_64-unknown-linux-musl/release"
+bin="$root_dir/target/$triple/release"
 payload="$cache/payload"
 rm -rf "$payload"
 mkdir -p "$payload/bin" "$payload/scripts"

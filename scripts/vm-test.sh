@@ -70,7 +70,7 @@ fi
 vmlinuz=$(ls "$kdir"/boot/vmlinuz-*)
 
 echo "vm-test: building toolbox and the integration test binaries" >&2
-scripts/build-deps.sh
+. scripts/target.sh
 cargo build -q -p toolbox -p toolbox-shim
 # The suites as the host runs them (debug; they use the binaries next to them in bin/).
 # Not workloads: it runs real tools (Python, a JVM) the guest does not have.
@@ -81,7 +81,7 @@ if [ -z "$suites" ]; then
     echo "vm-test: cargo test --no-run named no test binaries" >&2
     exit 1
 fi
-bin="$root_dir/target/x86_64-unknown-linux-musl/debug"
+bin="$root_dir/target/$triple/debug"
 
 # The root filesystem. Binaries keep their host paths, so what the jail binds in the VM is
 # laid out as on the host (/usr merged, /bin -> usr/bin).

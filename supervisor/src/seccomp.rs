@@ -142,7 +142,14 @@ const NAMESPACE_FLAGS: [u64; 7] = [
 
 /// Terminal ioctls that inject input or reach the console (compared on the low 32 bits, as
 /// the kernel does — CVE-2019-10063).
-const DENIED_IOCTLS: [u64; 2] = [libc::TIOCSTI as u64, libc::TIOCLINUX as u64];
+const DENIED_IOCTLS: [u64; 2] = [ioctl_nr(libc::TIOCSTI), ioctl_nr(libc::TIOCLINUX)];
+
+/// An ioctl request as the system call's 64-bit argument (libc types requests as `c_ulong` on
+/// glibc and as `c_int` on musl).
+#[allow(clippy::unnecessary_cast)]
+const fn ioctl_nr(request: libc::Ioctl) -> u64 {
+    request as u64
+}
 
 /// The compiled filter, built on first use and shared by every job of this process.
 pub fn filter() -> Result<&'static [SockFilter], SeccompError> {
@@ -740,11 +747,11 @@ mod tests {
         arg0s.push(ns.iter().fold(0, |a, f| a | f));
         let arg1s = [
             0u64,
-            libc::TIOCSTI as u64,
-            libc::TIOCLINUX as u64,
-            libc::TIOCSTI as u64 | 1 << 32,
-            libc::TCGETS as u64,
-            libc::TIOCLINUX as u64 | 0xffff_ffff_0000_0000,
+            ioctl_nr(libc::TIOCSTI),
+            ioctl_nr(libc::TIOCLINUX),
+            ioctl_nr(libc::TIOCSTI) | 1 << 32,
+            ioctl_nr(libc::TCGETS),
+            ioctl_nr(libc::TIOCLINUX) | 0xffff_ffff_0000_0000,
         ];
         for nr in (0..1024).chain([0x4000_0000, 0x4000_0027, u32::MAX]) {
             for &a0 in &arg0s {
@@ -799,7 +806,7 @@ mod tests {
             run(&program, libc::SYS_clone as u32, arch, newuser),
             errno(libc::EPERM)
         );
-        let tiocsti_high = [0, libc::TIOCSTI as u64 | 1 << 32, 0, 0, 0, 0];
+        let tiocsti_high = [0, ioctl_nr(libc::TIOCSTI) | 1 << 32, 0, 0, 0, 0];
         assert_eq!(
             run(&program, libc::SYS_ioctl as u32, arch, tiocsti_high),
             errno(libc::EPERM)

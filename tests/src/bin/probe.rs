@@ -344,6 +344,8 @@ fn syscalls() -> Value {
         );
         record(
             "ioctl_tiocsti_high_bits",
+            // (libc types the request as c_ulong on glibc, c_int on musl.)
+            #[allow(clippy::unnecessary_cast)]
             libc::syscall(libc::SYS_ioctl, 0, libc::TIOCSTI as u64 | (1u64 << 32), &c),
         );
         record(
