@@ -9,8 +9,8 @@
 #
 # Only a plain install builds (cargo build --release, when cargo is there). Staging
 # (DESTDIR) and BINDIR never do: they take the binaries as they are, from BINDIR or
-# target/$CARGO_BUILD_TARGET/release (x86_64-unknown-linux-musl unless set), so a packager's staging or a machine without a
-# toolchain (a VM, a container image) needs none.
+# target/$CARGO_BUILD_TARGET/release (x86_64-unknown-linux-musl unless set), so a packager's
+# staging or a machine without a toolchain (a VM, a container image) needs none.
 #
 # Then: sudo usermod -aG toolbox "$USER" (log in again), and `toolbox run -- cmd` uses the
 # daemon at /run/toolbox/toolbox.sock.

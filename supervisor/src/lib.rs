@@ -26,8 +26,8 @@ pub mod view;
 /// The allocator of every binary built on musl (see `.cargo/config.toml`): musl's own hands
 /// freed memory back with `munmap` at once, and in `toolbox run` the page faults and the
 /// TLB-shootdown IPIs that costs (a VM exit each, on a VM) ate what musl's start-up saves —
-/// 23% of its CPU in the kernel against 17% on glibc (`perf record`, 60 runs). dlmalloc
-/// keeps what it was given, as glibc's does.
+/// 23% of its CPU in the kernel against 17% on glibc (`perf record`, 60 runs). dlmalloc, like
+/// glibc's, keeps freed memory for reuse and trims only large free space.
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
