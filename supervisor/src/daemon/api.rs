@@ -168,9 +168,6 @@ pub fn parse_body(bytes: &[u8]) -> Result<JobBody, ApiError> {
     Ok(body)
 }
 
-/// Check a parsed body for one peer and turn it into the engine's request, plus the stdin
-/// bytes. Paths must be absolute, exist, and be reachable by the peer itself: the daemon is
-/// root, and must not lend its own access to anybody.
 /// The caller's environment from a request (see [`JobBody::caller_env`]), taken out of it.
 pub fn take_caller_env(body: &mut JobBody) -> Result<BTreeMap<String, String>, ApiError> {
     let env = std::mem::take(&mut body.caller_env);
@@ -185,6 +182,9 @@ pub fn take_caller_env(body: &mut JobBody) -> Result<BTreeMap<String, String>, A
     Ok(env)
 }
 
+/// Check a parsed body for one peer and turn it into the engine's request, plus the stdin
+/// bytes. Paths must be absolute, exist, and be reachable by the peer itself: the daemon is
+/// root, and must not lend its own access to anybody.
 pub fn to_request(
     body: JobBody,
     peer: &Peer,
