@@ -114,6 +114,13 @@ pub fn run(
 
     let mut byte = [0u8; 1];
     let go = std::io::Read::read_exact(&mut go, &mut byte).is_ok() && byte[0] == toolbox_spec::GO;
+    if go {
+        // Into the job's cgroup (v1; on v2 we were born there), and the tool is born there;
+        // meanwhile the helpers, told to go, exit on the other CPU. (They were forked before
+        // we joined, so the cgroup never counts them.)
+        join_cgroup(&parents)?;
+    }
+    drop(parents);
     // Every helper gone before the tool starts: the tool's pid namespace holds PID 1 and the
     // tool's own processes, nothing else for it to see or signal, and its cgroup counts
     // only those.
@@ -130,9 +137,6 @@ pub fn run(
         Err(SetupError::NetworkNotReady) => return Ok(crate::SHIM_FAILED),
         Err(err) => return Err(err),
     };
-    // Into the job's cgroup (v1; on v2 we were born there), and the tool is born there.
-    join_cgroup(&parents)?;
-    drop(parents);
     let tool = match sys::fork().map_err(SetupError::Fork)? {
         Some(pid) => pid,
         None => {

@@ -6,6 +6,8 @@
 //! Once the root is built, PID 1 takes that descriptor from it (`pidfd_getfd`), lets it go
 //! and reaps it: the helper is gone before the tool is forked, so the job's cgroup never
 //! counts it against the tool's pids, and the tool joins with `setns` on the descriptor.
+//! The helper also opens the namespace's counters (`/proc/self/net/snmp`, `snmp6`), so PID 1
+//! reads them at the job's end without joining the namespace or opening anything then.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
@@ -21,15 +23,21 @@ pub struct NetHelper {
     pid: nix::unistd::Pid,
     /// The helper's pidfd, to take the namespace's descriptor from it.
     pidfd: OwnedFd,
-    /// The number of the helper's descriptor of the namespace (4 bytes, native order) once
-    /// it is ready; EOF if the helper failed (and said why).
+    /// The numbers of the helper's descriptors of the namespace and its two counter files
+    /// (4 bytes each, native order; -1 for a counter file it could not open) once it is
+    /// ready; EOF if the helper failed (and said why).
     ready: OwnedFd,
     /// The helper leaves when this write end closes.
     _hold: OwnedFd,
 }
 
-/// The job's network namespace, held by a descriptor: the tool joins it.
-pub struct Netns(OwnedFd);
+/// The job's network namespace, held by a descriptor (the tool joins it), and its counter
+/// files, opened in it.
+pub struct Netns {
+    namespace: OwnedFd,
+    snmp: Option<OwnedFd>,
+    snmp6: Option<OwnedFd>,
+}
 
 /// Fork the helper (placed on another CPU) and return PID 1's handle on it.
 pub fn start() -> Result<NetHelper, SetupError> {
@@ -78,8 +86,28 @@ fn helper(ready: OwnedFd, hold: OwnedFd) -> ! {
             sys::exit_now(crate::SHIM_FAILED);
         }
     };
-    let _ = nix::unistd::write(&ready, &namespace.as_raw_fd().to_ne_bytes());
-    // Keep the descriptor open until PID 1 has taken its copy.
+    // Our /proc/self/net is the new namespace's now: what these read stays its, whoever
+    // reads them later.
+    let counters = ["/proc/self/net/snmp", "/proc/self/net/snmp6"].map(|path| {
+        nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+    });
+    let mut numbers = [0u8; 12];
+    for (slot, fd) in numbers.chunks_exact_mut(4).zip(
+        std::iter::once(namespace.as_raw_fd()).chain(
+            counters
+                .iter()
+                .map(|fd| fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())),
+        ),
+    ) {
+        slot.copy_from_slice(&fd.to_ne_bytes());
+    }
+    let _ = nix::unistd::write(&ready, &numbers);
+    // Keep the descriptors open until PID 1 has taken its copies.
     let mut byte = [0u8; 1];
     let _ = nix::unistd::read(&hold, &mut byte);
     sys::exit_now(0)
@@ -97,11 +125,31 @@ impl NetHelper {
     /// helper go: reap the pid returned before the tool starts (also on an error, which
     /// means the helper failed and has said why).
     pub fn take(self) -> (Result<Netns, SetupError>, nix::unistd::Pid) {
-        let mut number = [0u8; 4];
-        let taken = match nix::unistd::read(&self.ready, &mut number) {
-            Ok(4) => sys::pidfd_getfd(self.pidfd.as_fd(), i32::from_ne_bytes(number))
-                .map(Netns)
-                .map_err(SetupError::Namespaces),
+        let mut numbers = [0u8; 12];
+        let taken = match nix::unistd::read(&self.ready, &mut numbers) {
+            Ok(12) => {
+                let [namespace, snmp, snmp6] = [0, 4, 8].map(|at| {
+                    i32::from_ne_bytes([
+                        numbers[at],
+                        numbers[at + 1],
+                        numbers[at + 2],
+                        numbers[at + 3],
+                    ])
+                });
+                // The counters are only for a note: one that cannot be had is left out.
+                let counter = |number: i32| {
+                    (number >= 0)
+                        .then(|| sys::pidfd_getfd(self.pidfd.as_fd(), number).ok())
+                        .flatten()
+                };
+                sys::pidfd_getfd(self.pidfd.as_fd(), namespace)
+                    .map(|namespace| Netns {
+                        namespace,
+                        snmp: counter(snmp),
+                        snmp6: counter(snmp6),
+                    })
+                    .map_err(SetupError::Namespaces)
+            }
             _ => Err(SetupError::NetworkNotReady),
         };
         (taken, self.pid)
@@ -111,18 +159,20 @@ impl NetHelper {
 impl Netns {
     /// Join it (the tool's process, as root).
     pub fn join(self) -> Result<(), SetupError> {
-        nix::sched::setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET).map_err(SetupError::Namespaces)
+        nix::sched::setns(self.namespace.as_fd(), CloneFlags::CLONE_NEWNET)
+            .map_err(SetupError::Namespaces)
     }
 
     /// What the job tried of the network and could not have, counted by its namespace (see
-    /// `Status::Network`): joins it, so call it only when done with our own network.
+    /// `Status::Network`), read from the counter files the helper opened in it.
     pub fn refused(&self) -> Option<(u64, u64)> {
-        nix::sched::setns(self.0.as_fd(), CloneFlags::CLONE_NEWNET).ok()?;
-        let snmp = std::fs::read_to_string("/proc/self/net/snmp").ok()?;
+        let snmp = read_all(self.snmp.as_ref()?)?;
         let no_route = snmp_field(&snmp, "Ip:", "OutNoRoutes").unwrap_or(0);
         let udp_no_ports = snmp_field(&snmp, "Udp:", "NoPorts").unwrap_or(0);
-        let no_route6 = std::fs::read_to_string("/proc/self/net/snmp6")
-            .ok()
+        let no_route6 = self
+            .snmp6
+            .as_ref()
+            .and_then(read_all)
             .and_then(|text| {
                 text.lines()
                     .find_map(|line| line.strip_prefix("Ip6OutNoRoutes"))
@@ -131,6 +181,21 @@ impl Netns {
             .unwrap_or(0);
         Some((no_route + no_route6, udp_no_ports))
     }
+}
+
+/// The whole of a counter file, read once (it is opened at its start).
+fn read_all(file: &OwnedFd) -> Option<String> {
+    let mut text = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 4096];
+    loop {
+        match nix::unistd::read(file.as_fd(), &mut chunk) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&chunk[..n]),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+        }
+    }
+    String::from_utf8(text).ok()
 }
 
 /// One counter of `/proc/net/snmp`, where each protocol has a line of names, then a line of

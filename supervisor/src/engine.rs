@@ -240,6 +240,7 @@ impl Engine {
     /// refused by the engine (`error`).
     pub fn not_started(&self, plan: &JobPlan, error: Option<String>) -> JobResult {
         let mut result = self.blank_result(plan);
+        result.policy.sha256 = plan.policy_sha256.get().to_string();
         match error {
             Some(message) => result.error = Some(message),
             None => {
@@ -279,9 +280,13 @@ impl Engine {
         cancel: impl Future<Output = Cancel> + Send,
     ) -> JobResult {
         let span = info_span!("job", id = %plan.job_id, policy = %plan.policy);
-        self.run_inner(plan, shim, events, cancel)
+        let sha256 = plan.policy_sha256.clone();
+        let mut result = self
+            .run_inner(plan, shim, events, cancel)
             .instrument(span)
-            .await
+            .await;
+        result.policy.sha256 = sha256.get().to_string();
+        result
     }
 
     async fn run_inner(
@@ -471,7 +476,9 @@ impl Engine {
             job_id: plan.job_id.clone(),
             policy: record::PolicyRef {
                 name: plan.policy.clone(),
-                sha256: plan.policy_sha256.clone(),
+                // Filled as the record leaves the engine (see `run`): computing it is not
+                // worth delaying the jail for.
+                sha256: String::new(),
             },
             status: JobStatus::SetupError,
             exit_code: exit::TOOLBOX_FAILED,
@@ -661,8 +668,9 @@ async fn supervise(
     let mut on_running = Some(on_running);
     let mut out_cap = Capper::new(plan.limits.output);
     let mut err_cap = Capper::new(plan.limits.output);
-    let mut out_buf = vec![0u8; READ_BUFFER];
-    let mut err_buf = vec![0u8; READ_BUFFER];
+    // Read into their spare capacity, never zeroed: a quiet job faults in none of it.
+    let mut out_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
+    let mut err_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
     let Shim {
         mut process,
         mut stdout,
@@ -694,13 +702,13 @@ async fn supervise(
             read = read_some(&mut out, &mut out_buf), if out.is_some() => {
                 match read {
                     Ok(0) | Err(_) => out = None,
-                    Ok(n) => forward(events, Stream::Stdout, out_cap.push(&out_buf[..n])),
+                    Ok(_) => forward(events, Stream::Stdout, out_cap.push(&out_buf)),
                 }
             }
             read = read_some(&mut err, &mut err_buf), if err.is_some() => {
                 match read {
                     Ok(0) | Err(_) => err = None,
-                    Ok(n) => forward(events, Stream::Stderr, err_cap.push(&err_buf[..n])),
+                    Ok(_) => forward(events, Stream::Stderr, err_cap.push(&err_buf)),
                 }
             }
             line = next_line(&mut status), if status.is_some() => {
@@ -771,12 +779,17 @@ async fn supervise(
 
 /// Read from an output pipe while it is open (the `select!` guard keeps a closed one from
 /// being polled at all).
+/// Read what is there into `buf`, replacing what it held: into its spare capacity, which
+/// is never zeroed (at most that much).
 async fn read_some(
     pipe: &mut Option<&mut pipe::Receiver>,
-    buf: &mut [u8],
+    buf: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
     match pipe {
-        Some(pipe) => pipe.read(buf).await,
+        Some(pipe) => {
+            buf.clear();
+            pipe.read_buf(buf).await
+        }
         None => std::future::pending().await,
     }
 }

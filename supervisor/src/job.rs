@@ -110,8 +110,8 @@ impl Caller {
 pub struct JobPlan {
     pub job_id: String,
     pub policy: String,
-    /// The policy's [`Policy::sha256`].
-    pub policy_sha256: String,
+    /// The policy's [`Policy::sha256`], computed when the record is written.
+    pub policy_sha256: crate::policy::Sha256,
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub workspace: PathBuf,
@@ -240,7 +240,7 @@ pub fn plan(
     Ok(JobPlan {
         job_id: request.id.clone().unwrap_or_else(new_job_id),
         policy: policy.name.clone(),
-        policy_sha256: policy.sha256.clone(),
+        policy_sha256: policy.sha256_later(),
         argv: request.argv,
         env,
         workspace,

@@ -247,8 +247,53 @@ pub struct Policy {
     pub seccomp: crate::seccomp::Profile,
     pub overrides: Overrides,
     /// SHA-256 of the resolved policy ([`Policy::show`]): which policy a job ran under,
-    /// exactly, whatever the file looked like.
-    pub sha256: String,
+    /// exactly, whatever the file looked like. See [`Policy::sha256`].
+    digest: Digest,
+}
+
+/// A policy's SHA-256, computed the first time it is asked for: serializing the policy and
+/// hashing it cost `toolbox run` ~0.15 ms before its jail could start, and only the job's
+/// record needs it.
+#[derive(Debug, Clone, Default)]
+struct Digest(std::sync::OnceLock<String>);
+
+impl PartialEq for Digest {
+    /// The digest follows from the other fields: policies equal in those are equal.
+    fn eq(&self, _: &Digest) -> bool {
+        true
+    }
+}
+
+/// A policy's SHA-256 as a job's plan carries it: the value, or the policy to compute it
+/// from when the record is written.
+#[derive(Clone)]
+pub struct Sha256(Sha256Inner);
+
+#[derive(Clone)]
+enum Sha256Inner {
+    Known(String),
+    Later(std::sync::Arc<Policy>),
+}
+
+impl Sha256 {
+    pub fn get(&self) -> &str {
+        match &self.0 {
+            Sha256Inner::Known(sha256) => sha256,
+            Sha256Inner::Later(policy) => policy.sha256(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Sha256Inner::Known(sha256) => f.write_str(sha256),
+            Sha256Inner::Later(policy) => match policy.digest.0.get() {
+                Some(sha256) => f.write_str(sha256),
+                None => f.write_str("(not computed yet)"),
+            },
+        }
+    }
 }
 
 /// The most a request may ask for; each at least the policy's own value.
@@ -490,16 +535,27 @@ impl Policy {
                 allow_ro_under: raw.overrides.allow_ro_under,
                 allow_rw_under: raw.overrides.allow_rw_under,
             },
-            sha256: String::new(),
-        }
-        .hashed())
+            digest: Digest::default(),
+        })
     }
 
-    fn hashed(mut self) -> Policy {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(self.resolved().as_bytes());
-        self.sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
-        self
+    /// SHA-256 of the resolved policy ([`Policy::show`]): which policy a job ran under,
+    /// exactly, whatever the file looked like. Computed on first use.
+    pub fn sha256(&self) -> &str {
+        self.digest.0.get_or_init(|| {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(self.resolved().as_bytes());
+            digest.iter().map(|b| format!("{b:02x}")).collect()
+        })
+    }
+
+    /// [`Policy::sha256`] as a job's plan carries it, computed only when read (unless it
+    /// was already).
+    pub fn sha256_later(&self) -> Sha256 {
+        Sha256(match self.digest.0.get() {
+            Some(sha256) => Sha256Inner::Known(sha256.clone()),
+            None => Sha256Inner::Later(std::sync::Arc::new(self.clone())),
+        })
     }
 
     /// The effective policy, every value resolved, in the file format it came in, headed by
@@ -508,7 +564,7 @@ impl Policy {
         format!(
             "# policy {} (sha256 {})\n{}",
             self.name,
-            self.sha256,
+            self.sha256(),
             self.resolved()
         )
     }
@@ -854,10 +910,10 @@ mod shipped {
             let shown = policy.show();
             let again = Policy::parse(name, Path::new("shown.toml"), &shown).expect("parses back");
             assert_eq!(again, policy, "{name}: show() is not the same policy");
-            assert_eq!(again.sha256.len(), 64);
+            assert_eq!(again.sha256().len(), 64);
         }
         let default = Policy::load_file("default", &dir.join("default.toml")).expect("default");
         let strict = Policy::load_file("strict", &dir.join("strict.toml")).expect("strict");
-        assert_ne!(default.sha256, strict.sha256);
+        assert_ne!(default.sha256(), strict.sha256());
     }
 }

@@ -252,8 +252,9 @@ pub fn spawn(
     for (slot, (fd, target)) in ctx.moves.iter_mut().zip(&lifted) {
         *slot = (fd.as_raw_fd(), *target);
     }
-    // The child runs on its own stack (it shares our memory, so it cannot use ours).
-    let mut stack = vec![0u8; 64 * 1024];
+    // The child runs on its own stack (it shares our memory, so it cannot use ours). Left
+    // uninitialised: zeroing it would fault in all 16 pages; the child touches one or two.
+    let mut stack: Vec<u8> = Vec::with_capacity(64 * 1024);
 
     // Block every signal in this thread across the clone: a handler of ours must never run
     // in the child while it shares our memory. The child execs with them blocked; the shim
@@ -269,8 +270,8 @@ pub fn spawn(
     }
     let mut procs = None;
     let mut cloned = match cgroup {
-        SpawnCgroup::Into(dir) => clone_into(&mut ctx, &mut stack, namespaces, dir),
-        SpawnCgroup::Inherit => clone_vfork(&mut ctx, &mut stack, namespaces),
+        SpawnCgroup::Into(dir) => clone_into(&mut ctx, stack.spare_capacity_mut(), namespaces, dir),
+        SpawnCgroup::Inherit => clone_vfork(&mut ctx, stack.spare_capacity_mut(), namespaces),
     };
     if let (SpawnCgroup::Into(dir), Err(Errno::ENOSYS | Errno::EINVAL | Errno::E2BIG)) =
         (cgroup, &cloned)
@@ -288,7 +289,7 @@ pub fn spawn(
         .and_then(|fd| {
             ctx.join = fd.as_raw_fd();
             procs = Some(fd);
-            clone_vfork(&mut ctx, &mut stack, namespaces)
+            clone_vfork(&mut ctx, stack.spare_capacity_mut(), namespaces)
         });
     }
     // SAFETY: restores the mask saved above.
@@ -323,7 +324,7 @@ pub fn joined_by_procs() -> bool {
 /// The vfork through glibc's `clone`, in our own cgroup. Call with every signal blocked.
 fn clone_vfork(
     ctx: &mut ChildContext,
-    stack: &mut [u8],
+    stack: &mut [std::mem::MaybeUninit<u8>],
     namespaces: libc::c_int,
 ) -> Result<(i32, OwnedFd), Errno> {
     // SAFETY: one past the end of the allocation; the stack grows down from there, and
@@ -358,7 +359,7 @@ fn clone_vfork(
 #[cfg(target_arch = "x86_64")]
 fn clone_into(
     ctx: &mut ChildContext,
-    stack: &mut [u8],
+    stack: &mut [std::mem::MaybeUninit<u8>],
     namespaces: libc::c_int,
     dir: RawFd,
 ) -> Result<(i32, OwnedFd), Errno> {

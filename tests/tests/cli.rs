@@ -328,3 +328,40 @@ fn seccomp_filters_inherited_from_the_caller_are_reported() {
         "doctor does not say so: {text}"
     );
 }
+
+#[test]
+fn the_record_names_its_policy_by_the_hash_policy_show_prints() {
+    if !require_root() {
+        return;
+    }
+    // The record's hash is computed late (after the job ran): it must still be there, and
+    // be the SHA-256 of the effective policy `policy show` prints under its header.
+    let workspace = workspace();
+    let job = Run::command(workspace.path(), &["true"])
+        .without_probe()
+        .run();
+    let recorded = job.record()["policy"]["sha256"]
+        .as_str()
+        .expect("the record's policy.sha256")
+        .to_string();
+    let show = Command::new(toolbox())
+        .args(["policy", "show", "default"])
+        .output()
+        .expect("policy show");
+    let text = String::from_utf8(show.stdout).expect("utf-8");
+    let (header, body) = text.split_once('\n').expect("a header line");
+    assert_eq!(header, format!("# policy default (sha256 {recorded})"));
+    let mut sum = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    sum.stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write");
+    let summed = sum.wait_with_output().expect("sha256sum");
+    let summed = String::from_utf8_lossy(&summed.stdout);
+    assert_eq!(summed.split_whitespace().next(), Some(recorded.as_str()));
+}

@@ -52,7 +52,7 @@ impl AuditLog {
             "peer": peer,
             "argv": plan.argv,
             "cwd": cwd,
-            "policy": { "name": plan.policy, "sha256": plan.policy_sha256 },
+            "policy": { "name": plan.policy, "sha256": plan.policy_sha256.get() },
             "uid": plan.uid,
             "gid": plan.gid,
             "network": plan.network,

@@ -75,12 +75,16 @@ impl PolicyStore {
                     warn!(
                         policy = %name,
                         "{err}; keeping the last good version (sha256 {})",
-                        good.sha256
+                        good.sha256()
                     );
                     continue;
                 }
                 (Err(err), _) => warn!(policy = %name, "{err}; requests for it are refused"),
-                (Ok(policy), _) => info!(policy = %name, sha256 = %policy.sha256, "policy loaded"),
+                (Ok(policy), _) => {
+                    // Hashed once here, not by every job that uses it.
+                    let sha256 = policy.sha256();
+                    info!(policy = %name, sha256 = %sha256, "policy loaded");
+                }
             }
             policies.insert(name, loaded);
         }
