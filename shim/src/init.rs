@@ -61,6 +61,7 @@ pub fn run(
     lifeline: OwnedFd,
     network: Option<NetHelper>,
     discarded: Option<Pid>,
+    prebuilt: Option<mounts::Prebuilt>,
 ) -> Result<i32, SetupError> {
     // Leave the caller's session and process group: a Ctrl-C on the caller's terminal goes
     // to the supervisor alone, which decides what the job gets.
@@ -80,7 +81,7 @@ pub fn run(
         .write(true)
         .open("/proc/self/oom_score_adj")
         .ok();
-    build(spec, &mut go)?;
+    build(spec, &mut go, prebuilt)?;
 
     // What is left before the tool can start, done while the supervisor still sets the
     // cgroup's limits. Signals: we came with every one blocked (see `sys::unblock_signals`).
@@ -170,9 +171,13 @@ pub fn place_elsewhere(child: Pid, cpus: Option<&CpuSet>) {
 }
 
 /// The jail's hostname and root (its cgroup's part once the supervisor has made it).
-fn build(spec: &JailSpec, go: &mut std::fs::File) -> Result<(), SetupError> {
+fn build(
+    spec: &JailSpec,
+    go: &mut std::fs::File,
+    prebuilt: Option<mounts::Prebuilt>,
+) -> Result<(), SetupError> {
     nix::unistd::sethostname(&spec.hostname).map_err(SetupError::Hostname)?;
-    mounts::build_root(spec, || {
+    mounts::build_root(spec, prebuilt, || {
         let mut byte = [0u8; 1];
         match std::io::Read::read_exact(go, &mut byte) {
             Ok(()) if byte[0] == toolbox_spec::MADE => Ok(()),

@@ -5,8 +5,9 @@
 //! a panic is reported over the status pipe and the process exits.
 //!
 //! The supervisor starts the shim as PID 1 of a new pid namespace; the shim makes the mount,
-//! ipc and uts namespaces while the supervisor is still planning the job, and a helper
-//! makes the network namespace, which the tool's process joins.
+//! ipc and uts namespaces while the supervisor is still planning the job, and the part of
+//! the jail's root no spec changes (`mounts::prebuild`); a helper makes the network
+//! namespace, which the tool's process joins.
 //! Two processes, each with one job:
 //! - [`init`] — PID 1: builds the root ([`mounts`]), brings up `lo`, forks the tool, reaps,
 //!   forwards signals, and ends the whole jail when the tool ends;
@@ -72,6 +73,11 @@ fn run() -> Result<i32, SetupError> {
         }
     };
     let mut network_helper = init::enter_namespaces(network)?;
+    // What of the root needs no spec, built while we would only wait for it (argv[2]: where;
+    // without it, or if that fails, the whole root is built once the spec is here).
+    let prebuilt = std::env::args()
+        .nth(2)
+        .and_then(|anchor| mounts::prebuild(&anchor).ok());
     let (spec, go) = read_spec()?;
     // The spec settles the network; argv[1] only said which to prepare (`toolbox run`
     // starts us before it has read the policy).
@@ -81,7 +87,7 @@ fn run() -> Result<i32, SetupError> {
         (Network::Host, Some(helper)) => discarded = Some(helper.discard()),
         (_, helper) => network_helper = helper,
     }
-    init::run(&spec, go, lifeline, network_helper, discarded)
+    init::run(&spec, go, lifeline, network_helper, discarded, prebuilt)
 }
 
 /// Wait for the spec: the supervisor writes it once it has planned the job. The pipe stays

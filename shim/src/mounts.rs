@@ -59,52 +59,158 @@ enum Source {
     File(std::fs::File),
 }
 
-/// The root: `spec.mounts`, then — once `cgroup_made` has waited for the supervisor to make
-/// the job's cgroup — `spec.cgroup_view`; then read-only, and `pivot_root` into it.
+/// The part of the root no spec changes — the root's tmpfs, `/dev` and `/proc` — built
+/// while the supervisor still plans the job (the shim would only wait for its spec), at
+/// `anchor`: an empty directory of the supervisor's own that no spec binds from. Until then
+/// the host's view stays whole everywhere else, so the spec's sources open as they would
+/// have. [`build_root`] uses it only where the spec lays out the same (it always does
+/// today), and otherwise discards it.
+pub struct Prebuilt {
+    tree: Tree,
+    anchor: String,
+    umask: Mode,
+}
+
+/// The mounts [`prebuild`] makes, as a spec lists them.
+fn prebuilt_mounts() -> [Mount; 2] {
+    [
+        Mount::Proc {
+            dst: "/proc".into(),
+        },
+        Mount::Dev { dst: "/dev".into() },
+    ]
+}
+
+pub fn prebuild(anchor: &str) -> Result<Prebuilt, SetupError> {
+    make_private()?;
+    let umask = nix::sys::stat::umask(Mode::empty());
+    let built = new_root()
+        .and_then(|root_fs| {
+            let open = || {
+                nix::fcntl::open(
+                    anchor,
+                    OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|errno| mount_error("jail root", "/", errno))
+            };
+            let at = open()?;
+            sys::move_mount(root_fs.as_fd(), at.as_fd())
+                .map_err(|errno| mount_error("jail root", "/", errno))?;
+            // Opened again, the path now leads to the tmpfs.
+            open()
+        })
+        .and_then(|root| {
+            let mut tree = Tree {
+                root,
+                dirs: HashMap::new(),
+                writable: Vec::new(),
+                tool: (0, 0),
+            };
+            for mount in prebuilt_mounts() {
+                tree.apply(&mount, None)?;
+            }
+            Ok(tree)
+        });
+    match built {
+        Ok(tree) => Ok(Prebuilt {
+            tree,
+            anchor: anchor.to_string(),
+            umask,
+        }),
+        Err(err) => {
+            // Whatever was attached goes; the spec's root is built from scratch.
+            let _ = umount2(anchor, MntFlags::MNT_DETACH);
+            nix::sys::stat::umask(umask);
+            Err(err)
+        }
+    }
+}
+
+impl Prebuilt {
+    /// Whether the spec's root is this one plus the rest of its mounts: it has exactly the
+    /// prebuilt mounts, nothing it lists before them lies in or over them (it would be
+    /// covered by them, as built in order), and no source lies in the anchor.
+    fn fits(&self, spec: &JailSpec) -> bool {
+        fits(&spec.mounts, &spec.cgroup_view, &self.anchor)
+    }
+
+    /// Detach it: the spec's root is built from scratch.
+    fn discard(self) {
+        drop(self.tree);
+        let _ = umount2(self.anchor.as_str(), MntFlags::MNT_DETACH);
+        nix::sys::stat::umask(self.umask);
+    }
+}
+
+fn fits(mounts: &[Mount], cgroup_view: &[Mount], anchor: &str) -> bool {
+    let prebuilt = prebuilt_mounts();
+    let sources_clear = mounts.iter().chain(cgroup_view).all(|mount| match mount {
+        Mount::Bind { src, .. } | Mount::Copy { src, .. } => !is_within(&normalize(src), anchor),
+        _ => true,
+    });
+    sources_clear
+        && prebuilt.iter().all(|made| {
+            let at = mounts.iter().position(|m| m == made);
+            let once = mounts.iter().filter(|m| *m == made).count() == 1;
+            let dst = made.dst();
+            at.is_some_and(|at| {
+                once && mounts[..at].iter().all(|m| {
+                    let other = normalize(m.dst());
+                    !is_within(&other, dst) && !is_within(dst, &other)
+                })
+            })
+        })
+}
+
+/// The root: `spec.mounts` (on `prebuilt`, when given and it fits the spec), then — once
+/// `cgroup_made` has waited for the supervisor to make the job's cgroup — `spec.cgroup_view`;
+/// then read-only, and `pivot_root` into it.
 pub fn build_root(
     spec: &JailSpec,
+    prebuilt: Option<Prebuilt>,
     cgroup_made: impl FnOnce() -> Result<(), SetupError>,
 ) -> Result<(), SetupError> {
-    // Nothing we mount from here on may propagate back to the host.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(SetupError::MountPrivate)?;
-    let sources = open_sources(&spec.mounts, spec.idmap.as_ref())?;
-    // Files and nodes get exactly the modes we ask for.
-    let umask = nix::sys::stat::umask(Mode::empty());
-
-    // The root holds device nodes (so no nodev), never set-id programs; it becomes
-    // read-only once every mount point exists.
-    let root_fs = sys::new_fs_mount(
-        "tmpfs",
-        &[("size", "1m"), ("mode", "0755")],
-        MOUNT_ATTR_NOSUID,
-    )
-    .map_err(|errno| SetupError::NewFs {
-        fstype: "tmpfs",
-        dst: "/".into(),
-        errno,
-    })?;
-    let mut tree = Tree {
-        root: attach_root(&root_fs)?,
-        dirs: HashMap::new(),
-        writable: spec
-            .mounts
-            .iter()
-            .filter_map(|mount| match mount {
-                Mount::Tmpfs { dst, mode, .. } if mode & 0o002 != 0 => Some(normalize(dst)),
-                _ => None,
-            })
-            .collect(),
-        tool: (spec.uid, spec.gid),
+    let prebuilt = match prebuilt {
+        Some(prebuilt) if prebuilt.fits(spec) => Some(prebuilt),
+        Some(prebuilt) => {
+            prebuilt.discard();
+            None
+        }
+        None => None,
     };
+    if prebuilt.is_none() {
+        make_private()?;
+    }
+    let sources = open_sources(&spec.mounts, spec.idmap.as_ref())?;
+    let writable = spec
+        .mounts
+        .iter()
+        .filter_map(|mount| match mount {
+            Mount::Tmpfs { dst, mode, .. } if mode & 0o002 != 0 => Some(normalize(dst)),
+            _ => None,
+        })
+        .collect();
+    let (mut tree, umask, skip) = match prebuilt {
+        Some(Prebuilt { tree, umask, .. }) => (tree, umask, prebuilt_mounts().to_vec()),
+        None => {
+            // Files and nodes get exactly the modes we ask for.
+            let umask = nix::sys::stat::umask(Mode::empty());
+            let tree = Tree {
+                root: attach_root(&new_root()?)?,
+                dirs: HashMap::new(),
+                writable: Vec::new(),
+                tool: (0, 0),
+            };
+            (tree, umask, Vec::new())
+        }
+    };
+    tree.writable = writable;
+    tree.tool = (spec.uid, spec.gid);
     for (mount, source) in spec.mounts.iter().zip(sources) {
-        tree.apply(mount, source)?;
+        if !skip.contains(mount) {
+            tree.apply(mount, source)?;
+        }
     }
     cgroup_made()?;
     let sources = open_sources(&spec.cgroup_view, None)?;
@@ -126,6 +232,33 @@ pub fn build_root(
     nix::unistd::chdir("/").map_err(SetupError::PivotRoot)?;
     nix::sys::stat::umask(umask);
     Ok(())
+}
+
+/// Nothing we mount from here on may propagate back to the host.
+fn make_private() -> Result<(), SetupError> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(SetupError::MountPrivate)
+}
+
+/// The root's tmpfs: it holds device nodes (so no nodev), never set-id programs; it
+/// becomes read-only once every mount point exists.
+fn new_root() -> Result<OwnedFd, SetupError> {
+    sys::new_fs_mount(
+        "tmpfs",
+        &[("size", "1m"), ("mode", "0755")],
+        MOUNT_ATTR_NOSUID,
+    )
+    .map_err(|errno| SetupError::NewFs {
+        fstype: "tmpfs",
+        dst: "/".into(),
+        errno,
+    })
 }
 
 fn open_sources(
@@ -507,5 +640,69 @@ fn mount_error(what: &str, dst: &str, errno: Errno) -> SetupError {
         what: what.to_string(),
         dst: dst.to_string(),
         errno,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fits;
+    use toolbox_spec::Mount;
+
+    fn bind(src: &str, dst: &str) -> Mount {
+        Mount::Bind {
+            src: src.into(),
+            dst: dst.into(),
+            writable: false,
+        }
+    }
+
+    fn view(middle: Vec<Mount>, tail: Vec<Mount>) -> Vec<Mount> {
+        let mut mounts = vec![
+            bind("/usr", "/usr"),
+            Mount::Symlink {
+                target: "usr/bin".into(),
+                dst: "/bin".into(),
+            },
+        ];
+        mounts.extend(middle);
+        mounts.push(Mount::Proc {
+            dst: "/proc".into(),
+        });
+        mounts.push(Mount::Dev { dst: "/dev".into() });
+        mounts.extend(tail);
+        mounts
+    }
+
+    const ANCHOR: &str = "/run/toolbox/anchor";
+
+    #[test]
+    fn a_prebuilt_root_serves_a_spec_that_lays_out_the_same() {
+        let mounts = view(
+            vec![bind("/home/me/ws", "/home/me/ws")],
+            // After /dev in the spec: on top of it either way.
+            vec![bind("/dev/kvm", "/dev/kvm"), bind("/opt", "/opt")],
+        );
+        assert!(fits(&mounts, &[], ANCHOR));
+    }
+
+    #[test]
+    fn a_prebuilt_root_is_discarded_where_the_order_would_differ_or_a_source_is_in_it() {
+        // A workspace in /dev/shm comes before /dev, which covers it when built in order.
+        let covered = view(vec![bind("/dev/shm/ws", "/dev/shm/ws")], vec![]);
+        assert!(!fits(&covered, &[], ANCHOR));
+        // No /proc, or /dev twice: not the layout that was prebuilt.
+        let mut no_proc = view(vec![], vec![]);
+        no_proc.retain(|m| !matches!(m, Mount::Proc { .. }));
+        assert!(!fits(&no_proc, &[], ANCHOR));
+        let twice = view(vec![], vec![Mount::Dev { dst: "/dev".into() }]);
+        assert!(!fits(&twice, &[], ANCHOR));
+        // A source in the anchor would open the prebuilt root, not the host's directory.
+        let inside = view(vec![], vec![bind("/run/toolbox/anchor/x", "/x")]);
+        assert!(!fits(&inside, &[], ANCHOR));
+        let cgroup_inside = [bind("/run/toolbox/anchor", "/sys/fs/cgroup/memory")];
+        assert!(!fits(&view(vec![], vec![]), &cgroup_inside, ANCHOR));
+        // A neighbour of the anchor is no problem.
+        let beside = view(vec![], vec![bind("/run/toolbox/anchored", "/x")]);
+        assert!(fits(&beside, &[], ANCHOR));
     }
 }

@@ -134,6 +134,8 @@ impl Drop for CgroupGuard {
 
 pub struct Engine {
     shim: PathBuf,
+    /// Where the shim builds what of a jail's root needs no spec (see [`spawn::anchor`]).
+    anchor: Option<std::ffi::CString>,
     swept: std::sync::atomic::AtomicBool,
     placement: PlacementOptions,
     /// Placed, detected and prepared on first use: [`Engine::prestart`] of the first job
@@ -164,6 +166,7 @@ impl Engine {
         }
         Ok(Engine {
             shim,
+            anchor: spawn::anchor(),
             swept: std::sync::atomic::AtomicBool::new(false),
             placement,
             cgroups: std::sync::OnceLock::new(),
@@ -216,8 +219,14 @@ impl Engine {
         let into = target.as_ref().map_or(SpawnCgroup::Inherit, |dir| {
             SpawnCgroup::Into(dir.as_raw_fd())
         });
-        let shim =
-            spawn::spawn(&self.shim, jail_network(network), stdin, into).map_err(spawn_error)?;
+        let shim = spawn::spawn(
+            &self.shim,
+            jail_network(network),
+            self.anchor.as_deref(),
+            stdin,
+            into,
+        )
+        .map_err(spawn_error)?;
         Ok(Prestarted(Ok(Started { cgroup, shim })))
     }
 

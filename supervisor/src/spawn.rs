@@ -63,6 +63,7 @@ pub enum Stdin {
 pub fn spawn(
     shim: &Path,
     network: Network,
+    anchor: Option<&std::ffi::CStr>,
     stdin: Stdin,
     cgroup: sys::SpawnCgroup,
 ) -> io::Result<Shim> {
@@ -90,10 +91,12 @@ pub fn spawn(
         Network::Isolated => c"isolated",
         Network::Host => c"host",
     };
+    let mut argv = vec![c"toolbox-shim", mode];
+    argv.extend(anchor);
     let (pid, pidfd) = sys::spawn(
         &program,
         // The jail's PID 1 shows this in ps: the name, not the host path.
-        &[c"toolbox-shim", mode],
+        &argv,
         &sys::SpawnFds {
             stdin: match &stdin {
                 Stdin::Inherit => None,
@@ -120,6 +123,25 @@ pub fn spawn(
         stderr: pipe::Receiver::from_owned_fd(err_r)?,
         status: pipe::Receiver::from_owned_fd(status_r)?,
     })
+}
+
+/// An empty directory of ours, `<state>/anchor`, where the shim builds the part of a jail's
+/// root no spec changes while it waits for its spec (the shim's `mounts::prebuild`): in its
+/// own mount namespace, where covering it hides nothing a spec binds from. None where it
+/// cannot be had (a read-only state directory, or one not ours): the shim then builds the
+/// whole root once the spec is there, as it always could.
+pub fn anchor() -> Option<CString> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let dir = crate::etc_snapshot::state_dir().join("anchor");
+    let ours = |meta: &std::fs::Metadata| meta.is_dir() && meta.uid() == 0;
+    if !std::fs::symlink_metadata(&dir).is_ok_and(|meta| ours(&meta)) {
+        let _ = std::fs::create_dir_all(dir.parent()?);
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+        if !std::fs::symlink_metadata(&dir).is_ok_and(|meta| ours(&meta)) {
+            return None;
+        }
+    }
+    CString::new(dir.as_os_str().as_bytes()).ok()
 }
 
 impl Shim {

@@ -581,3 +581,59 @@ fn a_policy_showing_the_whole_home_still_hides_its_secrets() {
     assert!(out.ends_with("done\n"), "{job:?}");
     assert!(!out.contains(&text), "a secret leaked: {out}");
 }
+
+#[test]
+fn the_jail_is_the_same_whether_its_root_was_begun_before_the_spec_or_not() {
+    if !require_root() {
+        return;
+    }
+    // The shim builds the root's tmpfs, /dev and /proc while it waits for its spec, at an
+    // anchor in the state directory (without one it builds everything once the spec is
+    // there; with a source inside it, it discards what it began). All three jails must be
+    // laid out alike: the same mounts with the same options, the same /dev.
+    let ws = workspace();
+    let layout = "stat -c '%n %a %U %F' / /proc /dev /dev/* /dev/pts/*; \
+                  awk '{for (i = 7; i <= NF; i++) if ($i == \"-\") { print $5, $6, $(i + 1); break }}' \
+                  /proc/self/mountinfo | sort";
+    let jail = |state: &Path, extra: &[&str]| {
+        let job = Run::command(ws.path(), &["sh", "-c", layout])
+            .without_probe()
+            .opts(extra)
+            .caller_env("TOOLBOX_STATE_DIR", state.to_str().expect("utf8"))
+            .run();
+        assert_eq!(job.status(), "exited", "{:?}", job.record());
+        job.stdout_text()
+    };
+    let early = tempfile::tempdir().expect("tempdir");
+    let begun = jail(early.path(), &[]);
+    let anchor = early.path().join("anchor");
+    assert!(anchor.is_dir(), "no anchor was made in the state directory");
+    // No anchor to be had (a file where it would go): the whole root after the spec.
+    let late = tempfile::tempdir().expect("tempdir");
+    std::fs::write(late.path().join("anchor"), "").expect("write");
+    let whole = jail(late.path(), &[]);
+    assert_eq!(begun, whole);
+    // A bind from inside the anchor: what was begun is discarded, the root built anew.
+    let anchor = anchor.to_str().expect("utf8");
+    let discarded = jail(early.path(), &["--ro", anchor]);
+    let without_bind: Vec<&str> = discarded
+        .lines()
+        .filter(|line| !line.starts_with(&format!("{anchor} ")))
+        .collect();
+    assert_ne!(discarded.lines().count(), without_bind.len(), "{discarded}");
+    assert_eq!(without_bind, begun.lines().collect::<Vec<_>>());
+    // And that bind shows the host's directory, not the root begun on top of it.
+    std::fs::write(Path::new(anchor).join("marker"), "").expect("write");
+    std::fs::set_permissions(anchor, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let listed = Run::command(ws.path(), &["ls", "-a", anchor])
+        .without_probe()
+        .opts(&["--ro", anchor])
+        .caller_env("TOOLBOX_STATE_DIR", early.path().to_str().expect("utf8"))
+        .run()
+        .stdout_text();
+    assert_eq!(
+        listed.split_whitespace().collect::<Vec<_>>(),
+        [".", "..", "marker"]
+    );
+}
