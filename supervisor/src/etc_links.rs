@@ -56,6 +56,17 @@ const SECRETS: [&str; 24] = [
 ];
 
 /// Whether `path` (absolute, beneath `/etc`) is a secret or lies in one.
+/// [`is_secret`] of a clean absolute path given as a string.
+pub fn is_secret_str(path: &str) -> bool {
+    match path.strip_prefix("/etc") {
+        Some("") => false,
+        Some(rest) if rest.starts_with('/') => SECRETS
+            .iter()
+            .any(|secret| crate::home::within(&rest[1..], secret)),
+        _ => false,
+    }
+}
+
 pub fn is_secret(path: &Path) -> bool {
     let Ok(rest) = path.strip_prefix("/etc") else {
         return false;

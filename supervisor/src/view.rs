@@ -168,28 +168,39 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
         etc_files.push((path.clone(), files));
     }
     // What the policy's own entries show already (a whole target, like ssl/certs, at once).
-    let listed: Vec<PathBuf> = etc_mounts
+    // Compared as clean strings: Path::starts_with parses components at every call, and
+    // this runs over every file the links bring (hundreds), for every job.
+    let listed: Vec<String> = etc_mounts
         .iter()
-        .map(|(m, _): &(Mount, Origin)| PathBuf::from(m.dst()))
+        .map(|(m, _): &(Mount, Origin)| clean(m.dst()))
         .collect();
-    let mut added: Vec<PathBuf> = Vec::new();
+    let masked: Vec<String> = policy
+        .masked
+        .iter()
+        .filter_map(|m| m.to_str().map(clean))
+        .collect();
+    let hidden = |path: &str| {
+        listed.iter().any(|dst| within(path, dst)) || masked.iter().any(|m| within(path, m))
+    };
+    let mut added: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (target, files) in etc_files {
-        if listed.iter().any(|dst| target.starts_with(dst))
-            || policy.masked.iter().any(|m| target.starts_with(m))
-        {
+        // (A path that is not UTF-8 lies in none of these, all UTF-8.)
+        if target.to_str().is_some_and(|target| hidden(&clean(target))) {
             continue;
         }
         for file in files {
-            if listed.iter().any(|dst| file.path.starts_with(dst))
-                || added.contains(&file.path)
-                || policy.masked.iter().any(|m| file.path.starts_with(m))
-                || !file.path.starts_with(etc)
-                || crate::etc_links::is_secret(&file.path)
+            let Some(path) = file.path.to_str().map(clean) else {
+                return Err(ViewError::NotUtf8 { path: file.path });
+            };
+            if hidden(&path)
+                || added.contains(&path)
+                || !within(&path, "/etc")
+                || crate::etc_links::is_secret_str(&path)
             {
                 continue;
             }
-            let dst = utf8(&file.path)?;
-            added.push(file.path);
+            let dst = path.clone();
+            added.insert(path);
             let entry = if file.size <= COPY_MAX {
                 Mount::Copy {
                     src: dst.clone(),
@@ -390,7 +401,24 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
                 },
                 Origin::Home,
             ));
+            // The secrets beneath what this shows (compared relative to the home, as
+            // strings: this runs for every entry shown, against every secret).
+            let rel = path
+                .strip_prefix(home)
+                .ok()
+                .and_then(Path::to_str)
+                .map(clean);
             for secret in crate::home::SECRETS {
+                let beneath = match &rel {
+                    Some(rel) => {
+                        let rel = rel.trim_start_matches('/');
+                        rel.is_empty() || crate::home::within(secret, rel) && secret != rel
+                    }
+                    None => false,
+                };
+                if !beneath {
+                    continue;
+                }
                 let secret = home.join(secret);
                 if secret.starts_with(&path) && secret != path {
                     // A secret that is a link (dotfiles kept in a repository) cannot be
@@ -467,8 +495,33 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
 }
 
 /// Whether something is mounted at `path` already.
+/// `path` as a clean string to compare: no repeated or trailing separators, no `.`
+/// components (what Path comparisons ignore too).
+fn clean(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for part in path
+        .split('/')
+        .filter(|part| !part.is_empty() && *part != ".")
+    {
+        out.push('/');
+        out.push_str(part);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Whether the clean path `path` is the clean directory `dir` or lies beneath it.
+fn within(path: &str, dir: &str) -> bool {
+    dir == "/" || crate::home::within(path, dir)
+}
+
 fn taken(mounts: &[(Mount, Origin)], path: &Path) -> bool {
-    mounts.iter().any(|(m, _)| Path::new(m.dst()) == path)
+    match path.to_str().map(clean) {
+        Some(path) => mounts.iter().any(|(m, _)| clean(m.dst()) == path),
+        None => false,
+    }
 }
 
 /// Small regular files are copied into the jail's read-only root (one file write instead of
@@ -540,6 +593,27 @@ fn utf8(path: &Path) -> Result<String, ViewError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_compare_as_clean_strings_as_they_would_as_paths() {
+        assert_eq!(clean("/etc//ssl/./certs/"), "/etc/ssl/certs");
+        assert_eq!(clean("/"), "/");
+        assert_eq!(clean("//"), "/");
+        for (path, dir) in [
+            ("/etc/ssl/certs", "/etc/ssl"),
+            ("/etc/ssl", "/etc/ssl"),
+            ("/etc/sslx", "/etc/ssl"),
+            ("/etc", "/etc/ssl"),
+            ("/anything", "/"),
+            ("/etc/java-17-openjdk/security", "/etc/java-17"),
+        ] {
+            assert_eq!(
+                within(&clean(path), &clean(dir)),
+                Path::new(path).starts_with(dir),
+                "{path} in {dir}"
+            );
+        }
+    }
     use crate::policy::BUILTIN_DEFAULT;
 
     fn policy() -> Policy {
