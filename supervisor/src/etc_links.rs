@@ -93,12 +93,13 @@ pub struct EtcFile {
 /// directories and package databases are as they were (the key) and so is every directory
 /// the files were found in (their mtimes: a file added or removed there changes it); the
 /// files' own contents are the snapshot's to check, as for every /etc entry.
-/// Grouped by the link target they come from (a file, or a directory walked): a target the
-/// policy's own /etc list shows already is skipped whole.
-pub fn files(system: &[PathBuf]) -> Vec<(PathBuf, Vec<EtcFile>)> {
+/// Grouped by the link target they come from (a file, or a directory walked), only the
+/// targets `wanted` keeps: a target the policy's own /etc list shows already is skipped whole
+/// (ssl/certs: hundreds of files a job would parse for nothing).
+pub fn files(system: &[PathBuf], wanted: impl Fn(&Path) -> bool) -> Vec<(PathBuf, Vec<EtcFile>)> {
     let key = key(system);
     let cache = crate::etc_snapshot::state_dir().join("etc-links");
-    if let Some(found) = read_cache(&cache, &key) {
+    if let Some(found) = read_cache(&cache, &key, &wanted) {
         return found;
     }
     let mut dirs = Vec::new();
@@ -118,6 +119,7 @@ pub fn files(system: &[PathBuf]) -> Vec<(PathBuf, Vec<EtcFile>)> {
     if let Err(err) = write_cache(&cache, &key, &dirs, &found) {
         tracing::debug!("cache the /etc links of the system directories: {err}");
     }
+    found.retain(|(target, _)| wanted(target));
     found
 }
 
@@ -156,7 +158,11 @@ fn mtime(path: &Path) -> Option<(i64, i64)> {
         .map(|meta| (meta.mtime(), meta.mtime_nsec()))
 }
 
-fn read_cache(path: &Path, key: &str) -> Option<Vec<(PathBuf, Vec<EtcFile>)>> {
+fn read_cache(
+    path: &Path,
+    key: &str,
+    wanted: &dyn Fn(&Path) -> bool,
+) -> Option<Vec<(PathBuf, Vec<EtcFile>)>> {
     let meta = std::fs::symlink_metadata(path).ok()?;
     // Ours alone: anyone else could have planted what jails then show.
     if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
@@ -168,9 +174,19 @@ fn read_cache(path: &Path, key: &str) -> Option<Vec<(PathBuf, Vec<EtcFile>)>> {
         return None;
     }
     let mut found: Vec<(PathBuf, Vec<EtcFile>)> = Vec::new();
+    // Whether the files listed now belong to a target that is wanted (none before the
+    // first target).
+    let mut keep = None;
     for line in lines {
         if let Some(target) = line.strip_prefix("t ") {
-            found.push((PathBuf::from(target), Vec::new()));
+            let wanted = wanted(Path::new(target));
+            if wanted {
+                found.push((PathBuf::from(target), Vec::new()));
+            }
+            keep = Some(wanted);
+            continue;
+        }
+        if line.starts_with("f ") && !keep? {
             continue;
         }
         let mut fields = line.splitn(4, ' ');

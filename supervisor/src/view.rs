@@ -153,23 +153,9 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
             etc_mounts.push((etc_entry(dst.clone(), dst, &meta), Origin::Etc));
         }
     }
-    // What the system directories' symlinks lead to in /etc (a JDK's security files,
-    // Maven's m2.conf…), and what the request asks for there with --ro: into the snapshot,
-    // file by file, secrets and what is not world-readable left out.
-    let mut etc_files = crate::etc_links::files(&policy.system);
-    for path in extra.ro.iter().filter(|p| p.starts_with(etc)) {
-        if crate::etc_links::is_secret(path) {
-            return Err(ViewError::EtcSecret { path: path.clone() });
-        }
-        let files = crate::etc_links::shown_files(path, ETC_FILES_MAX);
-        if files.is_empty() {
-            return Err(ViewError::EtcUnreadable { path: path.clone() });
-        }
-        etc_files.push((path.clone(), files));
-    }
     // What the policy's own entries show already (a whole target, like ssl/certs, at once).
     // Compared as clean strings: Path::starts_with parses components at every call, and
-    // this runs over every file the links bring (hundreds), for every job.
+    // this runs over every file the links bring (dozens), for every job.
     let listed: Vec<String> = etc_mounts
         .iter()
         .map(|(m, _): &(Mount, Origin)| clean(m.dst()))
@@ -182,10 +168,25 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
     let hidden = |path: &str| {
         listed.iter().any(|dst| within(path, dst)) || masked.iter().any(|m| within(path, m))
     };
+    // (A path that is not UTF-8 lies in none of these, all UTF-8.)
+    let hidden_target = |target: &Path| target.to_str().is_some_and(|t| hidden(&clean(t)));
+    // What the system directories' symlinks lead to in /etc (a JDK's security files,
+    // Maven's m2.conf…), and what the request asks for there with --ro: into the snapshot,
+    // file by file, secrets and what is not world-readable left out.
+    let mut etc_files = crate::etc_links::files(&policy.system, |target| !hidden_target(target));
+    for path in extra.ro.iter().filter(|p| p.starts_with(etc)) {
+        if crate::etc_links::is_secret(path) {
+            return Err(ViewError::EtcSecret { path: path.clone() });
+        }
+        let files = crate::etc_links::shown_files(path, ETC_FILES_MAX);
+        if files.is_empty() {
+            return Err(ViewError::EtcUnreadable { path: path.clone() });
+        }
+        etc_files.push((path.clone(), files));
+    }
     let mut added: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (target, files) in etc_files {
-        // (A path that is not UTF-8 lies in none of these, all UTF-8.)
-        if target.to_str().is_some_and(|target| hidden(&clean(target))) {
+        if hidden_target(&target) {
             continue;
         }
         for file in files {
