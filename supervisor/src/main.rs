@@ -361,7 +361,11 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
     let result = runtime.block_on(async {
         let caller = Caller::current().context("read the current directory")?;
-        let plan = job::plan(&policy, request, &caller)?;
+        let mut plan = job::plan(&policy, request, &caller)?;
+        if !args.json {
+            // The record is not shown: its policy hash would be computed for nothing.
+            plan.policy_sha256 = toolbox::policy::Sha256::unseen();
+        }
         let (events, received) = mpsc::unbounded_channel();
         let printer = tokio::spawn(print_events(received));
         let cancel = cancel_on_signal();

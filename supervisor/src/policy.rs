@@ -276,6 +276,12 @@ enum Sha256Inner {
 }
 
 impl Sha256 {
+    /// For a record nobody will see (`toolbox run` without `--json`): left empty, never
+    /// computed.
+    pub fn unseen() -> Sha256 {
+        Sha256(Sha256Inner::Known(String::new()))
+    }
+
     pub fn get(&self) -> &str {
         match &self.0 {
             Sha256Inner::Known(sha256) => sha256,
