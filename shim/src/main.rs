@@ -83,7 +83,10 @@ fn run() -> Result<i32, SetupError> {
     // starts us before it has read the policy).
     let mut discarded = None;
     match (spec.network, network_helper.take()) {
-        (Network::Isolated, None) => network_helper = Some(netns::start()?),
+        // Made now, while we build the root: on another CPU.
+        (Network::Isolated, None) => {
+            network_helper = Some(netns::start(init::Placement::Elsewhere)?)
+        }
         (Network::Host, Some(helper)) => discarded = Some(helper.discard()),
         (_, helper) => network_helper = helper,
     }

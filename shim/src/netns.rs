@@ -2,7 +2,8 @@
 //!
 //! Creating a network namespace is the costliest step of the jail (~0.75 ms of kernel work
 //! on our hosts) and needs nothing from the spec. PID 1 forks this helper first thing, on
-//! the other CPU; the helper makes the namespace, brings up `lo`, opens it, and says so.
+//! its own CPU or another (see `init::enter_namespaces`); the helper makes the namespace,
+//! brings up `lo`, opens it, and says so.
 //! Once the root is built, PID 1 takes that descriptor from it (`pidfd_getfd`), lets it go
 //! and reaps it: the helper is gone before the tool is forked, so the job's cgroup never
 //! counts it against the tool's pids, and the tool joins with `setns` on the descriptor.
@@ -15,6 +16,7 @@ use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
 
 use crate::error::SetupError;
+use crate::init::Placement;
 use crate::{report, sys};
 
 /// PID 1's handle on the helper while it lives.
@@ -39,11 +41,13 @@ pub struct Netns {
     snmp6: Option<OwnedFd>,
 }
 
-/// Fork the helper (placed on another CPU) and return PID 1's handle on it.
-pub fn start() -> Result<NetHelper, SetupError> {
+/// Fork the helper, placed as asked, and return PID 1's handle on it.
+pub fn start(placement: Placement) -> Result<NetHelper, SetupError> {
     let (ready_r, ready_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SetupError::Fork)?;
     let (hold_r, hold_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(SetupError::Fork)?;
-    let cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok();
+    let cpus = (placement == Placement::Elsewhere)
+        .then(|| nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok())
+        .flatten();
     match sys::fork().map_err(SetupError::Fork)? {
         None => {
             drop((ready_r, hold_w));
@@ -53,7 +57,10 @@ pub fn start() -> Result<NetHelper, SetupError> {
             helper(ready_w, hold_r)
         }
         Some(pid) => {
-            crate::init::place_elsewhere(pid, cpus.as_ref());
+            match placement {
+                Placement::Here => crate::init::keep_here(pid),
+                Placement::Elsewhere => crate::init::place_elsewhere(pid, cpus.as_ref()),
+            }
             drop((ready_w, hold_r));
             let pidfd = sys::pidfd_open(pid.as_raw()).map_err(SetupError::Fork)?;
             Ok(NetHelper {

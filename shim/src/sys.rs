@@ -424,3 +424,11 @@ pub fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
     // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
     owned(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) })
 }
+
+/// Whether `fd` (one we inherited and keep open) has something to read right now.
+pub fn readable_now(fd: RawFd) -> bool {
+    // SAFETY: borrowed for this call only; the descriptor stays open across it.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+    nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
+}
