@@ -130,7 +130,7 @@ pub fn prebuild(anchor: &str) -> Result<Prebuilt, SetupError> {
 impl Prebuilt {
     /// Whether the spec's root is this one plus the rest of its mounts: it has exactly the
     /// prebuilt mounts, nothing it lists before them lies in or over them (it would be
-    /// covered by them, as built in order), and no source lies in the anchor.
+    /// covered by them, as built in order), and no source lies in the anchor or binds it.
     fn fits(&self, spec: &JailSpec) -> bool {
         fits(&spec.mounts, &spec.cgroup_view, &self.anchor)
     }
@@ -145,8 +145,14 @@ impl Prebuilt {
 
 fn fits(mounts: &[Mount], cgroup_view: &[Mount], anchor: &str) -> bool {
     let prebuilt = prebuilt_mounts();
+    // A source in the anchor would open the begun root, not the host's; a bind of one of its
+    // ancestors (`--ro /run`) would bring it along, as a bind takes what is mounted beneath.
     let sources_clear = mounts.iter().chain(cgroup_view).all(|mount| match mount {
-        Mount::Bind { src, .. } | Mount::Copy { src, .. } => !is_within(&normalize(src), anchor),
+        Mount::Bind { src, .. } => {
+            let src = normalize(src);
+            !is_within(&src, anchor) && !is_within(anchor, &src)
+        }
+        Mount::Copy { src, .. } => !is_within(&normalize(src), anchor),
         _ => true,
     });
     sources_clear
@@ -701,6 +707,11 @@ mod tests {
         assert!(!fits(&inside, &[], ANCHOR));
         let cgroup_inside = [bind("/run/toolbox/anchor", "/sys/fs/cgroup/memory")];
         assert!(!fits(&view(vec![], vec![]), &cgroup_inside, ANCHOR));
+        // Nor may a bind take it along from above (`--ro /run`, `--ro /`).
+        let above = view(vec![], vec![bind("/run", "/run")]);
+        assert!(!fits(&above, &[], ANCHOR));
+        let root = view(vec![], vec![bind("/", "/host")]);
+        assert!(!fits(&root, &[], ANCHOR));
         // A neighbour of the anchor is no problem.
         let beside = view(vec![], vec![bind("/run/toolbox/anchored", "/x")]);
         assert!(fits(&beside, &[], ANCHOR));

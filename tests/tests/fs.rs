@@ -636,4 +636,16 @@ fn the_jail_is_the_same_whether_its_root_was_begun_before_the_spec_or_not() {
         listed.split_whitespace().collect::<Vec<_>>(),
         [".", "..", "marker"]
     );
+    // So does a bind of a directory above the anchor (a bind takes what is mounted beneath).
+    let state = early.path().to_str().expect("utf8");
+    let listed = Run::command(ws.path(), &["ls", "-a", anchor])
+        .without_probe()
+        .opts(&["--ro", state])
+        .caller_env("TOOLBOX_STATE_DIR", state)
+        .run()
+        .stdout_text();
+    assert_eq!(
+        listed.split_whitespace().collect::<Vec<_>>(),
+        [".", "..", "marker"]
+    );
 }
