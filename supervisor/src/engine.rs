@@ -787,9 +787,8 @@ async fn supervise(
 }
 
 /// Read from an output pipe while it is open (the `select!` guard keeps a closed one from
-/// being polled at all).
-/// Read what is there into `buf`, replacing what it held: into its spare capacity, which
-/// is never zeroed (at most that much).
+/// being polled at all): what is there, into `buf`'s spare capacity (never zeroed; at most
+/// that much), replacing what `buf` held.
 async fn read_some(
     pipe: &mut Option<&mut pipe::Receiver>,
     buf: &mut Vec<u8>,
