@@ -127,8 +127,8 @@ pub fn run(
     let go = std::io::Read::read_exact(&mut go, &mut byte).is_ok() && byte[0] == toolbox_spec::GO;
     if go {
         // Into the job's cgroup (v1; on v2 we were born there), and the tool is born there;
-        // meanwhile the helpers, told to go, exit on the other CPU. (They were forked before
-        // we joined, so the cgroup never counts them.)
+        // meanwhile the helpers, told to go, exit (where they run on another CPU). They were
+        // forked before we joined, so the cgroup never counts them.
         join_cgroup(&parents)?;
     }
     drop(parents);
