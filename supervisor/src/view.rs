@@ -165,6 +165,7 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
         .iter()
         .filter_map(|m| m.to_str().map(clean))
         .collect();
+    use crate::home::within;
     let hidden = |path: &str| {
         listed.iter().any(|dst| within(path, dst)) || masked.iter().any(|m| within(path, m))
     };
@@ -513,11 +514,6 @@ fn clean(path: &str) -> String {
     out
 }
 
-/// Whether the clean path `path` is the clean directory `dir` or lies beneath it.
-fn within(path: &str, dir: &str) -> bool {
-    dir == "/" || crate::home::within(path, dir)
-}
-
 fn taken(mounts: &[(Mount, Origin)], path: &Path) -> bool {
     match path.to_str().map(clean) {
         Some(path) => mounts.iter().any(|(m, _)| clean(m.dst()) == path),
@@ -609,7 +605,7 @@ mod tests {
             ("/etc/java-17-openjdk/security", "/etc/java-17"),
         ] {
             assert_eq!(
-                within(&clean(path), &clean(dir)),
+                crate::home::within(&clean(path), &clean(dir)),
                 Path::new(path).starts_with(dir),
                 "{path} in {dir}"
             );
