@@ -636,6 +636,8 @@ enum ToolEnd {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
     Timeout,
+    /// No output for the plan's idle timeout.
+    Idle,
     Cancelled(i32),
 }
 
@@ -695,9 +697,16 @@ async fn supervise(
         Some(Box::pin(cancel));
     let timeout = tokio::time::sleep(plan.limits.timeout);
     tokio::pin!(timeout);
+    // Pushed back by every read of output.
+    let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+    let idle_deadline = || {
+        plan.idle_timeout
+            .map_or(far, |idle| tokio::time::Instant::now() + idle)
+    };
+    let idle = tokio::time::sleep_until(idle_deadline());
+    tokio::pin!(idle);
     // The next deadline of the ending sequence: the grace period, then the wait for the
     // kill, then the drain of the pipes.
-    let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
     let escalation = tokio::time::sleep_until(far);
     tokio::pin!(escalation);
     let mut drain_deadline = false;
@@ -711,13 +720,19 @@ async fn supervise(
             read = read_some(&mut out, &mut out_buf), if out.is_some() => {
                 match read {
                     Ok(0) | Err(_) => out = None,
-                    Ok(_) => forward(events, Stream::Stdout, out_cap.push(&out_buf)),
+                    Ok(_) => {
+                        idle.as_mut().reset(idle_deadline());
+                        pass(events, Stream::Stdout, &mut out_cap, &out_buf, plan.output_whole)
+                    }
                 }
             }
             read = read_some(&mut err, &mut err_buf), if err.is_some() => {
                 match read {
                     Ok(0) | Err(_) => err = None,
-                    Ok(_) => forward(events, Stream::Stderr, err_cap.push(&err_buf)),
+                    Ok(_) => {
+                        idle.as_mut().reset(idle_deadline());
+                        pass(events, Stream::Stderr, &mut err_cap, &err_buf, plan.output_whole)
+                    }
                 }
             }
             line = next_line(&mut status), if status.is_some() => {
@@ -746,6 +761,12 @@ async fn supervise(
             _ = &mut timeout, if running && run.ending.is_none() && run.tool.is_none() => {
                 debug!("timeout: SIGTERM to every process of the job");
                 run.ending = Some(Ending::Timeout);
+                process.signal(control::TERMINATE_ALL);
+                escalation.as_mut().reset(tokio::time::Instant::now() + plan.limits.grace);
+            }
+            _ = &mut idle, if running && run.ending.is_none() && run.tool.is_none() => {
+                debug!("idle timeout: SIGTERM to every process of the job");
+                run.ending = Some(Ending::Idle);
                 process.signal(control::TERMINATE_ALL);
                 escalation.as_mut().reset(tokio::time::Instant::now() + plan.limits.grace);
             }
@@ -781,9 +802,22 @@ async fn supervise(
         }
     }
     drop(process);
-    run.stdout = finish(events, Stream::Stdout, out_cap);
-    run.stderr = finish(events, Stream::Stderr, err_cap);
+    run.stdout = finish(events, Stream::Stdout, out_cap, plan.output_whole);
+    run.stderr = finish(events, Stream::Stderr, err_cap, plan.output_whole);
     run
+}
+
+/// One read's bytes through the stream's cap: the head live, or, for a caller that keeps
+/// its own log ([`JobPlan::output_whole`]), all of it.
+fn pass(
+    events: &UnboundedSender<Event>,
+    stream: Stream,
+    cap: &mut Capper,
+    read: &[u8],
+    whole: bool,
+) {
+    let live = cap.push(read);
+    forward(events, stream, if whole { read } else { live });
 }
 
 /// Read from an output pipe while it is open (the `select!` guard keeps a closed one from
@@ -827,17 +861,24 @@ fn forward(events: &UnboundedSender<Event>, stream: Stream, live: &[u8]) {
     }
 }
 
-fn finish(events: &UnboundedSender<Event>, stream: Stream, capper: Capper) -> StreamCount {
+fn finish(
+    events: &UnboundedSender<Event>,
+    stream: Stream,
+    capper: Capper,
+    whole: bool,
+) -> StreamCount {
     let total = capper.total();
     let ending = capper.finish();
-    if ending.dropped > 0 {
+    if ending.dropped > 0 && !whole {
         let _ = events.send(Event::Truncated {
             stream,
             dropped: ending.dropped,
             kept: ending.tail.len() as u64,
         });
     }
-    forward(events, stream, &ending.tail);
+    if !whole {
+        forward(events, stream, &ending.tail);
+    }
     StreamCount {
         total,
         dropped: ending.dropped,
@@ -940,6 +981,11 @@ fn explain(plan: &JobPlan, run: &Run, stats: &CgroupStats, result: &JobResult) -
                 Dur(plan.limits.timeout).to_string(),
                 Dur(plan.max.timeout).to_string()
             )
+        )),
+        Some(Ending::Idle) => sentences.push(format!(
+            "no output for {} (its idle timeout): {}",
+            Dur(plan.idle_timeout.unwrap_or_default()),
+            ended(&format!("the {} grace", Dur(plan.limits.grace))),
         )),
         Some(Ending::Cancelled(_)) => {
             sentences.push(format!("cancelled: {}", ended("the grace period")))
@@ -1096,7 +1142,7 @@ fn classify(run: &Run, stats: &CgroupStats) -> (JobStatus, i32, Option<i32>, Opt
     // The ending comes first: a job cancelled or timed out while its jail was still being
     // built fails its set-up because of that, and the ending is what happened to it.
     match run.ending {
-        Some(Ending::Timeout) => {
+        Some(Ending::Timeout | Ending::Idle) => {
             return (JobStatus::Timeout, exit::TIMEOUT, signal_of(run.tool), None)
         }
         Some(Ending::Cancelled(code)) => {

@@ -131,6 +131,12 @@ pub struct JobPlan {
     pub caller_path: Option<String>,
     /// The workspace's owner mapped to the tool (see `JailSpec::idmap`).
     pub idmap: Option<toolbox_spec::IdMap>,
+    /// No output for this long ends the job as a timeout would (the daemon's detached jobs).
+    pub idle_timeout: Option<std::time::Duration>,
+    /// Every byte of output as an event as it comes, the middle too: for a caller that keeps
+    /// its own capped log of it (a detached job's). The record counts as for any job, and
+    /// the kept tail is not sent again at the end.
+    pub output_whole: bool,
 }
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -250,6 +256,8 @@ pub fn plan(
         limits,
         max: policy.overrides.max,
         host_network_allowed: policy.allows_network(NetworkMode::Host),
+        idle_timeout: None,
+        output_whole: false,
         view,
         landlock_min_abi: policy.landlock_min_abi,
         seccomp: policy.seccomp.clone(),

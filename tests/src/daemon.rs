@@ -123,6 +123,91 @@ impl Daemon {
         )
     }
 
+    /// A request with a JSON body.
+    pub fn post(&self, path: &str, body: &Value) -> Response {
+        self.request("POST", path, Some(&body.to_string()))
+    }
+
+    /// Start a detached job; its id.
+    pub fn detach(&self, body: &Value) -> String {
+        let mut body = body.clone();
+        body["detach"] = true.into();
+        let response = self.post("/v1/jobs", &body);
+        assert_eq!(
+            response.status,
+            201,
+            "a detached start answers 201: {}",
+            String::from_utf8_lossy(&response.body)
+        );
+        response.json()["job_id"]
+            .as_str()
+            .expect("a job_id")
+            .to_string()
+    }
+
+    /// `GET /v1/jobs/{id}/output` with this query.
+    pub fn output(&self, id: &str, query: &str) -> Value {
+        let response = self.request("GET", &format!("/v1/jobs/{id}/output?{query}"), None);
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        response.json()
+    }
+
+    /// Read a detached job's output from the start until `until` holds for what was read
+    /// (or the job is done): stdout and stderr as read so far, and the last answer.
+    pub fn read_output_until(
+        &self,
+        id: &str,
+        mut until: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> (Vec<u8>, Vec<u8>, Value) {
+        let mut got = [Vec::new(), Vec::new()];
+        let mut next = [0u64, 0];
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = self.output(
+                id,
+                &format!("stdout_since={}&stderr_since={}&wait=5s", next[0], next[1]),
+            );
+            for (i, stream) in ["stdout", "stderr"].into_iter().enumerate() {
+                got[i].extend(chunk_bytes(&answer[stream]));
+                next[i] = answer[stream]["next"].as_u64().expect("next");
+            }
+            if until(&got[0], &got[1])
+                || answer["done"] == true
+                || std::time::Instant::now() > deadline
+            {
+                let [out, err] = got;
+                return (out, err, answer);
+            }
+        }
+    }
+
+    /// A detached job's record, once it has ended (waits up to a minute).
+    pub fn record_of(&self, id: &str) -> Value {
+        let mut last = Value::Null;
+        let ended = wait_for(Duration::from_secs(60), || {
+            last = self.request("GET", &format!("/v1/jobs/{id}"), None).json();
+            last["state"] == "ended"
+        });
+        assert!(ended, "job {id} did not end: {last}");
+        last["result"].clone()
+    }
+
+    /// Write `bytes` to a detached job's stdin (`query`: `close=true`, or empty).
+    pub fn write_stdin(&self, id: &str, bytes: &[u8], query: &str) -> Response {
+        request(
+            &self.socket,
+            "POST",
+            &format!("/v1/jobs/{id}/stdin?{query}"),
+            "application/octet-stream",
+            Some(bytes),
+        )
+    }
+
     /// Post a job and read its whole event stream.
     pub fn job(&self, body: &Value) -> JobStream {
         let mut stream = self.submit(body);
@@ -207,6 +292,57 @@ impl Response {
     pub fn error_field(&self) -> Option<String> {
         self.json()["error"]["field"].as_str().map(String::from)
     }
+}
+
+/// The bytes of one stream's part of an output answer, gaps left out.
+pub fn chunk_bytes(stream: &Value) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for chunk in stream["chunks"].as_array().expect("chunks") {
+        if let Some(text) = chunk["text"].as_str() {
+            bytes.extend_from_slice(text.as_bytes());
+        } else if let Some(encoded) = chunk["base64"].as_str() {
+            bytes.extend(base64_decode(encoded));
+        }
+    }
+    bytes
+}
+
+/// One request as another user: made from a thread of its own that has taken `uid` and
+/// `gid` (the raw system calls change the calling thread's credentials alone, so the rest
+/// of the test stays root), which is what the daemon reads with SO_PEERCRED.
+#[allow(unsafe_code)]
+pub fn request_as(
+    uid: u32,
+    socket: &Path,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Option<&[u8]>,
+) -> Response {
+    let (socket, method, path, content_type) = (
+        socket.to_path_buf(),
+        method.to_string(),
+        path.to_string(),
+        content_type.to_string(),
+    );
+    let body = body.map(<[u8]>::to_vec);
+    std::thread::spawn(move || {
+        // SAFETY: plain system calls on this thread's own credentials; the thread ends
+        // with the request, and no other thread shares them.
+        let changed = unsafe {
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) == 0
+                && libc::syscall(libc::SYS_setresgid, uid, uid, uid) == 0
+                && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0
+        };
+        assert!(
+            changed,
+            "take uid {uid}: {}",
+            std::io::Error::last_os_error()
+        );
+        request(&socket, &method, &path, &content_type, body.as_deref())
+    })
+    .join()
+    .expect("the request thread")
 }
 
 /// One request on a fresh connection, read to the end.

@@ -47,6 +47,16 @@ struct ServeArgs {
     /// done anyway when the daemon is PID 1, a container's entrypoint).
     #[arg(long)]
     take_cgroup: bool,
+    /// Detached jobs one user may have queued or running at once; past it a detached
+    /// start is refused (429).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    max_detached: u16,
+    /// Ended detached jobs kept per user (record and output), the newest first.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    keep_ended: usize,
+    /// How long an ended detached job's record and output are kept.
+    #[arg(long, value_name = "DUR", default_value = "10m")]
+    keep_for: Dur,
     /// Log format on stderr.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -98,6 +108,11 @@ fn serve(args: ServeArgs) -> i32 {
         allow_gids: args.allow_gids,
         drain: args.drain.0,
         placement: toolbox::cgroup::PlacementOptions::new("serve", args.take_cgroup),
+        retention: toolbox::daemon::jobs::Retention {
+            max_detached: usize::from(args.max_detached),
+            keep_ended: args.keep_ended,
+            keep_for: args.keep_for.0,
+        },
     };
     match toolbox::daemon::serve(options) {
         Ok(()) => 0,

@@ -37,6 +37,10 @@ pub struct JobBody {
     pub network: Option<NetworkMode>,
     #[serde(default)]
     pub mounts: Vec<MountBody>,
+    /// Answer at once with the job's id; the job lives on without the connection, its
+    /// output kept to be read by offset and its stdin a pipe the daemon holds.
+    #[serde(default)]
+    pub detach: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -48,6 +52,8 @@ pub struct LimitsBody {
     pub cpus: Option<f64>,
     pub pids: Option<u32>,
     pub output: Option<Size>,
+    /// No output for this long ends the job as its timeout would.
+    pub idle_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -393,10 +399,20 @@ pub fn flush_line(stream: Stream, pending: &mut Vec<u8>) -> Option<String> {
 }
 
 fn output_json(stream: Stream, bytes: &[u8]) -> serde_json::Value {
+    let mut value = serde_json::json!({ "type": stream.name() });
+    if let (serde_json::Value::Object(fields), serde_json::Value::Object(data)) =
+        (&mut value, output_value(bytes))
+    {
+        fields.extend(data);
+    }
+    value
+}
+
+/// Output bytes as `{"text": ...}` when they are UTF-8, else `{"base64": ...}`.
+pub fn output_value(bytes: &[u8]) -> serde_json::Value {
     match std::str::from_utf8(bytes) {
-        Ok(text) => serde_json::json!({ "type": stream.name(), "text": text }),
+        Ok(text) => serde_json::json!({ "text": text }),
         Err(_) => serde_json::json!({
-            "type": stream.name(),
             "base64": base64::engine::general_purpose::STANDARD.encode(bytes)
         }),
     }

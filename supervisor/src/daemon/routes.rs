@@ -1,0 +1,691 @@
+//! The HTTP routes of the job API (an axum router on the connections `serve` accepts). Every
+//! refusal is `{"error": {"code", "message", "field"?}}` with its status, and is counted.
+
+use std::convert::Infallible;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Extension, Router};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Frame;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, Notify};
+use tracing::{info_span, Instrument};
+
+use super::api::{self, ApiError, Peer};
+use super::jobs::{self, Handle, JobEntry, JobState, JobStdin, JobTask, Sink};
+use super::outlog::Piece;
+use super::queue::Place;
+use super::Daemon;
+use crate::job::{self, Caller, RequestError};
+use crate::units::Dur;
+
+/// The largest request body, stdin included.
+pub const BODY_LIMIT: usize = 1 << 20;
+/// How many job-stream lines may wait for a slow client before the job's forwarder waits.
+const STREAM_BACKLOG: usize = 256;
+/// The longest a read of output may wait for more (`wait=`).
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// How long a write to a job's stdin may wait for the job to read.
+const STDIN_WAIT: Duration = Duration::from_secs(10);
+
+/// Who is on the other end of the connection a request came on.
+#[derive(Clone)]
+pub struct Conn {
+    pub peer: Peer,
+    /// Our own handle on the connection's socket (see [`Sink::Stream`]).
+    pub watch_fd: Option<Arc<OwnedFd>>,
+}
+
+/// The code of a refusal, for the metrics layer to count.
+#[derive(Clone, Copy)]
+struct Refused(&'static str);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_REQUEST);
+        let mut response = (status, json_headers(), self.to_json()).into_response();
+        if self.status == 429 {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response.extensions_mut().insert(Refused(self.code));
+        response
+    }
+}
+
+fn json_headers() -> [(header::HeaderName, HeaderValue); 1] {
+    [(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    )]
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response {
+    (status, json_headers(), value.to_string()).into_response()
+}
+
+pub fn router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/v1/jobs", get(list).post(submit))
+        .route("/v1/jobs/{id}", get(show).delete(cancel))
+        .route("/v1/jobs/{id}/output", get(output))
+        .route("/v1/jobs/{id}/stdin", axum::routing::post(stdin))
+        .route("/v1/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::map_response_with_state(
+            daemon.clone(),
+            count_refusals,
+        ))
+        .with_state(daemon)
+}
+
+async fn count_refusals(State(daemon): State<Arc<Daemon>>, response: Response) -> Response {
+    if let Some(Refused(code)) = response.extensions().get::<Refused>() {
+        daemon.metrics.refused(code);
+    }
+    response
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(
+        404,
+        "not_found",
+        format!(
+            "no such endpoint: {} (see /v1/jobs, /v1/health, /metrics)",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    let path = uri.path();
+    let allowed = if path == "/v1/jobs" {
+        "GET lists jobs, POST starts one"
+    } else if path.ends_with("/output") {
+        "GET reads a job's output"
+    } else if path.ends_with("/stdin") {
+        "POST writes a job's stdin"
+    } else if path.starts_with("/v1/jobs/") {
+        "GET shows a job, DELETE cancels it"
+    } else {
+        "GET only"
+    };
+    ApiError::new(
+        405,
+        "method_not_allowed",
+        format!("{method} is not allowed on {path} ({allowed})"),
+    )
+}
+
+async fn health(State(daemon): State<Arc<Daemon>>) -> Response {
+    let (running, queued) = daemon.slots.counts();
+    let cgroup = daemon
+        .engine
+        .cgroups()
+        .map(|c| c.version())
+        .unwrap_or("none");
+    let placement = daemon.engine.placement().map(|p| p.name()).ok();
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "running": running,
+            "queued": queued,
+            "max_jobs": daemon.slots.max_jobs(),
+            "enforcement": {
+                "cgroup": cgroup,
+                "cgroup_placement": placement,
+                "landlock_abi": crate::sys::landlock_abi(),
+                "seccomp": true,
+                "seccomp_inherited_filters": crate::sys::inherited_seccomp_filters(),
+                "namespaces": ["pid", "mount", "net", "ipc", "uts", "cgroup"],
+            },
+        }),
+    )
+}
+
+async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
+    let (running, queued) = daemon.slots.counts();
+    let mut text = daemon
+        .metrics
+        .render(running, queued, daemon.slots.max_jobs());
+    let (detached, ended, held) = daemon.detached_counts();
+    text.push_str(&format!(
+        "# HELP toolbox_detached_jobs Detached jobs the daemon holds, by state.\n\
+         # TYPE toolbox_detached_jobs gauge\n\
+         toolbox_detached_jobs{{state=\"live\"}} {detached}\n\
+         toolbox_detached_jobs{{state=\"ended\"}} {ended}\n\
+         # HELP toolbox_detached_output_bytes Output bytes held for detached jobs.\n\
+         # TYPE toolbox_detached_output_bytes gauge\n\
+         toolbox_detached_output_bytes {held}\n"
+    ));
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn list(State(daemon): State<Arc<Daemon>>, Extension(conn): Extension<Conn>) -> Response {
+    let mut registry = daemon.jobs();
+    jobs::expire(&mut registry, &daemon.retention);
+    let listed: Vec<serde_json::Value> = registry
+        .iter()
+        // Other people's command lines are theirs: only root sees every job.
+        .filter(|(_, job)| job.owned_by(&conn.peer))
+        .map(|(id, job)| job.summary(id))
+        .collect();
+    json(StatusCode::OK, serde_json::json!({ "jobs": listed }))
+}
+
+/// The job `id` if `peer` may see it; anybody else's is as absent as a job that never was.
+fn lookup<T>(
+    daemon: &Daemon,
+    peer: &Peer,
+    id: Result<Path<String>, PathRejection>,
+    f: impl FnOnce(&str, &JobEntry) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    let Path(id) = id.map_err(|e| ApiError::bad("job_id", e.body_text()))?;
+    let mut registry = daemon.jobs();
+    jobs::expire(&mut registry, &daemon.retention);
+    match registry.get(&id) {
+        Some(job) if job.owned_by(peer) => f(&id, job),
+        _ => Err(ApiError::new(
+            404,
+            "no_such_job",
+            format!("no job {id:?} of yours is known here (ended jobs are kept only a while)"),
+        )),
+    }
+}
+
+async fn show(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(conn): Extension<Conn>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    lookup(&daemon, &conn.peer, id, |id, job| {
+        let mut value = job.summary(id);
+        if let Some(result) = job.handle.as_ref().and_then(|h| h.result()) {
+            value["result"] = result.clone();
+        }
+        Ok(json(StatusCode::OK, value))
+    })
+}
+
+async fn cancel(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(conn): Extension<Conn>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    lookup(&daemon, &conn.peer, id, |id, job| {
+        if job.state == JobState::Ended {
+            return Err(ApiError::new(
+                409,
+                "job_ended",
+                format!("job {id:?} has ended already; GET /v1/jobs/{id} has its record"),
+            ));
+        }
+        job.cancel.notify_one();
+        Ok(json(
+            StatusCode::ACCEPTED,
+            serde_json::json!({ "job_id": id, "cancelling": true }),
+        ))
+    })
+}
+
+/// The handle of a detached job of `peer`'s.
+fn detached(
+    daemon: &Daemon,
+    peer: &Peer,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<(String, Arc<Handle>), ApiError> {
+    lookup(daemon, peer, id, |id, job| {
+        match &job.handle {
+        Some(handle) => Ok((id.to_string(), handle.clone())),
+        None => Err(ApiError::new(
+            409,
+            "not_detached",
+            format!(
+                "job {id:?} streams to the connection that started it; start a job with \"detach\": true to read its output or write its stdin here"
+            ),
+        )),
+    }
+    })
+}
+
+/// The query's parameters, each known name at most once.
+fn query<'a>(
+    uri: &'a Uri,
+    known: &[&str],
+) -> Result<std::collections::BTreeMap<&'a str, &'a str>, ApiError> {
+    let mut found = std::collections::BTreeMap::new();
+    for pair in uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !known.contains(&name) {
+            return Err(ApiError::bad(
+                name,
+                format!("is not a parameter here (known: {})", known.join(", ")),
+            ));
+        }
+        if found.insert(name, value).is_some() {
+            return Err(ApiError::bad(name, "is given twice"));
+        }
+    }
+    Ok(found)
+}
+
+fn offset(
+    params: &std::collections::BTreeMap<&str, &str>,
+    name: &str,
+) -> Result<Option<u64>, ApiError> {
+    params
+        .get(name)
+        .map(|v| {
+            v.parse::<u64>().map_err(|_| {
+                ApiError::bad(name, format!("{v:?} is not a byte offset (0, 1, 2, ...)"))
+            })
+        })
+        .transpose()
+}
+
+async fn output(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(conn): Extension<Conn>,
+    id: Result<Path<String>, PathRejection>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let params = query(&uri, &["since", "stdout_since", "stderr_since", "wait"])?;
+    let since = offset(&params, "since")?.unwrap_or(0);
+    let from = [
+        offset(&params, "stdout_since")?.unwrap_or(since),
+        offset(&params, "stderr_since")?.unwrap_or(since),
+    ];
+    let wait = match params.get("wait") {
+        Some(text) => text
+            .parse::<Dur>()
+            .map_err(|e| ApiError::bad("wait", e.to_string()))?
+            .0
+            .min(MAX_WAIT),
+        None => Duration::ZERO,
+    };
+    let (id, handle) = detached(&daemon, &conn.peer, id)?;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changed = handle.subscribe();
+    loop {
+        let ended = handle.result().is_some();
+        let reads = {
+            let logs = handle.logs();
+            [logs[0].read(from[0], ended), logs[1].read(from[1], ended)]
+        };
+        let new = reads
+            .iter()
+            .zip(from)
+            .any(|(read, from)| read.next > from || !read.pieces.is_empty());
+        if new || ended || tokio::time::Instant::now() >= deadline {
+            let state = daemon
+                .jobs()
+                .get(&id)
+                .map_or("ended", |job| job.state.name());
+            let [out, err] = reads;
+            return Ok(json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "job_id": id,
+                    "state": state,
+                    "done": ended,
+                    "stdout": stream_json(from[0], out),
+                    "stderr": stream_json(from[1], err),
+                }),
+            ));
+        }
+        // Woken by new output or the end; a sender gone means the job is over too.
+        let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
+    }
+}
+
+fn stream_json(since: u64, read: super::outlog::Read) -> serde_json::Value {
+    let chunks: Vec<serde_json::Value> = read
+        .pieces
+        .into_iter()
+        .map(|piece| match piece {
+            Piece::Data { offset, bytes } => {
+                let mut value = api::output_value(&bytes);
+                value["offset"] = offset.into();
+                value
+            }
+            Piece::Gap { offset, dropped } => {
+                serde_json::json!({ "offset": offset, "dropped_bytes": dropped })
+            }
+        })
+        .collect();
+    serde_json::json!({ "since": since.min(read.next), "next": read.next, "chunks": chunks })
+}
+
+async fn stdin(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(conn): Extension<Conn>,
+    id: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let params = query(request.uri(), &["close"])?;
+    let close = match params.get("close").copied() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "close",
+                format!("{other:?} is not true or false"),
+            ))
+        }
+    };
+    let (id, handle) = detached(&daemon, &conn.peer, id)?;
+    let bytes = read_body(request).await?;
+    let closed_error = || {
+        ApiError::new(
+            409,
+            "stdin_closed",
+            format!("job {id:?} has no open stdin: it was closed, or the job ended"),
+        )
+    };
+    if handle.result().is_some() {
+        return Err(closed_error());
+    }
+    let mut stdin = handle.stdin.lock().await;
+    let Some(pipe) = stdin.as_mut() else {
+        return Err(closed_error());
+    };
+    let written = tokio::time::timeout(STDIN_WAIT, pipe.write_all(&bytes)).await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            // The job's end of the pipe is gone: it exited, or closed its stdin.
+            stdin.take();
+            return Err(ApiError::new(
+                409,
+                "stdin_closed",
+                format!("job {id:?} no longer reads its stdin: {err}"),
+            ));
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                503,
+                "stdin_full",
+                format!(
+                    "job {id:?} did not read its stdin for {}; some of the {} bytes may have been written",
+                    Dur(STDIN_WAIT),
+                    bytes.len()
+                ),
+            ))
+        }
+    }
+    if close {
+        stdin.take();
+    }
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "job_id": id, "written": bytes.len(), "closed": stdin.is_none() }),
+    ))
+}
+
+async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+    match Limited::new(request.into_body(), BODY_LIMIT)
+        .collect()
+        .await
+    {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => Err(
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ApiError::new(
+                    413,
+                    "too_large",
+                    format!("the request body is over {BODY_LIMIT} bytes"),
+                )
+            } else {
+                ApiError::bad("body", format!("could not read the request: {err}"))
+            },
+        ),
+    }
+}
+
+async fn submit(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(conn): Extension<Conn>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let json_body = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
+        .unwrap_or(false);
+    if !json_body {
+        return Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "send the job request as JSON (Content-Type: application/json)",
+        ));
+    }
+    let peer = conn.peer.clone();
+    let bytes = read_body(request).await?;
+    let mut body = api::parse_body(&bytes)?;
+    let caller_env = api::take_caller_env(&mut body)?;
+    let detach = body.detach;
+    let idle_timeout = body.limits.idle_timeout.map(|d| d.0);
+    if idle_timeout.is_some_and(|d| d.is_zero()) {
+        return Err(ApiError::bad(
+            "limits.idle_timeout",
+            "must be longer than zero (leave it out for none)",
+        ));
+    }
+    let policy_name = api::policy_name(body.policy.as_deref())?.to_string();
+    let policy = daemon.policies.get(&policy_name)?;
+    let job_id = job::new_job_id();
+    let stdin_cap = policy.limits.stdin;
+    let (request, stdin_bytes) = api::to_request(body, &peer, &policy, &job_id, stdin_cap)?;
+    let caller = Caller {
+        env: caller_env,
+        cwd: request.cwd.clone().unwrap_or_else(|| PathBuf::from("/")),
+        sudo: None,
+        // The peer's own home (its passwd entry), for policies that show some of it.
+        home: crate::home::of_caller(peer.uid, None),
+        root: peer.uid == 0,
+    };
+    let cwd = caller.cwd.clone();
+    let mut plan = job::plan(&policy, request, &caller).map_err(request_error)?;
+    plan.idle_timeout = idle_timeout;
+    plan.output_whole = detach;
+    if detach {
+        let live = daemon
+            .jobs()
+            .values()
+            .filter(|job| {
+                job.handle.is_some() && job.peer_uid == peer.uid && job.state != JobState::Ended
+            })
+            .count();
+        let bound = daemon.retention.max_detached;
+        if live >= bound {
+            return Err(ApiError::new(
+                429,
+                "too_many_detached",
+                format!(
+                    "uid {} has {live} detached jobs queued or running; this daemon allows {bound} per user at once (--max-detached): wait for one to end, or cancel one",
+                    peer.uid
+                ),
+            ));
+        }
+    }
+    let ticket = daemon
+        .slots
+        .enter()
+        .map_err(|full| ApiError::new(429, "queue_full", format!("{full}; try again shortly")))?;
+
+    let cancel = Arc::new(Notify::new());
+    let (sink, stdin, handle, receiver) = if detach {
+        let (read, write) = jobs::held_stdin()
+            .map_err(|e| ApiError::new(500, "internal", format!("make the job's stdin: {e}")))?;
+        let handle = Arc::new(Handle::new(plan.limits.output, Some(write)));
+        if !stdin_bytes.is_empty() {
+            // The request's stdin goes first, ahead of any later write (this holds the
+            // pipe until it is through, or the job is gone).
+            let mut held = handle.stdin.clone().lock_owned().await;
+            tokio::spawn(async move {
+                if let Some(pipe) = held.as_mut() {
+                    if pipe.write_all(&stdin_bytes).await.is_err() {
+                        held.take();
+                    }
+                }
+            });
+        }
+        (
+            Sink::Detached(handle.clone()),
+            JobStdin::Held(read),
+            Some(handle),
+            None,
+        )
+    } else {
+        let (lines, receiver) = mpsc::channel::<Bytes>(STREAM_BACKLOG);
+        (
+            Sink::Stream {
+                lines,
+                watch_fd: conn.watch_fd.clone(),
+            },
+            JobStdin::Bytes(stdin_bytes),
+            None,
+            Some(receiver),
+        )
+    };
+    let state = match ticket.place() {
+        Place::Waiting(n) => JobState::Queued(n),
+        Place::Running => JobState::Running,
+    };
+    daemon.jobs().insert(
+        job_id.clone(),
+        JobEntry {
+            peer_uid: peer.uid,
+            argv: plan.argv.clone(),
+            policy: plan.policy.clone(),
+            state,
+            since: Instant::now(),
+            ended: None,
+            cancel: cancel.clone(),
+            handle,
+        },
+    );
+    daemon.live_jobs.fetch_add(1, Ordering::SeqCst);
+    let span = info_span!("job", id = %job_id, peer_uid = peer.uid, peer_pid = peer.pid, detach);
+    let task = JobTask {
+        daemon: daemon.clone(),
+        plan,
+        cwd,
+        stdin,
+        peer,
+        sink,
+        cancel,
+        accepted: Instant::now(),
+    };
+    tokio::spawn(task.run(ticket).instrument(span));
+
+    match receiver {
+        Some(receiver) => Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/x-ndjson"),
+            )],
+            axum::body::Body::new(ChannelBody { receiver }),
+        )
+            .into_response()),
+        None => {
+            let position = match state {
+                JobState::Queued(n) => Some(n),
+                _ => None,
+            };
+            Ok(json(
+                StatusCode::CREATED,
+                serde_json::json!({
+                    "job_id": job_id,
+                    "state": state.name(),
+                    "position": position,
+                }),
+            ))
+        }
+    }
+}
+
+fn request_error(err: RequestError) -> ApiError {
+    if let RequestError::Override { field, .. } = &err {
+        let field = match *field {
+            "net" => "network".to_string(),
+            "ro" | "rw" => "mounts".to_string(),
+            "output-limit" => "limits.output".to_string(),
+            limit => format!("limits.{limit}"),
+        };
+        return ApiError {
+            status: 403,
+            code: "policy_forbids",
+            field: Some(field),
+            message: err.to_string(),
+        };
+    }
+    let field = match &err {
+        RequestError::EmptyCommand | RequestError::Nul { .. } => "argv".to_string(),
+        RequestError::Workspace { .. } => "cwd".into(),
+        RequestError::Path { .. } | RequestError::View(_) => "mounts".into(),
+        RequestError::Limit { field, .. } => format!("limits.{field}"),
+        RequestError::Env { .. } => "env".into(),
+        RequestError::User(_) => "user".into(),
+        RequestError::Override { .. } => "request".into(),
+    };
+    ApiError::bad(field, err.to_string())
+}
+
+/// A response body fed line by line by its job.
+struct ChannelBody {
+    receiver: mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.receiver
+            .poll_recv(cx)
+            .map(|line| line.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
