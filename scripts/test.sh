@@ -29,8 +29,10 @@ if [ "${#tools[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${tools[@]}" >/dev/null
 fi
 . scripts/target.sh --benches
-echo "== the Rust tests"
+echo "== the Rust tests (every daemon answer checked against api/openapi.yaml)"
 cargo test --workspace
+echo "== api/openapi.yaml through a standard OpenAPI 3.1 validator"
+scripts/check-openapi.sh
 echo "== nothing left behind"
 scripts/check-leaks.sh
 echo "== the install script stages binaries, policies and units (building nothing)"

@@ -23,7 +23,7 @@ use toolbox_spec::{control, JailSpec, Network, Status};
 
 use crate::error::SetupError;
 use crate::netns::{self, NetHelper, Netns};
-use crate::{mounts, report, sys, tool};
+use crate::{exec, mounts, report, sys, tool};
 
 /// Signals PID 1 handles; all blocked and read from a signalfd.
 pub const HANDLED: [Signal; 5] = [
@@ -65,10 +65,18 @@ pub fn enter_namespaces(network: Network) -> Result<Option<NetHelper>, SetupErro
     Ok(helper)
 }
 
+/// PID 1's lines to the supervisor besides the spec and status pipes.
+pub struct Lines {
+    /// EOF when the supervisor is gone.
+    pub lifeline: OwnedFd,
+    /// Where commands to exec in the jail come from ([`toolbox_spec::Control`]).
+    pub control: Option<OwnedFd>,
+}
+
 pub fn run(
     spec: &JailSpec,
     mut go: std::fs::File,
-    lifeline: OwnedFd,
+    lines: Lines,
     network: Option<NetHelper>,
     discarded: Option<Pid>,
     prebuilt: Option<mounts::Prebuilt>,
@@ -87,10 +95,16 @@ pub fn run(
     // Our own OOM-killer score, opened while the host's /proc is in view: once the tool is
     // forked, PID 1 is the one process of the job's cgroup the OOM killer must never pick
     // (the job would end with no one to report it).
-    let oom_score = std::fs::OpenOptions::new()
+    let mut oom_score = std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .open("/proc/self/oom_score_adj")
         .ok();
+    // What the tool gets (and each command exec'd beside it, forked after we lowered ours).
+    let mut tool_score = Vec::new();
+    if let Some(file) = oom_score.as_mut() {
+        let _ = std::io::Read::read_to_end(file, &mut tool_score);
+    }
     build(spec, &mut go, prebuilt)?;
 
     // What is left before the tool can start, done while the supervisor still sets the
@@ -142,17 +156,20 @@ pub fn run(
         // The supervisor gave up on the job (and knows why), or is gone.
         return Ok(crate::SHIM_FAILED);
     }
-    let mut network = match network.transpose() {
+    let network = match network.transpose() {
         Ok(network) => network,
         // The helper failed, and has said why.
         Err(SetupError::NetworkNotReady) => return Ok(crate::SHIM_FAILED),
         Err(err) => return Err(err),
     };
+    // A cgroup namespace rooted at the job's cgroup, which we are in now: the tool, and
+    // every command exec'd beside it, sees itself at "/" — one namespace for all of them.
+    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(SetupError::CgroupNamespace)?;
     let tool = match sys::fork().map_err(SetupError::Fork)? {
         Some(pid) => pid,
         None => {
-            drop((signals, lifeline, oom_score));
-            tool::run(spec, network.take())
+            drop((signals, lines, oom_score));
+            tool::run(spec, network.as_ref())
         }
     };
     // Set after the fork, so the tool keeps the score it inherited. Best effort: without
@@ -160,7 +177,12 @@ pub fn run(
     if let Some(mut file) = oom_score {
         let _ = std::io::Write::write_all(&mut file, b"-1000");
     }
-    supervise(tool, &signals, lifeline, network.as_ref())
+    let jail = exec::Jail {
+        spec,
+        network: network.as_ref(),
+        oom_score: (!tool_score.is_empty()).then_some(tool_score.as_slice()),
+    };
+    supervise(tool, &signals, lines, &jail)
 }
 
 /// Where a helper runs: on our CPU, or on another.
@@ -282,14 +304,22 @@ fn wait_gone(child: Pid) {
 fn supervise(
     tool: Pid,
     signals: &SignalFd,
-    lifeline: OwnedFd,
-    network: Option<&Netns>,
+    lines: Lines,
+    jail: &exec::Jail<'_>,
 ) -> Result<i32, SetupError> {
+    let Lines {
+        lifeline,
+        mut control,
+    } = lines;
+    let mut running = Vec::new();
     loop {
-        let mut fds = [
+        let mut fds = vec![
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(lifeline.as_fd(), PollFlags::POLLIN),
         ];
+        if let Some(control) = &control {
+            fds.push(PollFd::new(control.as_fd(), PollFlags::POLLIN));
+        }
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(errno) => return Err(SetupError::Wait(errno)),
@@ -299,10 +329,21 @@ fn supervise(
             // report to. Exiting as PID 1 kills every process of the jail.
             return Ok(128 + Signal::SIGKILL as i32);
         }
+        let commands = fds
+            .get(2)
+            .is_some_and(|fd| fd.revents().is_some_and(|events| !events.is_empty()));
+        drop(fds);
+        if commands {
+            if let Some(fd) = &control {
+                if !exec::serve_one(fd.as_fd(), jail, &mut running) {
+                    control = None;
+                }
+            }
+        }
         while let Some(info) = signals.read_signal().map_err(SetupError::Wait)? {
             let signal = info.ssi_signo as i32;
             if signal == Signal::SIGCHLD as i32 {
-                if let Some(code) = reap(tool, network)? {
+                if let Some(code) = reap(tool, jail.network, &mut running)? {
                     return Ok(code);
                 }
             } else if signal == control::TERMINATE_ALL {
@@ -332,8 +373,13 @@ fn report_network(network: Option<&Netns>) {
     }
 }
 
-/// Reap every child that has exited; report and return once the tool is among them.
-fn reap(tool: Pid, network: Option<&Netns>) -> Result<Option<i32>, SetupError> {
+/// Reap every child that has exited; report and return once the tool is among them. An
+/// exec'd command's end goes to its own status pipe.
+fn reap(
+    tool: Pid,
+    network: Option<&Netns>,
+    running: &mut Vec<exec::Running>,
+) -> Result<Option<i32>, SetupError> {
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) if pid == tool => {
@@ -348,6 +394,16 @@ fn reap(tool: Pid, network: Option<&Netns>) -> Result<Option<i32>, SetupError> {
                 });
                 return Ok(Some(128 + signal as i32));
             }
+            Ok(WaitStatus::Exited(pid, code)) => {
+                exec::ended(running, pid, &Status::ToolExited { code })
+            }
+            Ok(WaitStatus::Signaled(pid, signal, _)) => exec::ended(
+                running,
+                pid,
+                &Status::ToolSignaled {
+                    signal: signal as i32,
+                },
+            ),
             Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return Ok(None),
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(errno) => return Err(SetupError::Wait(errno)),

@@ -16,6 +16,7 @@
 #![deny(unsafe_code)]
 
 mod error;
+mod exec;
 mod idmap;
 mod init;
 mod landlock;
@@ -57,10 +58,15 @@ fn main() {
 fn run() -> Result<i32, SetupError> {
     // Step one of the recipe: nothing we did not ask for survives into the jail, and what
     // we did ask for is close-on-exec, so the tool never inherits it.
-    sys::close_fds_from(fds::LIFELINE + 1).map_err(SetupError::CloseFds)?;
+    sys::close_fds_from(fds::CONTROL + 1).map_err(SetupError::CloseFds)?;
     set_cloexec(sys::status_fd())?;
     let lifeline = sys::inherited_fd(fds::LIFELINE).map_err(SetupError::CloseFds)?;
     set_cloexec(&lifeline)?;
+    // Commands to run in the jail once the tool runs (a supervisor may give none).
+    let control = sys::inherited_fd(fds::CONTROL).ok();
+    if let Some(control) = &control {
+        set_cloexec(control)?;
+    }
     // The mount namespace, and the network namespace's helper, while the supervisor still
     // plans the job.
     let network = match std::env::args().nth(1).as_deref() {
@@ -90,7 +96,14 @@ fn run() -> Result<i32, SetupError> {
         (Network::Host, Some(helper)) => discarded = Some(helper.discard()),
         (_, helper) => network_helper = helper,
     }
-    init::run(&spec, go, lifeline, network_helper, discarded, prebuilt)
+    init::run(
+        &spec,
+        go,
+        init::Lines { lifeline, control },
+        network_helper,
+        discarded,
+        prebuilt,
+    )
 }
 
 /// Wait for the spec: the supervisor writes it once it has planned the job. The pipe stays

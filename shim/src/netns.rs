@@ -165,7 +165,7 @@ impl NetHelper {
 
 impl Netns {
     /// Join it (the tool's process, as root).
-    pub fn join(self) -> Result<(), SetupError> {
+    pub fn join(&self) -> Result<(), SetupError> {
         nix::sched::setns(self.namespace.as_fd(), CloneFlags::CLONE_NEWNET)
             .map_err(SetupError::Namespaces)
     }

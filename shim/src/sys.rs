@@ -432,3 +432,39 @@ pub fn readable_now(fd: RawFd) -> bool {
     let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
     nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
 }
+
+/// `dup2(fd, target)`: `target` (a standard stream, or a descriptor of `toolbox_spec::fds`)
+/// becomes a copy of `fd`, without close-on-exec. Whatever `target` was is closed; it is
+/// never an `OwnedFd` of ours that would be closed again.
+pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> Result<(), Errno> {
+    // SAFETY: dup2 on a valid descriptor; `target` is one of the fixed numbers the shim
+    // places itself (0, 1, 2, the status pipe), which no owned handle refers to.
+    Errno::result(unsafe { libc::dup2(fd.as_raw_fd(), target) }).map(drop)
+}
+
+/// One packet from a `SOCK_SEQPACKET` socket, without waiting: its bytes (in `buf`) and
+/// the descriptors it carried (close-on-exec). `(0, [])` is the peer's close.
+pub fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), Errno> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut space = nix::cmsg_space!([RawFd; 8]);
+    let mut iov = [std::io::IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )?;
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: SCM_RIGHTS just installed these descriptors in our table; nothing
+            // else refers to them.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    Ok((msg.bytes, fds))
+}

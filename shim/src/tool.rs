@@ -3,7 +3,8 @@
 //! that cgroup, as PID 1 was.
 //!
 //! The recipe, in order: the network namespace (made by a helper — see `netns` — unless the
-//! job has the host's) and a cgroup namespace → a session of its own → signals and rlimits →
+//! job has the host's; the cgroup namespace is PID 1's, made once it joined the job's
+//! cgroup) → a session of its own → signals and rlimits →
 //! ids and capabilities → no_new_privs → seccomp → landlock, which, with no capability left,
 //! relies on no_new_privs; the filter lets its three calls through → the workspace → exec.
 
@@ -25,7 +26,7 @@ use crate::{landlock, report, sys};
 const NOT_FOUND: i32 = 127;
 const NOT_EXECUTABLE: i32 = 126;
 
-pub fn run(spec: &JailSpec, network: Option<Netns>) -> ! {
+pub fn run(spec: &JailSpec, network: Option<&Netns>) -> ! {
     let enforced = match prepare(spec, network) {
         Ok(enforced) => enforced,
         Err(err) => {
@@ -46,14 +47,11 @@ pub fn run(spec: &JailSpec, network: Option<Netns>) -> ! {
     })
 }
 
-fn prepare(spec: &JailSpec, network: Option<Netns>) -> Result<Enforced, SetupError> {
+fn prepare(spec: &JailSpec, network: Option<&Netns>) -> Result<Enforced, SetupError> {
     // The tool's network: the namespace (only `lo`, up) a helper made while we started.
     if let Some(network) = network {
         network.join()?;
     }
-    // A cgroup namespace rooted at the job's cgroup: the tool sees itself at "/".
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
-        .map_err(SetupError::CgroupNamespace)?;
     // The CPUs the job's quota rounds up to (nproc, thread pools count these).
     if !spec.cpus.is_empty() {
         let mut set = nix::sched::CpuSet::new();

@@ -22,6 +22,9 @@ pub mod fds {
     /// Read end of a pipe whose write end only the supervisor holds: EOF means the
     /// supervisor is gone, and the job must die with it.
     pub const LIFELINE: i32 = 5;
+    /// A `SOCK_SEQPACKET` socket the supervisor sends [`super::Control`] messages on, once
+    /// the tool runs: more commands to run in the jail, and signals for them.
+    pub const CONTROL: i32 = 6;
 }
 
 /// Signals the supervisor sends the shim (PID 1 of the jail), and what each means.
@@ -256,6 +259,51 @@ mod bpf_hex {
                 })
             })
             .collect()
+    }
+}
+
+/// A message on the control socket ([`fds::CONTROL`]), one per packet, as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Control {
+    /// Run another command in the jail, as the tool runs (the same namespaces, root, cgroup,
+    /// ids, rlimits, seccomp and Landlock), with only what [`ExecSpec`] says changed. The
+    /// packet carries five descriptors: a memfd holding the [`ExecSpec`] as JSON, then the
+    /// command's stdin, stdout and stderr, then the write end of a status pipe of its own,
+    /// where it reports as the tool does on [`fds::STATUS`] and where PID 1 reports its end
+    /// ([`Status::ToolExited`] or [`Status::ToolSignaled`]) before closing it. EOF there
+    /// with no end reported: the job ended, and took the command with it.
+    Exec { id: u64 },
+    /// A signal to the process group of exec'd command `id` (its own session).
+    Signal { id: u64, signal: i32 },
+}
+
+/// What an exec'd command changes of the job's [`JailSpec`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+}
+
+impl Control {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Control, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+impl ExecSpec {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ExecSpec, serde_json::Error> {
+        serde_json::from_slice(bytes)
     }
 }
 

@@ -31,6 +31,8 @@ use crate::seccomp::{self, SeccompError};
 use crate::spawn::{self, Shim, Stdin};
 use crate::sys::SpawnCgroup;
 
+mod exec;
+
 /// How long the shim may take to go once told to kill the job.
 const KILL_WAIT: Duration = Duration::from_secs(2);
 /// How long output may keep flowing after the shim has gone (nothing should hold the pipes
@@ -103,6 +105,16 @@ pub struct Cancel {
 /// cgroup, made for it), or why that cgroup could not be had, for [`Engine::run`] to report.
 #[derive(Debug)]
 pub struct Prestarted(Result<Started, String>);
+
+impl Prestarted {
+    /// Where more commands for this job's jail go once its tool runs ([`Engine::exec`]).
+    pub fn exec_port(&self) -> Option<spawn::ExecPort> {
+        self.0
+            .as_ref()
+            .ok()
+            .map(|started| started.shim.exec.clone())
+    }
+}
 
 #[derive(Debug)]
 struct Started {
@@ -506,6 +518,7 @@ impl Engine {
             stderr_truncated: false,
             stdout_dropped_bytes: 0,
             stderr_dropped_bytes: 0,
+            exec_of: None,
             isolation: Isolation {
                 cgroup: self
                     .cgroups()

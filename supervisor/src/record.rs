@@ -58,6 +58,10 @@ pub struct JobResult {
     pub stderr_truncated: bool,
     pub stdout_dropped_bytes: u64,
     pub stderr_dropped_bytes: u64,
+    /// For a command exec'd into a running job (`POST /v1/jobs/{id}/exec`): that job's id.
+    /// Its usage is the job's, counted in the job's record, not here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exec_of: Option<String>,
     pub isolation: Isolation,
 }
 

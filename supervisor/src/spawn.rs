@@ -12,12 +12,16 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use nix::fcntl::OFlag;
+use nix::sys::socket;
 use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
-use toolbox_spec::{fds, JailSpec, Network};
+use toolbox_spec::{fds, Control, ExecSpec, JailSpec, Network};
 
 use crate::sys;
 
@@ -34,6 +38,8 @@ pub struct Shim {
     pub stdout: pipe::Receiver,
     pub stderr: pipe::Receiver,
     pub status: pipe::Receiver,
+    /// Where more commands for the jail go once the tool runs.
+    pub exec: ExecPort,
 }
 
 /// The shim — PID 1 of the jail — tracked by a pidfd.
@@ -72,6 +78,12 @@ pub fn spawn(
     let (lifeline_r, lifeline_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let (control, control_shim) = socket::socketpair(
+        socket::AddressFamily::Unix,
+        socket::SockType::SeqPacket,
+        None,
+        socket::SockFlag::SOCK_CLOEXEC,
+    )?;
     sys::set_pipe_size(&out_r, PIPE_SIZE);
     sys::set_pipe_size(&err_r, PIPE_SIZE);
 
@@ -79,8 +91,9 @@ pub fn spawn(
         spec_r.as_raw_fd(),
         status_w.as_raw_fd(),
         lifeline_r.as_raw_fd(),
+        control_shim.as_raw_fd(),
     ];
-    debug_assert_eq!(fds::SPEC + 2, fds::LIFELINE);
+    debug_assert_eq!(fds::SPEC + 3, fds::CONTROL);
     let program = CString::new(shim.as_os_str().as_bytes())
         .map_err(|_| io::Error::other("shim path has a NUL byte"))?;
     // The pid namespace must come with the process (the shim is its PID 1). The others the
@@ -110,7 +123,15 @@ pub fn spawn(
         cgroup,
     )?;
     // The child has its copies; ours would keep the pipes from ever reaching EOF.
-    drop((spec_r, status_w, lifeline_r, out_w, err_w, stdin));
+    drop((
+        spec_r,
+        status_w,
+        lifeline_r,
+        out_w,
+        err_w,
+        stdin,
+        control_shim,
+    ));
     Ok(Shim {
         process: ShimProcess {
             pid,
@@ -122,7 +143,80 @@ pub fn spawn(
         stdout: pipe::Receiver::from_owned_fd(out_r)?,
         stderr: pipe::Receiver::from_owned_fd(err_r)?,
         status: pipe::Receiver::from_owned_fd(status_r)?,
+        exec: ExecPort {
+            control: Arc::new(control),
+            next: Arc::new(AtomicU64::new(1)),
+        },
     })
+}
+
+/// The supervisor's end of a jail's control socket (see `toolbox_spec::Control`): more
+/// commands to run in the jail, and signals for them. Cheap to clone; usable from the go
+/// until the jail ends (then every send fails).
+#[derive(Debug, Clone)]
+pub struct ExecPort {
+    control: Arc<OwnedFd>,
+    next: Arc<AtomicU64>,
+}
+
+/// The supervisor's ends of an exec'd command's pipes.
+#[derive(Debug)]
+pub struct ExecPipes {
+    pub id: u64,
+    pub stdout: pipe::Receiver,
+    pub stderr: pipe::Receiver,
+    /// Its reports (`Enforced`, `ExecFailed`, `SetupFailed`), then its end from PID 1.
+    pub status: pipe::Receiver,
+}
+
+impl ExecPort {
+    /// Ask PID 1 to run `spec` in the jail with `stdin`.
+    pub fn exec(&self, spec: &ExecSpec, stdin: OwnedFd) -> io::Result<ExecPipes> {
+        use std::io::Write;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let memfd =
+            nix::sys::memfd::memfd_create(c"toolbox-exec", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+        let mut file = std::fs::File::from(memfd);
+        file.write_all(&spec.encode())?;
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        sys::set_pipe_size(&out_r, PIPE_SIZE);
+        sys::set_pipe_size(&err_r, PIPE_SIZE);
+        let message = Control::Exec { id }.encode();
+        let passed = [
+            file.as_raw_fd(),
+            stdin.as_raw_fd(),
+            out_w.as_raw_fd(),
+            err_w.as_raw_fd(),
+            status_w.as_raw_fd(),
+        ];
+        socket::sendmsg::<()>(
+            self.control.as_raw_fd(),
+            &[std::io::IoSlice::new(&message)],
+            &[socket::ControlMessage::ScmRights(&passed)],
+            socket::MsgFlags::MSG_DONTWAIT | socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        // PID 1 has its copies; ours would keep the pipes from ever reaching EOF.
+        drop((file, stdin, out_w, err_w, status_w));
+        Ok(ExecPipes {
+            id,
+            stdout: pipe::Receiver::from_owned_fd(out_r)?,
+            stderr: pipe::Receiver::from_owned_fd(err_r)?,
+            status: pipe::Receiver::from_owned_fd(status_r)?,
+        })
+    }
+
+    /// Signal exec'd command `id`'s process group (best effort: it may be gone).
+    pub fn signal(&self, id: u64, signal: i32) {
+        let message = Control::Signal { id, signal }.encode();
+        let _ = socket::send(
+            self.control.as_raw_fd(),
+            &message,
+            socket::MsgFlags::MSG_DONTWAIT | socket::MsgFlags::MSG_NOSIGNAL,
+        );
+    }
 }
 
 /// An empty directory of ours, `<state>/anchor`, where the shim builds the part of a jail's

@@ -294,6 +294,13 @@ impl Response {
     }
 }
 
+fn header_of<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 /// The bytes of one stream's part of an output answer, gaps left out.
 pub fn chunk_bytes(stream: &Value) -> Vec<u8> {
     let mut bytes = Vec::new();
@@ -378,6 +385,13 @@ pub fn request(
     } else {
         reader.read_to_end(&mut body).expect("read body");
     }
+    crate::openapi::check(
+        method,
+        path,
+        status,
+        header_of(&headers, "content-type"),
+        &body,
+    );
     Response {
         status,
         headers,
@@ -456,6 +470,8 @@ fn read_chunk(reader: &mut BufReader<UnixStream>) -> Option<Vec<u8>> {
 pub struct JobStream {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// What each line is checked against (see `openapi`), and the request it answers.
+    line_schema: Option<(String, String)>,
     reader: Option<BufReader<UnixStream>>,
     pending: Vec<u8>,
     /// Every event read so far.
@@ -466,6 +482,11 @@ pub struct JobStream {
 
 impl JobStream {
     fn open(socket: &Path, body: &Value) -> JobStream {
+        JobStream::open_at(socket, "/v1/jobs", body)
+    }
+
+    /// Post `body` to `path` (`/v1/jobs`, or a job's `/exec`) and open its stream.
+    pub fn open_at(socket: &Path, path: &str, body: &Value) -> JobStream {
         let mut stream = UnixStream::connect(socket).expect("connect to the daemon");
         stream
             .set_read_timeout(Some(Duration::from_secs(120)))
@@ -474,15 +495,23 @@ impl JobStream {
         write_request(
             &mut stream,
             "POST",
-            "/v1/jobs",
+            path,
             "application/json",
             Some(bytes.as_bytes()),
         );
         let mut reader = BufReader::new(stream);
         let (status, headers) = read_head(&mut reader);
+        let content_type = header_of(&headers, "content-type").map(str::to_string);
+        let line_schema = if status == 200 {
+            crate::openapi::stream_schema("POST", path, status, content_type.as_deref())
+                .map(|pointer| (pointer, path.to_string()))
+        } else {
+            None
+        };
         let mut job = JobStream {
             status,
             headers,
+            line_schema,
             reader: Some(reader),
             pending: Vec::new(),
             events: Vec::new(),
@@ -499,6 +528,7 @@ impl JobStream {
                     let _ = reader.read_to_end(&mut body);
                 }
             }
+            crate::openapi::check("POST", path, status, content_type.as_deref(), &body);
             job.refusal = serde_json::from_slice(&body).ok();
             job.reader = None;
         }
@@ -510,6 +540,9 @@ impl JobStream {
         loop {
             if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.pending.drain(..=end).collect();
+                if let Some((pointer, path)) = &self.line_schema {
+                    crate::openapi::check_line(pointer, &line[..line.len() - 1], "POST", path);
+                }
                 let event: Value = serde_json::from_slice(&line).unwrap_or_else(|e| {
                     panic!(
                         "an event line is not JSON ({e}): {}",

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub mod daemon;
+pub mod openapi;
 
 /// The uid and gid the tests' workspaces belong to (so the tool runs as them).
 pub const TOOL_UID: u32 = 54_321;

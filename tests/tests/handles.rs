@@ -458,3 +458,247 @@ fn malformed_handle_requests_name_what_is_wrong() {
     daemon.record_of(&id);
     streamed.read_to_end();
 }
+
+/// Post an exec into job `id` and read its whole event stream.
+fn exec(daemon: &Daemon, id: &str, body: &serde_json::Value) -> toolbox_tests::daemon::JobStream {
+    let mut stream = toolbox_tests::daemon::JobStream::open_at(
+        &daemon.socket,
+        &format!("/v1/jobs/{id}/exec"),
+        body,
+    );
+    stream.read_to_end();
+    stream
+}
+
+#[test]
+fn a_command_execd_into_a_job_reaches_its_loopback_server_and_a_separate_job_cannot() {
+    if !require_root() {
+        return;
+    }
+    let Some(_python) = toolbox_tests::require_tool("python3") else {
+        return;
+    };
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    std::fs::write(ws.path().join("index.html"), "served from the job\n").expect("write");
+    let server = daemon.detach(&json!({
+        "argv": ["python3", "-u", "-m", "http.server", "3000", "--bind", "127.0.0.1"],
+        "cwd": ws.path(),
+    }));
+    daemon.read_output_until(&server, |out, _| contains(out, "Serving HTTP"));
+    let fetch = json!({
+        "argv": ["python3", "-c",
+            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:3000/index.html', timeout=10).read().decode(), end='')"],
+    });
+    let inside = exec(&daemon, &server, &fetch);
+    assert_eq!(inside.exit()["status"], "exited", "{:?}", inside.exit());
+    assert_eq!(
+        String::from_utf8_lossy(&inside.output("stdout")),
+        "served from the job\n"
+    );
+    assert_eq!(inside.exit()["exec_of"], server.as_str());
+    // A job of its own has a loopback of its own: nothing listens there.
+    let mut separate = fetch.clone();
+    separate["cwd"] = json!(ws.path());
+    let outside = daemon.job(&separate);
+    assert_eq!(outside.exit()["exit_code"], 1, "{:?}", outside.exit());
+    assert!(
+        String::from_utf8_lossy(&outside.output("stderr")).contains("Connection refused"),
+        "{}",
+        String::from_utf8_lossy(&outside.output("stderr"))
+    );
+    // Detached, the exec'd command is a handle like any job's.
+    let mut detached = fetch.clone();
+    detached["detach"] = true.into();
+    let answer = daemon.post(&format!("/v1/jobs/{server}/exec"), &detached);
+    assert_eq!(answer.status, 201, "{answer:?}");
+    let fetched = answer.json()["job_id"].as_str().expect("id").to_string();
+    let record = daemon.record_of(&fetched);
+    assert_eq!(record["status"], "exited", "{record}");
+    let (out, _, _) = daemon.read_output_until(&fetched, |_, _| false);
+    assert_eq!(String::from_utf8_lossy(&out), "served from the job\n");
+    daemon.request("DELETE", &format!("/v1/jobs/{server}"), None);
+    daemon.record_of(&server);
+    assert_no_leftovers(&server);
+}
+
+#[test]
+fn an_execd_command_gets_exactly_the_jobs_jail() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    let probe = probe().to_string_lossy().into_owned();
+    let mut body = shell(
+        ws.path(),
+        &format!("{probe} status; echo; echo from-the-job > /tmp/left; cat /proc/self/oom_score_adj; exec sleep 600"),
+    );
+    body["mounts"] = json!([{ "path": probe, "mode": "ro" }]);
+    let id = daemon.detach(&body);
+    let (out, _, _) = daemon.read_output_until(&id, |out, _| {
+        String::from_utf8_lossy(out).lines().count() >= 3
+    });
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let mut lines = text.lines();
+    let job: serde_json::Value = serde_json::from_str(lines.next().expect("status")).expect("json");
+    let job_oom = lines.nth(1).expect("oom score").to_string();
+    let execd = exec(
+        &daemon,
+        &id,
+        &json!({ "argv": ["sh", "-c", format!("{probe} status; echo; cat /tmp/left /proc/self/oom_score_adj")] }),
+    );
+    assert_eq!(execd.exit()["status"], "exited", "{:?}", execd.exit());
+    let text = String::from_utf8_lossy(&execd.output("stdout")).into_owned();
+    let mut lines = text.lines();
+    let inside: serde_json::Value =
+        serde_json::from_str(lines.next().expect("status")).expect("json");
+    for field in [
+        "ns",
+        "cgroup",
+        "CapEff",
+        "CapPrm",
+        "CapBnd",
+        "CapInh",
+        "CapAmb",
+        "NoNewPrivs",
+        "Seccomp",
+        "Uid",
+        "Gid",
+        "Groups",
+        "hostname",
+        "sid_is_self",
+    ] {
+        assert_eq!(
+            inside[field], job[field],
+            "{field}: exec'd {inside} vs job {job}"
+        );
+    }
+    assert_eq!(inside["CapEff"], "0000000000000000");
+    assert_eq!(inside["Seccomp"], "2");
+    // The same /tmp, and the OOM score the tool has (PID 1 lowered only its own).
+    assert_eq!(lines.nth(1), Some("from-the-job"));
+    assert_eq!(lines.next(), Some(job_oom.as_str()));
+    // What the record says was enforced is the job's.
+    let isolation = &execd.exit()["isolation"];
+    assert_eq!(isolation["seccomp"], true);
+    assert_eq!(isolation["capabilities"], "none");
+    assert_eq!(isolation["landlock_fs"], true);
+    daemon.request("DELETE", &format!("/v1/jobs/{id}"), None);
+    daemon.record_of(&id);
+}
+
+#[test]
+fn an_execd_command_that_daemonizes_returns_at_once_and_dies_with_its_job() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    let token = token("exec-daemonize");
+    let probe = probe().to_string_lossy().into_owned();
+    let mut body = shell(ws.path(), "exec sleep 600");
+    body["mounts"] = json!([{ "path": probe, "mode": "ro" }]);
+    let id = daemon.detach(&body);
+    let started = Instant::now();
+    let execd = exec(
+        &daemon,
+        &id,
+        &json!({ "argv": [probe, "daemonize", token] }),
+    );
+    // Its sleepers hold its stdout, and still the answer comes when the command is over.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(execd.exit()["status"], "exited", "{:?}", execd.exit());
+    assert!(
+        !host_pids_named(&token).is_empty(),
+        "what it left in the background runs on in the job"
+    );
+    daemon.request("DELETE", &format!("/v1/jobs/{id}"), None);
+    daemon.record_of(&id);
+    assert!(
+        wait_for(Duration::from_secs(5), || host_pids_named(&token)
+            .is_empty()),
+        "an exec'd command's processes outlived the job"
+    );
+    assert_no_leftovers(&id);
+}
+
+#[test]
+fn exec_takes_only_tighter_limits_and_only_into_a_running_job_of_ones_own() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&["--allow-uid", &TOOL_UID.to_string()]);
+    std::fs::set_permissions(
+        daemon.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    std::fs::set_permissions(
+        &daemon.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .expect("chmod");
+    let ws = workspace();
+    let mut body = shell(ws.path(), "exec sleep 600");
+    body["limits"] = json!({ "timeout": "60s" });
+    let id = daemon.detach(&body);
+    let path = format!("/v1/jobs/{id}/exec");
+    for (request, status, field) in [
+        (
+            json!({ "argv": ["true"], "policy": "strict" }),
+            400,
+            "policy",
+        ),
+        (
+            json!({ "argv": ["true"], "network": "host" }),
+            400,
+            "network",
+        ),
+        (json!({ "argv": ["true"], "mounts": [] }), 400, "mounts"),
+        (
+            json!({ "argv": ["true"], "limits": { "memory": "1G" } }),
+            400,
+            "limits.memory",
+        ),
+        (
+            json!({ "argv": ["true"], "limits": { "timeout": "2m" } }),
+            403,
+            "limits.timeout",
+        ),
+        (json!({ "argv": [] }), 400, "argv"),
+        (json!({ "argv": ["true"], "cwd": "relative" }), 400, "cwd"),
+        (json!({ "argv": ["true"], "colour": 1 }), 400, "colour"),
+    ] {
+        let answer = daemon.post(&path, &request);
+        assert_eq!(answer.status, status, "{request}: {answer:?}");
+        assert_eq!(answer.error_field().as_deref(), Some(field), "{request}");
+    }
+    // Its own timeout ends the command, not the job.
+    let timed = exec(
+        &daemon,
+        &id,
+        &json!({ "argv": ["sleep", "60"], "limits": { "timeout": "1s", "grace": "500ms" } }),
+    );
+    assert_eq!(timed.exit()["status"], "timeout", "{:?}", timed.exit());
+    let shown = daemon
+        .request("GET", &format!("/v1/jobs/{id}"), None)
+        .json();
+    assert_eq!(shown["state"], "running");
+    // Nobody else's.
+    let other = request_as(
+        TOOL_UID,
+        &daemon.socket,
+        "POST",
+        &path,
+        "application/json",
+        Some(br#"{"argv":["true"]}"#),
+    );
+    assert_eq!(other.status, 404, "{other:?}");
+    // Not into an ended job.
+    daemon.request("DELETE", &format!("/v1/jobs/{id}"), None);
+    daemon.record_of(&id);
+    let late = daemon.post(&path, &json!({ "argv": ["true"] }));
+    assert_eq!(late.status, 409, "{late:?}");
+    assert_eq!(late.json()["error"]["code"], "job_not_running");
+}

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Event, Stream};
-use crate::job::JobRequest;
+use crate::job::{JobPlan, JobRequest};
 use crate::policy::{NetworkMode, Policy};
 use crate::units::{Dur, Size};
 
@@ -198,20 +198,7 @@ pub fn to_request(
     job_id: &str,
     stdin_cap: u64,
 ) -> Result<(JobRequest, Vec<u8>), ApiError> {
-    if body.argv.is_empty() {
-        return Err(ApiError::bad(
-            "argv",
-            "must name a command: [\"ls\", \"-l\"]",
-        ));
-    }
-    for (i, arg) in body.argv.iter().enumerate() {
-        if i == 0 && arg.is_empty() {
-            return Err(ApiError::bad("argv[0]", "is empty"));
-        }
-        if arg.contains('\0') {
-            return Err(ApiError::bad(format!("argv[{i}]"), "contains a NUL byte"));
-        }
-    }
+    check_argv(&body.argv)?;
     let cwd = body.cwd.ok_or_else(|| {
         ApiError::bad(
             "cwd",
@@ -244,28 +231,7 @@ pub fn to_request(
         crate::policy::check_env_name(name).map_err(|e| ApiError::bad(&field, e))?;
         env.push(format!("{name}={value}"));
     }
-    let stdin = match (body.stdin, body.stdin_base64) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad(
-                "stdin",
-                "give stdin or stdin_base64, not both",
-            ))
-        }
-        (Some(text), None) => text.into_bytes(),
-        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
-            .decode(encoded.as_bytes())
-            .map_err(|e| ApiError::bad("stdin_base64", format!("is not base64: {e}")))?,
-        (None, None) => Vec::new(),
-    };
-    if stdin.len() as u64 > stdin_cap {
-        return Err(ApiError::bad(
-            "stdin",
-            format!(
-                "is {} bytes; this daemon takes at most {stdin_cap}",
-                stdin.len()
-            ),
-        ));
-    }
+    let stdin = stdin_bytes(body.stdin, body.stdin_base64, stdin_cap)?;
     let mut ro = Vec::new();
     let mut rw = Vec::new();
     for (i, mount) in body.mounts.iter().enumerate() {
@@ -332,6 +298,221 @@ pub fn to_request(
         user,
     };
     Ok((request, stdin))
+}
+
+fn check_argv(argv: &[String]) -> Result<(), ApiError> {
+    if argv.is_empty() {
+        return Err(ApiError::bad(
+            "argv",
+            "must name a command: [\"ls\", \"-l\"]",
+        ));
+    }
+    for (i, arg) in argv.iter().enumerate() {
+        if i == 0 && arg.is_empty() {
+            return Err(ApiError::bad("argv[0]", "is empty"));
+        }
+        if arg.contains('\0') {
+            return Err(ApiError::bad(format!("argv[{i}]"), "contains a NUL byte"));
+        }
+    }
+    Ok(())
+}
+
+/// The tool's stdin from a request's `stdin` or `stdin_base64`, at most `cap` bytes.
+fn stdin_bytes(
+    text: Option<String>,
+    encoded: Option<String>,
+    cap: u64,
+) -> Result<Vec<u8>, ApiError> {
+    let stdin = match (text, encoded) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "stdin",
+                "give stdin or stdin_base64, not both",
+            ))
+        }
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_bytes())
+            .map_err(|e| ApiError::bad("stdin_base64", format!("is not base64: {e}")))?,
+        (None, None) => Vec::new(),
+    };
+    if stdin.len() as u64 > cap {
+        return Err(ApiError::bad(
+            "stdin",
+            format!("is {} bytes; this daemon takes at most {cap}", stdin.len()),
+        ));
+    }
+    Ok(stdin)
+}
+
+/// The body of `POST /v1/jobs/{id}/exec`: a job request without what the job fixed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBody {
+    pub argv: Vec<String>,
+    /// Where in the jail it starts (default: the job's workspace).
+    pub cwd: Option<PathBuf>,
+    /// Set on top of the job's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub stdin: Option<String>,
+    pub stdin_base64: Option<String>,
+    #[serde(default)]
+    pub limits: ExecLimitsBody,
+    #[serde(default)]
+    pub detach: bool,
+}
+
+/// The limits a command in a job may set: each at most the job's own.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecLimitsBody {
+    pub timeout: Option<Dur>,
+    pub grace: Option<Dur>,
+    pub output: Option<Size>,
+    pub idle_timeout: Option<Dur>,
+}
+
+/// What a command exec'd into a job cannot change: the job's jail is what it is.
+const FIXED_BY_JOB: [&str; 5] = ["policy", "network", "mounts", "caller_env", "user"];
+const LIMITS_FIXED_BY_JOB: [&str; 3] = ["memory", "cpus", "pids"];
+
+/// Parse an exec body; what the job fixed is refused by name before anything else.
+pub fn parse_exec_body(bytes: &[u8], job_id: &str) -> Result<ExecBody, ApiError> {
+    let fixed = |field: String| {
+        ApiError::bad(
+            field,
+            format!(
+                "is fixed by job {job_id:?}: a command exec'd into a job runs in the job's own jail (its policy, network, mounts, memory, CPUs and pids)"
+            ),
+        )
+    };
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(bytes) {
+        if let Some(name) = FIXED_BY_JOB.iter().find(|name| fields.contains_key(**name)) {
+            return Err(fixed(name.to_string()));
+        }
+        if let Some(serde_json::Value::Object(limits)) = fields.get("limits") {
+            if let Some(name) = LIMITS_FIXED_BY_JOB
+                .iter()
+                .find(|name| limits.contains_key(**name))
+            {
+                return Err(fixed(format!("limits.{name}")));
+            }
+        }
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let body: ExecBody = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let message = err.into_inner().to_string();
+        if path == "." || path == "?" || path.is_empty() {
+            ApiError::bad("body", format!("not a valid exec request: {message}"))
+        } else {
+            ApiError::bad(path, message)
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::bad("body", format!("trailing data after the request: {e}")))?;
+    Ok(body)
+}
+
+/// The plan of a command exec'd into the job planned as `job`: the job's, with the
+/// command's argv, directory, environment on top of the job's, and limits — each at most
+/// the job's. Its stdin bytes beside it. (Its id is the caller's to give.)
+pub fn exec_plan(body: ExecBody, job: &JobPlan) -> Result<(JobPlan, Vec<u8>), ApiError> {
+    check_argv(&body.argv)?;
+    let cwd = match body.cwd {
+        Some(cwd) => {
+            check_path("cwd", &cwd)?;
+            cwd
+        }
+        None => job.workspace.clone(),
+    };
+    let mut env = job.env.clone();
+    for (name, value) in body.env {
+        let field = format!("env.{name}");
+        if name.contains('\0') || value.contains('\0') {
+            return Err(ApiError::bad(field, "contains a NUL byte"));
+        }
+        crate::policy::check_env_name(&name).map_err(|e| ApiError::bad(&field, e))?;
+        match env.iter_mut().find(|(k, _)| *k == name) {
+            Some(entry) => entry.1 = value,
+            None => env.push((name, value)),
+        }
+    }
+    let stdin = stdin_bytes(body.stdin, body.stdin_base64, job.limits.stdin)?;
+    let tighter = |field: &str, asked: String, most: String| ApiError {
+        status: 403,
+        code: "policy_forbids",
+        field: Some(format!("limits.{field}")),
+        message: format!(
+            "a command in a job may only tighten its limits: {asked} is over the job's {most}"
+        ),
+    };
+    let mut limits = job.limits;
+    let asked = &body.limits;
+    if let Some(Dur(timeout)) = asked.timeout {
+        if timeout > job.limits.timeout {
+            return Err(tighter(
+                "timeout",
+                Dur(timeout).to_string(),
+                Dur(job.limits.timeout).to_string(),
+            ));
+        }
+        if timeout.is_zero() {
+            return Err(ApiError::bad("limits.timeout", "must be longer than zero"));
+        }
+        limits.timeout = timeout;
+    }
+    if let Some(Dur(grace)) = asked.grace {
+        if grace > job.limits.grace {
+            return Err(tighter(
+                "grace",
+                Dur(grace).to_string(),
+                Dur(job.limits.grace).to_string(),
+            ));
+        }
+        limits.grace = grace;
+    }
+    if let Some(Size(output)) = asked.output {
+        if output > job.limits.output {
+            return Err(tighter(
+                "output",
+                Size(output).to_string(),
+                Size(job.limits.output).to_string(),
+            ));
+        }
+        if output < crate::policy::bounds::OUTPUT_MIN {
+            return Err(ApiError::bad(
+                "limits.output",
+                format!(
+                    "must be at least {}",
+                    Size(crate::policy::bounds::OUTPUT_MIN)
+                ),
+            ));
+        }
+        limits.output = output;
+    }
+    let idle_timeout = match asked.idle_timeout {
+        Some(Dur(idle)) if idle.is_zero() => {
+            return Err(ApiError::bad(
+                "limits.idle_timeout",
+                "must be longer than zero (leave it out for none)",
+            ))
+        }
+        Some(Dur(idle)) => Some(idle),
+        None => None,
+    };
+    let plan = JobPlan {
+        argv: body.argv,
+        env,
+        workspace: cwd,
+        limits,
+        idle_timeout,
+        ..job.clone()
+    };
+    Ok((plan, stdin))
 }
 
 fn check_path(field: &str, path: &Path) -> Result<(), ApiError> {

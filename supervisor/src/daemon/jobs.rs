@@ -22,7 +22,7 @@ use super::Daemon;
 use crate::engine::{Cancel, Event, Stream};
 use crate::job::JobPlan;
 use crate::record::JobResult;
-use crate::spawn::Stdin;
+use crate::spawn::{ExecPort, Stdin};
 
 /// How often a job checks that its client is still there while nothing else happens.
 const PEER_CHECK: Duration = Duration::from_millis(100);
@@ -62,6 +62,18 @@ pub struct JobEntry {
     pub cancel: Arc<Notify>,
     /// Detached jobs only.
     pub handle: Option<Arc<Handle>>,
+    /// While the job runs: how to run more commands in its jail.
+    pub exec: Option<ExecTarget>,
+    /// For a command exec'd into a job: that job's id.
+    pub exec_of: Option<String>,
+}
+
+/// A running job's jail, for `POST /v1/jobs/{id}/exec`: where commands go, and the plan
+/// they start from.
+#[derive(Debug, Clone)]
+pub struct ExecTarget {
+    pub port: ExecPort,
+    pub plan: Arc<JobPlan>,
 }
 
 impl JobEntry {
@@ -85,6 +97,7 @@ impl JobEntry {
             "state": self.state.name(),
             "position": position,
             "detached": self.handle.is_some(),
+            "exec_of": self.exec_of,
             "elapsed_ms": elapsed.as_millis() as u64,
         });
         if let Some(handle) = &self.handle {
@@ -212,15 +225,26 @@ pub struct JobTask {
     pub plan: JobPlan,
     pub cwd: PathBuf,
     /// The tool's stdin: the request's bytes (a streaming job's), or the read end of the
-    /// pipe the daemon holds (a detached job's).
-    pub stdin: JobStdin,
+    /// pipe the daemon holds (a detached job's). Taken when the command starts.
+    pub stdin: Mutex<JobStdin>,
+    /// For a command exec'd into a job: that job's id.
+    pub exec_of: Option<String>,
     pub peer: Peer,
     pub sink: Sink,
     pub cancel: Arc<Notify>,
     pub accepted: Instant,
 }
 
+/// How a task's command gets its jail.
+enum Launch {
+    /// A jail of its own.
+    Fresh(Box<crate::engine::Prestarted>),
+    /// A running job's.
+    Exec(ExecPort),
+}
+
 impl JobTask {
+    /// Run a new job: wait for a slot, build its jail, run it, report.
     pub async fn run(self, mut ticket: Ticket) {
         let daemon = self.daemon.clone();
         let job_id = self.plan.job_id.clone();
@@ -228,32 +252,24 @@ impl JobTask {
         let result = self.wait_and_run(&mut ticket).await;
         // The engine has cleaned up the jail; the slot goes to the next in line.
         drop(ticket);
-        {
-            let mut jobs = daemon.jobs();
-            if detached {
-                if let Some(job) = jobs.get_mut(&job_id) {
-                    job.state = JobState::Ended;
-                    job.ended = Some(Instant::now());
-                    // Nothing reads its stdin any more.
-                    if let Some(handle) = &job.handle {
-                        if let Ok(mut stdin) = handle.stdin.try_lock() {
-                            stdin.take();
-                        }
-                    }
-                }
-                expire(&mut jobs, &daemon.retention);
-            } else {
-                jobs.remove(&job_id);
-            }
-        }
-        if daemon.live_jobs.fetch_sub(1, Ordering::SeqCst) == 1 {
-            daemon.all_done.notify_waiters();
-        }
-        info!(status = ?result.status, exit_code = result.exit_code, "job finished");
+        ended(&daemon, &job_id, detached, &result);
+    }
+
+    /// Run a command in a running job's jail: no slot of its own (it runs on the job's),
+    /// and it ends with the job if not before.
+    pub async fn run_exec(self, port: ExecPort) {
+        let daemon = self.daemon.clone();
+        let job_id = self.plan.job_id.clone();
+        let detached = matches!(self.sink, Sink::Detached(_));
+        let mut cancel_all = daemon.cancel_all.subscribe();
+        let result = self
+            .launch(Launch::Exec(port), Instant::now(), &mut cancel_all)
+            .await;
+        ended(&daemon, &job_id, detached, &result);
     }
 
     /// Wait for a slot (telling the client its place), run, and report.
-    async fn wait_and_run(mut self, ticket: &mut Ticket) -> JobResult {
+    async fn wait_and_run(self, ticket: &mut Ticket) -> JobResult {
         let daemon = self.daemon.clone();
         let mut cancel_all = daemon.cancel_all.subscribe();
         while let Place::Waiting(position) = ticket.place() {
@@ -273,32 +289,58 @@ impl JobTask {
         daemon.metrics.queued_for(self.accepted.elapsed());
         self.set_state(JobState::Running);
         let started = Instant::now();
-        let stdin = match std::mem::replace(&mut self.stdin, JobStdin::Bytes(Vec::new())) {
-            JobStdin::Held(fd) => Ok(fd),
-            JobStdin::Bytes(bytes) => stdin_fd(&bytes),
-        };
-        let stdin = match stdin {
-            Ok(fd) => fd,
+        // Started here, before stdin: a detached job's is a pipe already, and a streamed
+        // job's gets a writer thread only once its jail is on its way.
+        let shim = match daemon.engine.prestart(
+            &self.plan.job_id,
+            self.plan.network,
+            Stdin::Fd(match self.stdin_fd() {
+                Ok(fd) => fd,
+                Err(err) => {
+                    let result = daemon
+                        .engine
+                        .not_started(&self.plan, Some(format!("stdin: {err}")));
+                    self.finish(&result, started.elapsed()).await;
+                    return result;
+                }
+            }),
+        ) {
+            Ok(shim) => shim,
             Err(err) => {
-                let result = daemon
-                    .engine
-                    .not_started(&self.plan, Some(format!("stdin: {err}")));
+                let result = daemon.engine.not_started(&self.plan, Some(err.to_string()));
                 self.finish(&result, started.elapsed()).await;
                 return result;
             }
         };
-        let shim =
-            match daemon
-                .engine
-                .prestart(&self.plan.job_id, self.plan.network, Stdin::Fd(stdin))
-            {
-                Ok(shim) => shim,
-                Err(err) => {
-                    let result = daemon.engine.not_started(&self.plan, Some(err.to_string()));
-                    self.finish(&result, started.elapsed()).await;
-                    return result;
-                }
-            };
+        if let Some(port) = shim.exec_port() {
+            if let Some(job) = daemon.jobs().get_mut(&self.plan.job_id) {
+                job.exec = Some(ExecTarget {
+                    port,
+                    plan: Arc::new(self.plan.clone()),
+                });
+            }
+        }
+        self.launch(Launch::Fresh(Box::new(shim)), started, &mut cancel_all)
+            .await
+    }
+
+    /// The tool's stdin, taken (the task keeps /dev/null's place).
+    fn stdin_fd(&self) -> std::io::Result<OwnedFd> {
+        let mut stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *stdin, JobStdin::Bytes(Vec::new())) {
+            JobStdin::Held(fd) => Ok(fd),
+            JobStdin::Bytes(bytes) => stdin_fd(&bytes),
+        }
+    }
+
+    /// Run the command in its jail, forwarding its events, until its end; report it.
+    async fn launch(
+        &self,
+        launch: Launch,
+        started: Instant,
+        cancel_all: &mut watch::Receiver<bool>,
+    ) -> JobResult {
+        let daemon = &self.daemon;
         let (events, mut received) = mpsc::unbounded_channel::<Event>();
         let forward = match &self.sink {
             Sink::Stream { lines, .. } => {
@@ -334,17 +376,36 @@ impl JobTask {
             }
         };
         let cancel = async {
-            let why = cancelled(&self.cancel, &self.sink, &mut cancel_all).await;
+            let why = cancelled(&self.cancel, &self.sink, cancel_all).await;
             info!(?why, "cancelled while running");
             Cancel {
                 exit_code: CANCELLED,
                 grace: (why == Why::HungUp).then_some(HANGUP_GRACE),
             }
         };
-        let result = daemon
-            .engine
-            .run(self.plan.clone(), shim, events, cancel)
-            .await;
+        let mut result = match launch {
+            Launch::Fresh(shim) => {
+                daemon
+                    .engine
+                    .run(self.plan.clone(), *shim, events, cancel)
+                    .await
+            }
+            Launch::Exec(port) => match self.stdin_fd() {
+                Ok(stdin) => {
+                    daemon
+                        .engine
+                        .exec(self.plan.clone(), &port, stdin, events, cancel)
+                        .await
+                }
+                Err(err) => {
+                    drop(events);
+                    daemon
+                        .engine
+                        .not_started(&self.plan, Some(format!("stdin: {err}")))
+                }
+            },
+        };
+        result.exec_of = self.exec_of.clone();
         let _ = forward.await;
         self.finish(&result, started.elapsed()).await;
         result
@@ -384,6 +445,34 @@ impl JobTask {
             }
         }
     }
+}
+
+/// A task's end in the registry: a streamed job leaves it, a detached one stays (ended,
+/// its stdin closed) until the retention lets it go.
+fn ended(daemon: &Daemon, job_id: &str, detached: bool, result: &JobResult) {
+    {
+        let mut jobs = daemon.jobs();
+        if detached {
+            if let Some(job) = jobs.get_mut(job_id) {
+                job.state = JobState::Ended;
+                job.ended = Some(Instant::now());
+                job.exec = None;
+                // Nothing reads its stdin any more.
+                if let Some(handle) = &job.handle {
+                    if let Ok(mut stdin) = handle.stdin.try_lock() {
+                        stdin.take();
+                    }
+                }
+            }
+            expire(&mut jobs, &daemon.retention);
+        } else {
+            jobs.remove(job_id);
+        }
+    }
+    if daemon.live_jobs.fetch_sub(1, Ordering::SeqCst) == 1 {
+        daemon.all_done.notify_waiters();
+    }
+    info!(status = ?result.status, exit_code = result.exit_code, "job finished");
 }
 
 pub enum JobStdin {
@@ -473,6 +562,8 @@ mod tests {
             ended,
             cancel: Arc::new(Notify::new()),
             handle: None,
+            exec: None,
+            exec_of: None,
         }
     }
 

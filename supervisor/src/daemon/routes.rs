@@ -29,6 +29,7 @@ use super::outlog::Piece;
 use super::queue::Place;
 use super::Daemon;
 use crate::job::{self, Caller, RequestError};
+use crate::spawn::ExecPort;
 use crate::units::Dur;
 
 /// The largest request body, stdin included.
@@ -37,6 +38,8 @@ pub const BODY_LIMIT: usize = 1 << 20;
 const STREAM_BACKLOG: usize = 256;
 /// The longest a read of output may wait for more (`wait=`).
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// How long an exec may wait for a job that just started to have its jail.
+const JAIL_WAIT: Duration = Duration::from_secs(10);
 /// How long a write to a job's stdin may wait for the job to read.
 const STDIN_WAIT: Duration = Duration::from_secs(10);
 
@@ -83,6 +86,7 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/jobs/{id}", get(show).delete(cancel))
         .route("/v1/jobs/{id}/output", get(output))
         .route("/v1/jobs/{id}/stdin", axum::routing::post(stdin))
+        .route("/v1/jobs/{id}/exec", axum::routing::post(exec))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -120,6 +124,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         "GET reads a job's output"
     } else if path.ends_with("/stdin") {
         "POST writes a job's stdin"
+    } else if path.ends_with("/exec") {
+        "POST runs a command in a running job's jail"
     } else if path.starts_with("/v1/jobs/") {
         "GET shows a job, DELETE cancels it"
     } else {
@@ -479,25 +485,7 @@ async fn submit(
     Extension(conn): Extension<Conn>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let json_body = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .eq_ignore_ascii_case("application/json")
-        })
-        .unwrap_or(false);
-    if !json_body {
-        return Err(ApiError::new(
-            415,
-            "unsupported_media_type",
-            "send the job request as JSON (Content-Type: application/json)",
-        ));
-    }
+    require_json(&request)?;
     let peer = conn.peer.clone();
     let bytes = read_body(request).await?;
     let mut body = api::parse_body(&bytes)?;
@@ -528,30 +516,34 @@ async fn submit(
     plan.idle_timeout = idle_timeout;
     plan.output_whole = detach;
     if detach {
-        let live = daemon
-            .jobs()
-            .values()
-            .filter(|job| {
-                job.handle.is_some() && job.peer_uid == peer.uid && job.state != JobState::Ended
-            })
-            .count();
-        let bound = daemon.retention.max_detached;
-        if live >= bound {
-            return Err(ApiError::new(
-                429,
-                "too_many_detached",
-                format!(
-                    "uid {} has {live} detached jobs queued or running; this daemon allows {bound} per user at once (--max-detached): wait for one to end, or cancel one",
-                    peer.uid
-                ),
-            ));
-        }
+        check_detached_bound(&daemon, &peer)?;
     }
     let ticket = daemon
         .slots
         .enter()
         .map_err(|full| ApiError::new(429, "queue_full", format!("{full}; try again shortly")))?;
+    start(&daemon, &conn, plan, cwd, stdin_bytes, Start::Job(ticket)).await
+}
 
+/// What a task starts: a new job once it has a slot, or a command in a running job.
+enum Start {
+    Job(super::queue::Ticket),
+    Exec { port: ExecPort, of: String },
+}
+
+/// Register the task, start it, and answer: its event stream, or (detached: `plan`'s
+/// `output_whole` says so) its id and state.
+async fn start(
+    daemon: &Arc<Daemon>,
+    conn: &Conn,
+    plan: crate::job::JobPlan,
+    cwd: PathBuf,
+    stdin_bytes: Vec<u8>,
+    what: Start,
+) -> Result<Response, ApiError> {
+    let detach = plan.output_whole;
+    let peer = conn.peer.clone();
+    let job_id = plan.job_id.clone();
     let cancel = Arc::new(Notify::new());
     let (sink, stdin, handle, receiver) = if detach {
         let (read, write) = jobs::held_stdin()
@@ -587,9 +579,15 @@ async fn submit(
             Some(receiver),
         )
     };
-    let state = match ticket.place() {
-        Place::Waiting(n) => JobState::Queued(n),
-        Place::Running => JobState::Running,
+    let (state, exec_of) = match &what {
+        Start::Job(ticket) => (
+            match ticket.place() {
+                Place::Waiting(n) => JobState::Queued(n),
+                Place::Running => JobState::Running,
+            },
+            None,
+        ),
+        Start::Exec { of, .. } => (JobState::Running, Some(of.clone())),
     };
     daemon.jobs().insert(
         job_id.clone(),
@@ -602,21 +600,28 @@ async fn submit(
             ended: None,
             cancel: cancel.clone(),
             handle,
+            exec: None,
+            exec_of: exec_of.clone(),
         },
     );
     daemon.live_jobs.fetch_add(1, Ordering::SeqCst);
-    let span = info_span!("job", id = %job_id, peer_uid = peer.uid, peer_pid = peer.pid, detach);
+    let span =
+        info_span!("job", id = %job_id, peer_uid = peer.uid, peer_pid = peer.pid, detach, exec_of);
     let task = JobTask {
         daemon: daemon.clone(),
         plan,
         cwd,
-        stdin,
+        stdin: std::sync::Mutex::new(stdin),
+        exec_of,
         peer,
         sink,
         cancel,
         accepted: Instant::now(),
     };
-    tokio::spawn(task.run(ticket).instrument(span));
+    match what {
+        Start::Job(ticket) => tokio::spawn(task.run(ticket).instrument(span)),
+        Start::Exec { port, .. } => tokio::spawn(task.run_exec(port).instrument(span)),
+    };
 
     match receiver {
         Some(receiver) => Ok((
@@ -642,6 +647,120 @@ async fn submit(
             ))
         }
     }
+}
+
+/// `POST /v1/jobs/{id}/exec`: another command in a running job's jail.
+async fn exec(
+    State(daemon): State<Arc<Daemon>>,
+    Extension(conn): Extension<Conn>,
+    id: Result<Path<String>, PathRejection>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    require_json(&request)?;
+    let Path(id) = id.map_err(|e| ApiError::bad("job_id", e.body_text()))?;
+    // A job just started is a few milliseconds from a jail to exec into: wait for it.
+    let deadline = Instant::now() + JAIL_WAIT;
+    let (id, target) = loop {
+        let found = lookup(&daemon, &conn.peer, Ok(Path(id.clone())), |id, job| match (
+            &job.exec, job.state,
+        ) {
+            (Some(target), JobState::Running) => Ok(Some((id.to_string(), target.clone()))),
+            (None, JobState::Running) if job.exec_of.is_none() => Ok(None),
+            _ => Err(ApiError::new(
+                409,
+                "job_not_running",
+                format!(
+                    "job {id:?} is {}: commands run only in a running job's jail",
+                    match job.state {
+                        JobState::Queued(_) => "still queued",
+                        JobState::Ended => "over",
+                        JobState::Running =>
+                            "itself a command exec'd into a job (exec into that job instead)",
+                    }
+                ),
+            )),
+        })?;
+        match found {
+            Some(found) => break found,
+            None if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(5)).await,
+            None => {
+                return Err(ApiError::new(
+                    409,
+                    "job_not_running",
+                    format!("job {id:?} has not got its jail in {}", Dur(JAIL_WAIT)),
+                ))
+            }
+        }
+    };
+    let bytes = read_body(request).await?;
+    let body = api::parse_exec_body(&bytes, &id)?;
+    let detach = body.detach;
+    let (mut plan, stdin) = api::exec_plan(body, &target.plan)?;
+    plan.job_id = job::new_job_id();
+    plan.output_whole = detach;
+    if detach {
+        check_detached_bound(&daemon, &conn.peer)?;
+    }
+    let cwd = plan.workspace.clone();
+    start(
+        &daemon,
+        &conn,
+        plan,
+        cwd,
+        stdin,
+        Start::Exec {
+            port: target.port,
+            of: id,
+        },
+    )
+    .await
+}
+
+fn require_json(request: &Request) -> Result<(), ApiError> {
+    let json_body = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("application/json")
+        })
+        .unwrap_or(false);
+    if json_body {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            415,
+            "unsupported_media_type",
+            "send the job request as JSON (Content-Type: application/json)",
+        ))
+    }
+}
+
+/// Past `--max-detached` live detached jobs (exec'd commands included), a peer is refused.
+fn check_detached_bound(daemon: &Daemon, peer: &Peer) -> Result<(), ApiError> {
+    let live = daemon
+        .jobs()
+        .values()
+        .filter(|job| {
+            job.handle.is_some() && job.peer_uid == peer.uid && job.state != JobState::Ended
+        })
+        .count();
+    let bound = daemon.retention.max_detached;
+    if live >= bound {
+        return Err(ApiError::new(
+            429,
+            "too_many_detached",
+            format!(
+                "uid {} has {live} detached jobs queued or running; this daemon allows {bound} per user at once (--max-detached): wait for one to end, or cancel one",
+                peer.uid
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn request_error(err: RequestError) -> ApiError {
