@@ -317,7 +317,6 @@ pub fn chunk_bytes(stream: &Value) -> Vec<u8> {
 /// One request as another user: made from a thread of its own that has taken `uid` and
 /// `gid` (the raw system calls change the calling thread's credentials alone, so the rest
 /// of the test stays root), which is what the daemon reads with SO_PEERCRED.
-#[allow(unsafe_code)]
 pub fn request_as(
     uid: u32,
     socket: &Path,
@@ -333,9 +332,19 @@ pub fn request_as(
         content_type.to_string(),
     );
     let body = body.map(<[u8]>::to_vec);
+    as_user(uid, move || {
+        request(&socket, &method, &path, &content_type, body.as_deref())
+    })
+}
+
+/// Run `f` on a thread of its own that has taken `uid` and `gid` (the raw system calls
+/// change the calling thread's credentials alone, so the rest of the test stays root):
+/// whatever it connects to sees that user (SO_PEERCRED).
+#[allow(unsafe_code)]
+pub fn as_user<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         // SAFETY: plain system calls on this thread's own credentials; the thread ends
-        // with the request, and no other thread shares them.
+        // with `f`, and no other thread shares them.
         let changed = unsafe {
             libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) == 0
                 && libc::syscall(libc::SYS_setresgid, uid, uid, uid) == 0
@@ -346,10 +355,10 @@ pub fn request_as(
             "take uid {uid}: {}",
             std::io::Error::last_os_error()
         );
-        request(&socket, &method, &path, &content_type, body.as_deref())
+        f()
     })
     .join()
-    .expect("the request thread")
+    .expect("the thread of another user")
 }
 
 /// One request on a fresh connection, read to the end.

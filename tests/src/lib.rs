@@ -299,6 +299,22 @@ impl Job {
     }
 }
 
+/// How a [`Run`] reaches its jail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// `toolbox run --local`: a jail of its own.
+    Local,
+    /// Exec'd into a running job's jail through a daemon (`POST /v1/jobs/{id}/exec`): the
+    /// job is started with the run's options, its command a sleeper, and the run's command
+    /// exec'd into it as [`TOOL_UID`] — so a jail suite run both ways proves an exec'd
+    /// command gets exactly a job's jail.
+    Exec,
+}
+
+impl Via {
+    pub const ALL: [Via; 2] = [Via::Local, Via::Exec];
+}
+
 /// A job to run: `toolbox run [options] --json -C workspace --ro probe -- argv`.
 pub struct Run<'a> {
     workspace: &'a Path,
@@ -313,6 +329,7 @@ pub struct Run<'a> {
     disturbed_signals: bool,
     /// The unit whose cgroups toolbox starts in (see [`UNIT_ENV`]).
     unit: Option<String>,
+    via: Via,
 }
 
 impl<'a> Run<'a> {
@@ -329,6 +346,7 @@ impl<'a> Run<'a> {
             uid: None,
             disturbed_signals: false,
             unit: None,
+            via: Via::Local,
         }
     }
 
@@ -343,7 +361,15 @@ impl<'a> Run<'a> {
             uid: None,
             disturbed_signals: false,
             unit: None,
+            via: Via::Local,
         }
+    }
+
+    /// Reach the jail this way (see [`Via`]).
+    pub fn via(mut self, via: Via) -> Self {
+        eprintln!("-- via {via:?}");
+        self.via = via;
+        self
     }
 
     /// Do not bind the probe in (for policies that allow no extra paths).
@@ -418,8 +444,117 @@ impl<'a> Run<'a> {
 
     /// Run to the end.
     pub fn run(&self) -> Job {
+        if self.via == Via::Exec {
+            return self.run_exec();
+        }
         let output = self.command_line().output().expect("run toolbox");
         finish(output)
+    }
+
+    /// [`Via::Exec`]: a daemon of its own, a job with this run's options, the command
+    /// exec'd into it; then the job is cancelled and must leave nothing behind.
+    fn run_exec(&self) -> Job {
+        use crate::daemon::{request_as, Daemon, JobStream};
+        assert!(
+            self.uid.is_none() && !self.disturbed_signals && self.unit.is_none(),
+            "Via::Exec runs as TOOL_UID through a daemon: as_uid, caller_disturbs_signals and in_unit do not apply"
+        );
+        let daemon = Daemon::start(&["--allow-uid", &TOOL_UID.to_string()]);
+        std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666))
+            .expect("chmod");
+        let mut body = serde_json::json!({
+            "argv": ["sleep", "3600"],
+            "cwd": self.workspace,
+            "detach": true,
+            "caller_env": self.env,
+        });
+        let mut mounts = Vec::new();
+        if self.bind_probe {
+            mounts.push(serde_json::json!({ "path": probe(), "mode": "ro" }));
+        }
+        let mut env = serde_json::Map::new();
+        let mut options = self.options.iter();
+        while let Some(option) = options.next() {
+            let value = options
+                .next()
+                .unwrap_or_else(|| panic!("Via::Exec: {option} needs a value"));
+            match option.as_str() {
+                "--ro" | "--rw" => {
+                    mounts.push(serde_json::json!({ "path": value, "mode": &option[2..] }))
+                }
+                "--policy" => body["policy"] = value.as_str().into(),
+                "--net" => body["network"] = value.as_str().into(),
+                "--env" => match value.split_once('=') {
+                    Some((name, value)) => {
+                        env.insert(name.into(), value.into());
+                    }
+                    None => {
+                        if let Some(found) = self.env.get(value) {
+                            env.insert(value.clone(), found.as_str().into());
+                        }
+                    }
+                },
+                other => panic!("Via::Exec cannot express the option {other}"),
+            }
+        }
+        body["mounts"] = mounts.into();
+        body["env"] = env.into();
+        let socket = daemon.socket.clone();
+        let post = |method: &str, path: &str, body: Option<&[u8]>| {
+            request_as(TOOL_UID, &socket, method, path, "application/json", body)
+        };
+        let started = post("POST", "/v1/jobs", Some(body.to_string().as_bytes()));
+        if started.status != 201 {
+            return Job {
+                code: 125,
+                stdout: Vec::new(),
+                stderr: String::from_utf8_lossy(&started.body).into_owned(),
+                record: None,
+            };
+        }
+        let id = started.json()["job_id"]
+            .as_str()
+            .expect("job_id")
+            .to_string();
+        let exec_path = format!("/v1/jobs/{id}/exec");
+        let argv = serde_json::json!({ "argv": self.argv });
+        let stream = crate::daemon::as_user(TOOL_UID, {
+            let socket = socket.clone();
+            move || {
+                let mut stream = JobStream::open_at(&socket, &exec_path, &argv);
+                stream.read_to_end();
+                stream
+            }
+        });
+        let job = match &stream.refusal {
+            Some(refusal) => Job {
+                code: 125,
+                stdout: Vec::new(),
+                stderr: refusal.to_string(),
+                record: None,
+            },
+            None => {
+                let record = stream.exit().clone();
+                Job {
+                    code: record["exit_code"].as_i64().expect("exit_code") as i32,
+                    stdout: stream.output("stdout"),
+                    stderr: String::from_utf8_lossy(&stream.output("stderr")).into_owned(),
+                    record: Some(record),
+                }
+            }
+        };
+        let cancelled = post("DELETE", &format!("/v1/jobs/{id}"), None);
+        assert_eq!(cancelled.status, 202, "{cancelled:?}");
+        assert!(
+            wait_for(Duration::from_secs(30), || {
+                post("GET", &format!("/v1/jobs/{id}"), None).json()["state"] == "ended"
+            }),
+            "the job exec'd into did not end"
+        );
+        assert_no_leftovers(&id);
+        job
     }
 
     /// Run to the end through a daemon (give `--socket` with [`Run::opts`]).

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use toolbox_tests::{require_root, workspace, Run, TOOL_UID};
+use toolbox_tests::{require_root, workspace, Run, Via, TOOL_UID};
 
 /// A secret on the host, readable by the tool's uid if it could reach it at all.
 fn plant_secret(path: &Path) -> String {
@@ -24,36 +24,39 @@ fn host_secrets_and_files_outside_the_view_are_unreadable() {
     let var_secret = Path::new("/var/tmp").join(format!("toolbox-test-{}", std::process::id()));
     let s1 = plant_secret(&root_secret);
     let s2 = plant_secret(&var_secret);
-    let job = Run::probe(
-        ws.path(),
-        &[
-            "read",
+    for via in Via::ALL {
+        let job = Run::probe(
+            ws.path(),
+            &[
+                "read",
+                "/etc/shadow",
+                "/etc/gshadow",
+                root_secret.to_str().expect("utf8"),
+                var_secret.to_str().expect("utf8"),
+                "/etc/passwd",
+            ],
+        )
+        .via(via)
+        .run();
+        assert_eq!(job.code, 0, "{job:?}");
+        let result = job.probe_json();
+        for path in [
             "/etc/shadow",
             "/etc/gshadow",
             root_secret.to_str().expect("utf8"),
             var_secret.to_str().expect("utf8"),
-            "/etc/passwd",
-        ],
-    )
-    .run();
+        ] {
+            assert_eq!(result[path]["ok"], false, "{path} was readable: {result}");
+        }
+        assert!(
+            !job.stdout_text().contains(&s1) && !job.stdout_text().contains(&s2),
+            "a secret leaked"
+        );
+        // The curated /etc is there: the test could see a success.
+        assert_eq!(result["/etc/passwd"]["ok"], true, "{result}");
+    }
     let _ = std::fs::remove_file(&root_secret);
     let _ = std::fs::remove_file(&var_secret);
-    assert_eq!(job.code, 0, "{job:?}");
-    let result = job.probe_json();
-    for path in [
-        "/etc/shadow",
-        "/etc/gshadow",
-        root_secret.to_str().expect("utf8"),
-        var_secret.to_str().expect("utf8"),
-    ] {
-        assert_eq!(result[path]["ok"], false, "{path} was readable: {result}");
-    }
-    assert!(
-        !job.stdout_text().contains(&s1) && !job.stdout_text().contains(&s2),
-        "a secret leaked"
-    );
-    // The curated /etc is there: the test could see a success.
-    assert_eq!(result["/etc/passwd"]["ok"], true, "{result}");
 }
 
 #[test]
@@ -64,54 +67,57 @@ fn only_the_policy_paths_are_visible() {
     let ws = workspace();
     // The caller's home (shown in part, see workloads.rs) is elsewhere than /root here.
     let home = tempfile::tempdir().expect("home");
-    let job = Run::probe(
-        ws.path(),
-        &[
-            "readdir", "/", "/etc", "/dev", "/root", "/home", "/sys", "/sys/fs", "/var", "/run",
-        ],
-    )
-    .caller_env("HOME", home.path().to_str().expect("utf8"))
-    .run();
-    let result = job.probe_json();
-    let root = result["/"]["detail"]
-        .as_str()
-        .expect("/ listed")
-        .to_string();
-    for entry in root.split(' ') {
+    for via in Via::ALL {
+        let job = Run::probe(
+            ws.path(),
+            &[
+                "readdir", "/", "/etc", "/dev", "/root", "/home", "/sys", "/sys/fs", "/var", "/run",
+            ],
+        )
+        .caller_env("HOME", home.path().to_str().expect("utf8"))
+        .via(via)
+        .run();
+        let result = job.probe_json();
+        let root = result["/"]["detail"]
+            .as_str()
+            .expect("/ listed")
+            .to_string();
+        for entry in root.split(' ') {
+            assert!(
+                [
+                    "bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "sys",
+                    "tmp", "usr", "var"
+                ]
+                .contains(&entry)
+                    || ws.path().starts_with(format!("/{entry}"))
+                    || toolbox_tests::probe().starts_with(format!("/{entry}")),
+                "unexpected /{entry} in the jail's root: {root}"
+            );
+        }
+        for absent in ["/root", "/home", "/run"] {
+            assert_eq!(result[absent]["ok"], false, "{absent} is visible: {result}");
+        }
+        // Of /sys, only the job's own cgroup at /sys/fs/cgroup (see workloads.rs).
+        assert_eq!(result["/sys"]["detail"], "fs", "{result}");
+        assert_eq!(result["/sys/fs"]["detail"], "cgroup", "{result}");
+        // Of the host's /var, nothing: only the job's private /var/tmp.
+        assert_eq!(result["/var"]["detail"], "tmp", "{result}");
+        let etc = result["/etc"]["detail"].as_str().expect("/etc listed");
         assert!(
-            [
-                "bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "sys",
-                "tmp", "usr", "var"
-            ]
-            .contains(&entry)
-                || ws.path().starts_with(format!("/{entry}"))
-                || toolbox_tests::probe().starts_with(format!("/{entry}")),
-            "unexpected /{entry} in the jail's root: {root}"
+            etc.contains("passwd") && !etc.contains("shadow") && !etc.contains("sudoers"),
+            "/etc: {etc}"
         );
-    }
-    for absent in ["/root", "/home", "/run"] {
-        assert_eq!(result[absent]["ok"], false, "{absent} is visible: {result}");
-    }
-    // Of /sys, only the job's own cgroup at /sys/fs/cgroup (see workloads.rs).
-    assert_eq!(result["/sys"]["detail"], "fs", "{result}");
-    assert_eq!(result["/sys/fs"]["detail"], "cgroup", "{result}");
-    // Of the host's /var, nothing: only the job's private /var/tmp.
-    assert_eq!(result["/var"]["detail"], "tmp", "{result}");
-    let etc = result["/etc"]["detail"].as_str().expect("/etc listed");
-    assert!(
-        etc.contains("passwd") && !etc.contains("shadow") && !etc.contains("sudoers"),
-        "/etc: {etc}"
-    );
-    let dev = result["/dev"]["detail"].as_str().expect("/dev listed");
-    for node in dev.split(' ') {
-        assert!(
-            [
-                "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout",
-                "tty", "urandom", "zero"
-            ]
-            .contains(&node),
-            "unexpected /dev/{node}: {dev}"
-        );
+        let dev = result["/dev"]["detail"].as_str().expect("/dev listed");
+        for node in dev.split(' ') {
+            assert!(
+                [
+                    "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin",
+                    "stdout", "tty", "urandom", "zero"
+                ]
+                .contains(&node),
+                "unexpected /dev/{node}: {dev}"
+            );
+        }
     }
 }
 
@@ -127,63 +133,67 @@ fn writes_land_only_in_the_workspace_and_the_private_tmp() {
     let in_ws = ws.path().join("out.txt");
     let jail_tmp = format!("/tmp/{marker}-from-jail");
     let jail_var_tmp = format!("/var/tmp/{marker}-from-jail");
-    let job = Run::probe(
-        ws.path(),
-        &[
-            "write",
-            in_ws.to_str().expect("utf8"),
-            &jail_tmp,
-            &jail_var_tmp,
+    for via in Via::ALL {
+        let job = Run::probe(
+            ws.path(),
+            &[
+                "write",
+                in_ws.to_str().expect("utf8"),
+                &jail_tmp,
+                &jail_var_tmp,
+                "/var/toolbox-x",
+                "/usr/toolbox-x",
+                "/etc/toolbox-x",
+                "/toolbox-x",
+                "/dev/toolbox-x",
+                "/proc/toolbox-x",
+            ],
+        )
+        .via(via)
+        .run();
+        let result = job.probe_json();
+        assert_eq!(
+            result[in_ws.to_str().expect("utf8")]["ok"],
+            true,
+            "{result}"
+        );
+        assert_eq!(result[jail_tmp.as_str()]["ok"], true, "{result}");
+        // /var/tmp too, private like /tmp (the default policy's tmpfs).
+        assert_eq!(result[jail_var_tmp.as_str()]["ok"], true, "{result}");
+        for path in [
             "/var/toolbox-x",
             "/usr/toolbox-x",
             "/etc/toolbox-x",
             "/toolbox-x",
             "/dev/toolbox-x",
             "/proc/toolbox-x",
-        ],
-    )
-    .run();
-    let result = job.probe_json();
-    assert_eq!(
-        result[in_ws.to_str().expect("utf8")]["ok"],
-        true,
-        "{result}"
-    );
-    assert_eq!(result[jail_tmp.as_str()]["ok"], true, "{result}");
-    // /var/tmp too, private like /tmp (the default policy's tmpfs).
-    assert_eq!(result[jail_var_tmp.as_str()]["ok"], true, "{result}");
-    for path in [
-        "/var/toolbox-x",
-        "/usr/toolbox-x",
-        "/etc/toolbox-x",
-        "/toolbox-x",
-        "/dev/toolbox-x",
-        "/proc/toolbox-x",
-    ] {
-        assert_eq!(result[path]["ok"], false, "{path} was writable: {result}");
+        ] {
+            assert_eq!(result[path]["ok"], false, "{path} was writable: {result}");
+        }
+        // The jail's /tmp is its own: its file is not on the host, the host's is not in it.
+        assert!(
+            !Path::new(&jail_tmp).exists(),
+            "the jail wrote into the host's /tmp"
+        );
+        assert!(
+            !Path::new(&jail_var_tmp).exists(),
+            "the jail wrote into the host's /var/tmp"
+        );
+        let seen = Run::probe(ws.path(), &["read", host_tmp_file.to_str().expect("utf8")])
+            .via(via)
+            .run()
+            .probe_json();
+        assert_eq!(
+            seen[host_tmp_file.to_str().expect("utf8")]["ok"],
+            false,
+            "the host's /tmp is visible: {seen}"
+        );
+        // What the tool made belongs to the workspace's owner, not root.
+        let meta = std::fs::metadata(&in_ws).expect("written file");
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), TOOL_UID);
+        assert!(!Path::new("/usr/toolbox-x").exists() && !Path::new("/toolbox-x").exists());
     }
-    // The jail's /tmp is its own: its file is not on the host, the host's is not in it.
-    assert!(
-        !Path::new(&jail_tmp).exists(),
-        "the jail wrote into the host's /tmp"
-    );
-    assert!(
-        !Path::new(&jail_var_tmp).exists(),
-        "the jail wrote into the host's /var/tmp"
-    );
-    let seen = Run::probe(ws.path(), &["read", host_tmp_file.to_str().expect("utf8")])
-        .run()
-        .probe_json();
     let _ = std::fs::remove_file(&host_tmp_file);
-    assert_eq!(
-        seen[host_tmp_file.to_str().expect("utf8")]["ok"],
-        false,
-        "the host's /tmp is visible: {seen}"
-    );
-    // What the tool made belongs to the workspace's owner, not root.
-    let meta = std::fs::metadata(&in_ws).expect("written file");
-    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), TOOL_UID);
-    assert!(!Path::new("/usr/toolbox-x").exists() && !Path::new("/toolbox-x").exists());
 }
 
 #[test]
@@ -203,25 +213,30 @@ fn a_symlink_planted_in_the_workspace_does_not_reach_host_secrets() {
         std::os::unix::fs::symlink(target, ws.path().join(name)).expect("symlink");
     }
     let link = |name: &str| ws.path().join(name).to_string_lossy().into_owned();
-    let job = Run::probe(ws.path(), &["read", &link("shadow"), &link("secret")]).run();
-    // The caller's home (root's /root here) elsewhere: /root is none of the view.
-    let home = tempfile::tempdir().expect("home");
-    let listing = Run::probe(ws.path(), &["readdir", &link("rootdir")])
-        .caller_env("HOME", home.path().to_str().expect("utf8"))
-        .run();
+    for via in Via::ALL {
+        let job = Run::probe(ws.path(), &["read", &link("shadow"), &link("secret")])
+            .via(via)
+            .run();
+        // The caller's home (root's /root here) elsewhere: /root is none of the view.
+        let home = tempfile::tempdir().expect("home");
+        let listing = Run::probe(ws.path(), &["readdir", &link("rootdir")])
+            .caller_env("HOME", home.path().to_str().expect("utf8"))
+            .via(via)
+            .run();
+        let result = job.probe_json();
+        assert_eq!(result[link("shadow").as_str()]["ok"], false, "{result}");
+        assert_eq!(result[link("secret").as_str()]["ok"], false, "{result}");
+        assert!(
+            !job.stdout_text().contains(&secret),
+            "the secret leaked through a symlink"
+        );
+        assert_eq!(
+            listing.probe_json()[link("rootdir").as_str()]["ok"],
+            false,
+            "/root listed through a symlink"
+        );
+    }
     let _ = std::fs::remove_file(&secret_path);
-    let result = job.probe_json();
-    assert_eq!(result[link("shadow").as_str()]["ok"], false, "{result}");
-    assert_eq!(result[link("secret").as_str()]["ok"], false, "{result}");
-    assert!(
-        !job.stdout_text().contains(&secret),
-        "the secret leaked through a symlink"
-    );
-    assert_eq!(
-        listing.probe_json()[link("rootdir").as_str()]["ok"],
-        false,
-        "/root listed through a symlink"
-    );
 }
 
 #[test]
@@ -232,17 +247,20 @@ fn landlock_keeps_proc_read_only_even_where_permissions_allow() {
     // A process may write its own /proc/self/oom_score_adj (raising it) and comm by plain
     // file permissions: only Landlock stops it, so this fails if Landlock is off.
     let ws = workspace();
-    let job = Run::probe(
-        ws.path(),
-        &["write", "/proc/self/comm", "/proc/self/oom_score_adj"],
-    )
-    .run();
-    let result = job.probe_json();
-    for path in ["/proc/self/comm", "/proc/self/oom_score_adj"] {
-        assert_eq!(result[path]["ok"], false, "{path} writable: {result}");
-        assert_eq!(result[path]["errno"], libc::EACCES, "{path}: {result}");
+    for via in Via::ALL {
+        let job = Run::probe(
+            ws.path(),
+            &["write", "/proc/self/comm", "/proc/self/oom_score_adj"],
+        )
+        .via(via)
+        .run();
+        let result = job.probe_json();
+        for path in ["/proc/self/comm", "/proc/self/oom_score_adj"] {
+            assert_eq!(result[path]["ok"], false, "{path} writable: {result}");
+            assert_eq!(result[path]["errno"], libc::EACCES, "{path}: {result}");
+        }
+        assert_eq!(job.record()["isolation"]["landlock_fs"], true);
     }
-    assert_eq!(job.record()["isolation"]["landlock_fs"], true);
 }
 
 #[test]
@@ -258,29 +276,32 @@ fn extra_binds_are_read_only_or_read_write_as_asked() {
         std::fs::write(dir.join("data"), "hello").expect("write");
     }
     let file = |dir: &Path, name: &str| dir.join(name).to_string_lossy().into_owned();
-    let job = Run::probe(
-        ws.path(),
-        &["write", &file(ro.path(), "new"), &file(rw.path(), "new")],
-    )
-    .opts(&[
-        "--ro",
-        ro.path().to_str().expect("utf8"),
-        "--rw",
-        rw.path().to_str().expect("utf8"),
-    ])
-    .run();
-    let result = job.probe_json();
-    assert_eq!(
-        result[file(ro.path(), "new").as_str()]["ok"],
-        false,
-        "{result}"
-    );
-    assert_eq!(
-        result[file(rw.path(), "new").as_str()]["ok"],
-        true,
-        "{result}"
-    );
-    assert!(rw.path().join("new").exists() && !ro.path().join("new").exists());
+    for via in Via::ALL {
+        let job = Run::probe(
+            ws.path(),
+            &["write", &file(ro.path(), "new"), &file(rw.path(), "new")],
+        )
+        .opts(&[
+            "--ro",
+            ro.path().to_str().expect("utf8"),
+            "--rw",
+            rw.path().to_str().expect("utf8"),
+        ])
+        .via(via)
+        .run();
+        let result = job.probe_json();
+        assert_eq!(
+            result[file(ro.path(), "new").as_str()]["ok"],
+            false,
+            "{result}"
+        );
+        assert_eq!(
+            result[file(rw.path(), "new").as_str()]["ok"],
+            true,
+            "{result}"
+        );
+        assert!(rw.path().join("new").exists() && !ro.path().join("new").exists());
+    }
 }
 
 #[test]

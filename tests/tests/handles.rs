@@ -475,38 +475,28 @@ fn a_command_execd_into_a_job_reaches_its_loopback_server_and_a_separate_job_can
     if !require_root() {
         return;
     }
-    let Some(_python) = toolbox_tests::require_tool("python3") else {
-        return;
-    };
     let daemon = Daemon::start(&[]);
     let ws = workspace();
-    std::fs::write(ws.path().join("index.html"), "served from the job\n").expect("write");
-    let server = daemon.detach(&json!({
-        "argv": ["python3", "-u", "-m", "http.server", "3000", "--bind", "127.0.0.1"],
-        "cwd": ws.path(),
-    }));
-    daemon.read_output_until(&server, |out, _| contains(out, "Serving HTTP"));
-    let fetch = json!({
-        "argv": ["python3", "-c",
-            "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:3000/index.html', timeout=10).read().decode(), end='')"],
-    });
+    let probe = probe().to_string_lossy().into_owned();
+    let server = daemon.detach(&job_body(
+        ws.path(),
+        &[&probe, "serve", "127.0.0.1:3000", "served-from-the-job"],
+    ));
+    daemon.read_output_until(&server, |out, _| contains(out, "listening"));
+    let fetch = json!({ "argv": [probe, "connect", "127.0.0.1:3000"] });
     let inside = exec(&daemon, &server, &fetch);
     assert_eq!(inside.exit()["status"], "exited", "{:?}", inside.exit());
-    assert_eq!(
-        String::from_utf8_lossy(&inside.output("stdout")),
-        "served from the job\n"
-    );
+    let answer: serde_json::Value =
+        serde_json::from_slice(&inside.output("stdout")).expect("probe json");
+    assert_eq!(answer["connected"], true, "{answer}");
+    assert_eq!(answer["received"], "served-from-the-job");
     assert_eq!(inside.exit()["exec_of"], server.as_str());
     // A job of its own has a loopback of its own: nothing listens there.
-    let mut separate = fetch.clone();
-    separate["cwd"] = json!(ws.path());
-    let outside = daemon.job(&separate);
-    assert_eq!(outside.exit()["exit_code"], 1, "{:?}", outside.exit());
-    assert!(
-        String::from_utf8_lossy(&outside.output("stderr")).contains("Connection refused"),
-        "{}",
-        String::from_utf8_lossy(&outside.output("stderr"))
-    );
+    let outside = daemon.job(&job_body(ws.path(), &[&probe, "connect", "127.0.0.1:3000"]));
+    let answer: serde_json::Value =
+        serde_json::from_slice(&outside.output("stdout")).expect("probe json");
+    assert_eq!(answer["connected"], false, "{answer}");
+    assert_eq!(answer["errno"], libc::ECONNREFUSED, "{answer}");
     // Detached, the exec'd command is a handle like any job's.
     let mut detached = fetch.clone();
     detached["detach"] = true.into();
@@ -515,8 +505,13 @@ fn a_command_execd_into_a_job_reaches_its_loopback_server_and_a_separate_job_can
     let fetched = answer.json()["job_id"].as_str().expect("id").to_string();
     let record = daemon.record_of(&fetched);
     assert_eq!(record["status"], "exited", "{record}");
+    assert_eq!(record["exec_of"], server.as_str());
     let (out, _, _) = daemon.read_output_until(&fetched, |_, _| false);
-    assert_eq!(String::from_utf8_lossy(&out), "served from the job\n");
+    assert!(
+        contains(&out, "served-from-the-job"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
     daemon.request("DELETE", &format!("/v1/jobs/{server}"), None);
     daemon.record_of(&server);
     assert_no_leftovers(&server);

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
-use toolbox_tests::{require_root, workspace, Run};
+use toolbox_tests::{require_root, workspace, Run, Via};
 
 /// A TCP server on the host's 127.0.0.1 that greets whoever connects, until `stop`.
 struct HostServer {
@@ -62,14 +62,16 @@ fn mode_none_has_only_lo_and_it_is_up() {
         return;
     }
     let ws = workspace();
-    let job = Run::probe(ws.path(), &["interfaces"]).run();
-    let result = job.probe_json();
-    assert_eq!(result["interfaces"], serde_json::json!(["lo"]), "{result}");
-    assert_eq!(result["lo_up"], true, "{result}");
-    assert!(job.record()["isolation"]["namespaces"]
-        .as_array()
-        .expect("namespaces")
-        .contains(&"net".into()));
+    for via in Via::ALL {
+        let job = Run::probe(ws.path(), &["interfaces"]).via(via).run();
+        let result = job.probe_json();
+        assert_eq!(result["interfaces"], serde_json::json!(["lo"]), "{result}");
+        assert_eq!(result["lo_up"], true, "{result}");
+        assert!(job.record()["isolation"]["namespaces"]
+            .as_array()
+            .expect("namespaces")
+            .contains(&"net".into()));
+    }
 }
 
 #[test]
@@ -80,27 +82,32 @@ fn host_loopback_tcp_is_unreachable_without_host_network() {
     let ws = workspace();
     let server = HostServer::start();
     let addr = server.addr.clone();
-    let none = Run::probe(ws.path(), &["connect", &addr])
-        .opts(&["--net", "none"])
-        .run()
-        .probe_json();
-    // The default policy's mode.
-    let loopback = Run::probe(ws.path(), &["connect", &addr])
-        .run()
-        .probe_json();
-    // Control: the `network` policy (the host's network) gets the same probe through.
-    let host = Run::probe(ws.path(), &["connect", &addr])
-        .opts(&["--policy", "network"])
-        .run()
-        .probe_json();
-    assert_eq!(none["connected"], false, "{none}");
-    assert_eq!(loopback["connected"], false, "{loopback}");
-    assert_eq!(host["connected"], true, "control failed: {host}");
-    assert_eq!(host["received"], "host-secret-service");
+    for via in Via::ALL {
+        let none = Run::probe(ws.path(), &["connect", &addr])
+            .opts(&["--net", "none"])
+            .via(via)
+            .run()
+            .probe_json();
+        // The default policy's mode.
+        let loopback = Run::probe(ws.path(), &["connect", &addr])
+            .via(via)
+            .run()
+            .probe_json();
+        // Control: the `network` policy (the host's network) gets the same probe through.
+        let host = Run::probe(ws.path(), &["connect", &addr])
+            .opts(&["--policy", "network"])
+            .via(via)
+            .run()
+            .probe_json();
+        assert_eq!(none["connected"], false, "{none}");
+        assert_eq!(loopback["connected"], false, "{loopback}");
+        assert_eq!(host["connected"], true, "control failed: {host}");
+        assert_eq!(host["received"], "host-secret-service");
+    }
     assert_eq!(
         server.finish(),
-        1,
-        "only the host-mode job may have connected"
+        Via::ALL.len(),
+        "only the host-mode jobs may have connected"
     );
 }
 
@@ -114,39 +121,42 @@ fn host_abstract_unix_sockets_are_unreachable() {
     let listener = host_abstract(&name);
     // Another network namespace has its own abstract namespace: with no network, the
     // host's socket is out of reach on any kernel.
-    let none = Run::probe(ws.path(), &["abstract", &name]).run();
-    assert_eq!(
-        none.probe_json()["connected"],
-        false,
-        "{:?}",
-        none.probe_json()
-    );
-    assert!(
-        listener.accept().is_err(),
-        "a job without network reached the host's abstract socket"
-    );
-    // With the host's network, only Landlock's scoping (ABI 6) refuses it — and where the
-    // kernel lacks it, the record must say so rather than claim it.
-    let host = Run::probe(ws.path(), &["abstract", &name])
-        .opts(&["--policy", "network"])
-        .run();
-    let abi = host.record()["isolation"]["landlock_abi"]
-        .as_u64()
-        .unwrap_or(0);
-    let scoped = host.record()["isolation"]["landlock_scoped"] == true;
-    assert_eq!(scoped, abi >= 6, "{:?}", host.record());
-    if scoped {
+    for via in Via::ALL {
+        let none = Run::probe(ws.path(), &["abstract", &name]).via(via).run();
         assert_eq!(
-            host.probe_json()["connected"],
+            none.probe_json()["connected"],
             false,
             "{:?}",
-            host.probe_json()
+            none.probe_json()
         );
-        assert_eq!(host.probe_json()["errno"], libc::EPERM);
         assert!(
             listener.accept().is_err(),
-            "a scoped job reached the host's abstract socket"
+            "a job without network reached the host's abstract socket"
         );
+        // With the host's network, only Landlock's scoping (ABI 6) refuses it — and where the
+        // kernel lacks it, the record must say so rather than claim it.
+        let host = Run::probe(ws.path(), &["abstract", &name])
+            .opts(&["--policy", "network"])
+            .via(via)
+            .run();
+        let abi = host.record()["isolation"]["landlock_abi"]
+            .as_u64()
+            .unwrap_or(0);
+        let scoped = host.record()["isolation"]["landlock_scoped"] == true;
+        assert_eq!(scoped, abi >= 6, "{:?}", host.record());
+        if scoped {
+            assert_eq!(
+                host.probe_json()["connected"],
+                false,
+                "{:?}",
+                host.probe_json()
+            );
+            assert_eq!(host.probe_json()["errno"], libc::EPERM);
+            assert!(
+                listener.accept().is_err(),
+                "a scoped job reached the host's abstract socket"
+            );
+        }
     }
     // Control: outside any jail, the probe connects.
     let control = std::process::Command::new(toolbox_tests::probe())
@@ -163,33 +173,36 @@ fn mode_none_refuses_tcp_and_the_default_policy_lets_a_test_suite_run_its_own_se
         return;
     }
     let ws = workspace();
-    let none = Run::probe(ws.path(), &["tcp-self"])
-        .opts(&["--net", "none"])
-        .run();
-    // Landlock's TCP rights (ABI 4) are what refuse it; a kernel without them must say so
-    // in the record, and this one has them under CI.
-    let tcp = none.record()["isolation"]["landlock_tcp"] == true;
-    let abi = none.record()["isolation"]["landlock_abi"]
-        .as_u64()
-        .unwrap_or(0);
-    assert_eq!(tcp, abi >= 4, "{:?}", none.record());
-    if tcp {
-        assert_eq!(none.probe_json()["bound"], false, "{:?}", none.probe_json());
-        assert_eq!(none.probe_json()["errno"], libc::EACCES);
+    for via in Via::ALL {
+        let none = Run::probe(ws.path(), &["tcp-self"])
+            .opts(&["--net", "none"])
+            .via(via)
+            .run();
+        // Landlock's TCP rights (ABI 4) are what refuse it; a kernel without them must say so
+        // in the record, and this one has them under CI.
+        let tcp = none.record()["isolation"]["landlock_tcp"] == true;
+        let abi = none.record()["isolation"]["landlock_abi"]
+            .as_u64()
+            .unwrap_or(0);
+        assert_eq!(tcp, abi >= 4, "{:?}", none.record());
+        if tcp {
+            assert_eq!(none.probe_json()["bound"], false, "{:?}", none.probe_json());
+            assert_eq!(none.probe_json()["errno"], libc::EACCES);
+        }
+        // The default policy: a server on the job's own lo, and a client of it.
+        let default = Run::probe(ws.path(), &["tcp-self"]).via(via).run();
+        assert_eq!(default.record()["isolation"]["network"], "loopback");
+        let result = default.probe_json();
+        assert_eq!(result["bound"], true, "{result}");
+        assert_eq!(result["client"]["received"], "pong", "{result}");
+        // Talking to itself on lo is no network refusal: nothing to explain.
+        assert!(
+            default.record().get("reason").is_none(),
+            "{:?}",
+            default.record()
+        );
+        assert!(!default.stderr.contains("[toolbox:"), "{}", default.stderr);
     }
-    // The default policy: a server on the job's own lo, and a client of it.
-    let default = Run::probe(ws.path(), &["tcp-self"]).run();
-    assert_eq!(default.record()["isolation"]["network"], "loopback");
-    let result = default.probe_json();
-    assert_eq!(result["bound"], true, "{result}");
-    assert_eq!(result["client"]["received"], "pong", "{result}");
-    // Talking to itself on lo is no network refusal: nothing to explain.
-    assert!(
-        default.record().get("reason").is_none(),
-        "{:?}",
-        default.record()
-    );
-    assert!(!default.stderr.contains("[toolbox:"), "{}", default.stderr);
 }
 
 #[test]

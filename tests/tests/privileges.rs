@@ -5,57 +5,60 @@
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
-use toolbox_tests::{require_root, workspace, Run, TOOL_UID};
+use toolbox_tests::{require_root, workspace, Run, Via, TOOL_UID};
 
 #[test]
 fn no_capabilities_no_new_privs_seccomp_on() {
     if !require_root() {
         return;
     }
-    let ws = workspace();
-    let job = Run::probe(ws.path(), &["status"]).run();
-    let status = job.probe_json();
-    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-        assert_eq!(status[set], "0000000000000000", "{set}: {status}");
+    // A jail of its own, and a command exec'd into a running job's: the same jail.
+    for via in Via::ALL {
+        let ws = workspace();
+        let job = Run::probe(ws.path(), &["status"]).via(via).run();
+        let status = job.probe_json();
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(status[set], "0000000000000000", "{set}: {status}");
+        }
+        assert_eq!(status["NoNewPrivs"], "1", "{status}");
+        assert_eq!(status["Seccomp"], "2", "{status}");
+        let uid = TOOL_UID.to_string();
+        assert!(
+            status["Uid"]
+                .as_str()
+                .expect("Uid")
+                .split_whitespace()
+                .all(|u| u == uid),
+            "{status}"
+        );
+        assert_eq!(status["Groups"], uid.as_str(), "{status}");
+        assert_eq!(
+            status["sid_is_self"], true,
+            "the tool must lead its own session: {status}"
+        );
+        assert_eq!(status["hostname"], "toolbox");
+        // Every namespace is the job's own, none the host's (ours).
+        for ns in ["cgroup", "ipc", "mnt", "net", "pid", "uts"] {
+            let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("read our ns");
+            let jail = status["ns"][ns].as_str().expect("ns");
+            assert!(jail.starts_with(&format!("{ns}:[")), "{ns}: {status}");
+            assert_ne!(jail, host.to_string_lossy(), "{ns} is the host's: {status}");
+        }
+        // Its cgroup namespace is rooted at the job's cgroup.
+        assert!(
+            status["cgroup"]
+                .as_str()
+                .expect("cgroup")
+                .lines()
+                .all(|l| l.ends_with(":/")),
+            "{status}"
+        );
+        let isolation = &job.record()["isolation"];
+        assert_eq!(isolation["seccomp"], true);
+        assert_eq!(isolation["no_new_privs"], true);
+        assert_eq!(isolation["capabilities"], "none");
+        assert_eq!(isolation["uid"], TOOL_UID);
     }
-    assert_eq!(status["NoNewPrivs"], "1", "{status}");
-    assert_eq!(status["Seccomp"], "2", "{status}");
-    let uid = TOOL_UID.to_string();
-    assert!(
-        status["Uid"]
-            .as_str()
-            .expect("Uid")
-            .split_whitespace()
-            .all(|u| u == uid),
-        "{status}"
-    );
-    assert_eq!(status["Groups"], uid.as_str(), "{status}");
-    assert_eq!(
-        status["sid_is_self"], true,
-        "the tool must lead its own session: {status}"
-    );
-    assert_eq!(status["hostname"], "toolbox");
-    // Every namespace is the job's own, none the host's (ours).
-    for ns in ["cgroup", "ipc", "mnt", "net", "pid", "uts"] {
-        let host = std::fs::read_link(format!("/proc/self/ns/{ns}")).expect("read our ns");
-        let jail = status["ns"][ns].as_str().expect("ns");
-        assert!(jail.starts_with(&format!("{ns}:[")), "{ns}: {status}");
-        assert_ne!(jail, host.to_string_lossy(), "{ns} is the host's: {status}");
-    }
-    // Its cgroup namespace is rooted at the job's cgroup.
-    assert!(
-        status["cgroup"]
-            .as_str()
-            .expect("cgroup")
-            .lines()
-            .all(|l| l.ends_with(":/")),
-        "{status}"
-    );
-    let isolation = &job.record()["isolation"];
-    assert_eq!(isolation["seccomp"], true);
-    assert_eq!(isolation["no_new_privs"], true);
-    assert_eq!(isolation["capabilities"], "none");
-    assert_eq!(isolation["uid"], TOOL_UID);
 }
 
 /// Syscalls whose unfiltered result (for an unprivileged caller, with the probe's
@@ -106,24 +109,26 @@ fn forbidden_syscalls_fail_with_eperm() {
         return;
     }
     let ws = workspace();
-    let job = Run::probe(ws.path(), &["syscalls"]).run();
-    assert_eq!(job.code, 0, "{job:?}");
-    let jailed = job.probe_json();
-    let jailed = jailed.as_object().expect("object");
-    assert!(jailed.len() >= 45, "{jailed:?}");
-    for (name, errno) in jailed {
-        // clone3's flags live in memory no filter can read: it gets ENOSYS, so libc falls
-        // back to clone(2), whose namespace flags the filter checks.
-        let expected = if name == "clone3" {
-            libc::ENOSYS
-        } else {
-            libc::EPERM
-        };
-        assert_eq!(
-            errno.as_i64(),
-            Some(i64::from(expected)),
-            "{name} in the jail gave errno {errno}"
-        );
+    for via in Via::ALL {
+        let job = Run::probe(ws.path(), &["syscalls"]).via(via).run();
+        assert_eq!(job.code, 0, "{job:?}");
+        let jailed = job.probe_json();
+        let jailed = jailed.as_object().expect("object");
+        assert!(jailed.len() >= 45, "{jailed:?}");
+        for (name, errno) in jailed {
+            // clone3's flags live in memory no filter can read: it gets ENOSYS, so libc
+            // falls back to clone(2), whose namespace flags the filter checks.
+            let expected = if name == "clone3" {
+                libc::ENOSYS
+            } else {
+                libc::EPERM
+            };
+            assert_eq!(
+                errno.as_i64(),
+                Some(i64::from(expected)),
+                "{name} in the jail ({via:?}) gave errno {errno}"
+            );
+        }
     }
 
     // Control: the same battery, same uid, no jail — what a broken filter would allow.

@@ -25,6 +25,7 @@ fn main() {
         "syscalls" => syscalls(),
         "interfaces" => interfaces(),
         "connect" => connect(rest[0]),
+        "serve" => serve(rest[0], rest[1]),
         "abstract" => abstract_connect(rest[0]),
         "tcp-self" => tcp_self(),
         "kill-all" => kill_all(),
@@ -507,6 +508,18 @@ fn connect(addr: &str) -> Value {
             json!({"connected": false, "errno": err.raw_os_error(), "error": err.to_string()})
         }
     }
+}
+
+/// A TCP server on `addr` that greets every client with `greeting`, forever: says
+/// "listening" once it is, then serves (a job's server, for commands exec'd beside it).
+fn serve(addr: &str, greeting: &str) -> Value {
+    let listener = std::net::TcpListener::bind(addr).expect("bind");
+    println!("listening");
+    let _ = std::io::stdout().flush();
+    for mut conn in listener.incoming().flatten() {
+        let _ = conn.write_all(greeting.as_bytes());
+    }
+    json!({"served": true})
 }
 
 fn abstract_connect(name: &str) -> Value {
