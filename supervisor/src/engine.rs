@@ -690,8 +690,16 @@ async fn supervise(
 ) -> Run {
     let mut run = Run::default();
     let mut on_running = Some(on_running);
-    let mut out_cap = Capper::new(plan.limits.output);
-    let mut err_cap = Capper::new(plan.limits.output);
+    // A caller that keeps every byte keeps its own tail.
+    let cap = |limit| {
+        if plan.output_whole {
+            Capper::counting(limit)
+        } else {
+            Capper::new(limit)
+        }
+    };
+    let mut out_cap = cap(plan.limits.output);
+    let mut err_cap = cap(plan.limits.output);
     // Read into their spare capacity, never zeroed: a quiet job faults in none of it.
     let mut out_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
     let mut err_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);

@@ -30,6 +30,14 @@ impl Capper {
         }
     }
 
+    /// The same cap, counting only: no tail is kept (for a caller that keeps its own log of
+    /// every byte, a detached job's); [`Capper::finish`] gives the count and no tail.
+    pub fn counting(limit: u64) -> Capper {
+        let mut capper = Capper::new(limit);
+        capper.tail.keep = false;
+        capper
+    }
+
     /// Take a chunk the tool wrote; returns the part to stream now.
     pub fn push<'a>(&mut self, chunk: &'a [u8]) -> &'a [u8] {
         self.total += chunk.len() as u64;
@@ -62,6 +70,9 @@ struct Ring {
     /// Where the next byte goes once `buf` is full.
     start: usize,
     dropped: u64,
+    /// Whether the bytes are kept, or only counted (`held` of them would be).
+    keep: bool,
+    held: usize,
 }
 
 impl Ring {
@@ -71,11 +82,19 @@ impl Ring {
             capacity,
             start: 0,
             dropped: 0,
+            keep: true,
+            held: 0,
         }
     }
 
     fn push(&mut self, mut data: &[u8]) {
         if data.is_empty() {
+            return;
+        }
+        if !self.keep {
+            let now = self.held + data.len();
+            self.dropped += now.saturating_sub(self.capacity) as u64;
+            self.held = now.min(self.capacity);
             return;
         }
         if data.len() >= self.capacity {
@@ -171,6 +190,21 @@ mod tests {
             (live.as_slice(), end.tail.as_slice(), end.dropped),
             (&b"x"[..], &b""[..], 2)
         );
+    }
+
+    #[test]
+    fn a_counting_cap_keeps_nothing_and_counts_the_same() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        for chunk_size in [1, 7, 100, 10_000] {
+            let mut keeping = Capper::new(100);
+            let mut counting = Capper::counting(100);
+            for chunk in data.chunks(chunk_size) {
+                assert_eq!(keeping.push(chunk), counting.push(chunk));
+            }
+            let (kept, counted) = (keeping.finish(), counting.finish());
+            assert_eq!(kept.dropped, counted.dropped, "chunks of {chunk_size}");
+            assert!(counted.tail.is_empty());
+        }
     }
 
     #[test]

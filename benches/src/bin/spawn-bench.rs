@@ -10,7 +10,12 @@
 //!   bubblewrap runs 8 at a time (jobs/s, ratio); one job's latency through the socket
 //!   against `toolbox run --local`; the daemon's RSS idle and under 8 concurrent 1 GiB floods.
 //!
-//! Usage: spawn-bench spawn|flood|daemon|all [--runs N] [--rounds N] [--toolbox PATH]
+//! - `exec`: one `/bin/true` exec'd into a running job's jail (`POST /v1/jobs/{id}/exec`)
+//!   against one `/bin/true` as a new job, both through the socket, interleaved (medians,
+//!   ratio); then the daemon's RSS holding 8 running and 50 ended detached jobs, each with
+//!   its output (2 MB written, 1 MiB kept).
+//!
+//! Usage: spawn-bench spawn|flood|daemon|exec|all [--runs N] [--rounds N] [--toolbox PATH]
 //!
 //! `spawn` runs `--rounds` rounds of `--runs` interleaved runs each and reports every
 //! round's ratio and their median: on a shared VM the machine's state drifts over minutes,
@@ -61,12 +66,14 @@ fn main() {
         "spawn" => spawn(&options),
         "flood" => flood(&options),
         "daemon" => daemon(&options),
+        "exec" => exec(&options),
         "all" => {
             spawn(&options);
             flood(&options);
             daemon(&options);
+            exec(&options);
         }
-        other => panic!("unknown mode {other} (spawn, flood, daemon or all)"),
+        other => panic!("unknown mode {other} (spawn, flood, daemon, exec or all)"),
     }
 }
 
@@ -362,12 +369,17 @@ struct Daemon {
 
 impl Daemon {
     fn start(toolbox: &Path) -> Daemon {
+        Daemon::start_with(toolbox, &[])
+    }
+
+    fn start_with(toolbox: &Path, options: &[&str]) -> Daemon {
         let socket =
             std::env::temp_dir().join(format!("toolbox-bench-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&socket);
         let child = Command::new(toolbox)
             .args(["serve", "--socket"])
             .arg(&socket)
+            .args(options)
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -400,18 +412,37 @@ impl Drop for Daemon {
 
 /// Post one job and read its stream to the end; panics unless it exited 0.
 fn daemon_job(socket: &Path, body: &str) -> Duration {
+    daemon_job_at(socket, "/v1/jobs", body)
+}
+
+/// One request on a fresh connection; the whole response, as text.
+fn http(socket: &Path, method: &str, path: &str, body: &str) -> String {
     use std::io::{Read, Write};
-    let start = Instant::now();
     let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
     let request = format!(
-        "POST /v1/jobs HTTP/1.1\r\nHost: toolbox\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: toolbox\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).expect("send");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("read");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// A JSON field's value as it appears in `text` (`"job_id":"abc"` → `abc`).
+fn field<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let at = text.find(&format!("\"{name}\":"))? + name.len() + 3;
+    let rest = text[at..].trim_start_matches('"');
+    let end = rest.find(['"', ',', '}'])?;
+    Some(&rest[..end])
+}
+
+/// Post a job (or an exec) at `path` and read its stream to the end; panics unless it
+/// exited 0.
+fn daemon_job_at(socket: &Path, path: &str, body: &str) -> Duration {
+    let start = Instant::now();
+    let text = http(socket, "POST", path, body);
     let elapsed = start.elapsed();
-    let text = String::from_utf8_lossy(&response);
     assert!(
         text.contains("\"type\":\"exit\"") && text.contains("\"exit_code\":0"),
         "job failed: {text}"
@@ -524,6 +555,109 @@ fn daemon(options: &Options) {
         daemon.status_kib("VmHWM:") as f64 / 1024.0,
         floods.as_secs_f64()
     );
+    drop(daemon);
+    let _ = std::fs::remove_dir(&ws);
+}
+
+/// Start a detached job; its id.
+fn detach(socket: &Path, body: &str) -> String {
+    let answer = http(socket, "POST", "/v1/jobs", body);
+    assert!(
+        answer.starts_with("HTTP/1.1 201"),
+        "detach failed: {answer}"
+    );
+    field(&answer, "job_id").expect("job_id").to_string()
+}
+
+fn exec(options: &Options) {
+    let ws = workspace();
+    let daemon = Daemon::start_with(
+        &options.toolbox,
+        &["--keep-ended", "64", "--max-detached", "64"],
+    );
+    let ws_str = ws.display().to_string();
+    let host = detach(
+        &daemon.socket,
+        &format!(r#"{{"argv":["sleep","3600"],"cwd":"{ws_str}","detach":true}}"#),
+    );
+    let job = format!(r#"{{"argv":["/bin/true"],"cwd":"{ws_str}"}}"#);
+    let exec_path = format!("/v1/jobs/{host}/exec");
+    let exec_body = r#"{"argv":["/bin/true"]}"#;
+    for _ in 0..20 {
+        daemon_job(&daemon.socket, &job);
+        daemon_job_at(&daemon.socket, &exec_path, exec_body);
+    }
+    let (mut new_times, mut exec_times) = (Vec::new(), Vec::new());
+    for _ in 0..options.runs.max(200) {
+        new_times.push(daemon_job(&daemon.socket, &job));
+        exec_times.push(daemon_job_at(&daemon.socket, &exec_path, exec_body));
+    }
+    let (new_median, exec_median) = (percentile(&new_times, 0.5), percentile(&exec_times, 0.5));
+    println!(
+        "\none /bin/true through the socket, {} interleaved runs each:",
+        new_times.len()
+    );
+    println!(
+        "  a new job:                    median {new_median:.2} ms, p99 {:.2} ms",
+        percentile(&new_times, 0.99)
+    );
+    println!(
+        "  exec'd into a running job:    median {exec_median:.2} ms, p99 {:.2} ms",
+        percentile(&exec_times, 0.99)
+    );
+    println!("  ratio exec / new job: {:.2}", exec_median / new_median);
+    http(&daemon.socket, "DELETE", &format!("/v1/jobs/{host}"), "");
+
+    // Output each job holds: 2 MB written, of which the 1 MiB cap keeps half a MiB of head
+    // and half a MiB of tail.
+    let write = "head -c 2000000 /dev/zero | tr '\\\\0' x";
+    let ended: Vec<String> = (0..50)
+        .map(|_| {
+            detach(
+                &daemon.socket,
+                &format!(r#"{{"argv":["sh","-c","{write}"],"cwd":"{ws_str}","detach":true}}"#),
+            )
+        })
+        .collect();
+    let running: Vec<String> = (0..8)
+        .map(|_| {
+            detach(
+                &daemon.socket,
+                &format!(
+                    r#"{{"argv":["sh","-c","{write}; exec sleep 3600"],"cwd":"{ws_str}","detach":true}}"#
+                ),
+            )
+        })
+        .collect();
+    let done = |id: &str, state: &str| {
+        let answer = http(&daemon.socket, "GET", &format!("/v1/jobs/{id}"), "");
+        field(&answer, "state") == Some(state) && field(&answer, "stdout_bytes") == Some("2000000")
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !(ended.iter().all(|id| done(id, "ended"))
+        && running.iter().all(|id| done(id, "running")))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the detached jobs did not get there"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let metrics = http(&daemon.socket, "GET", "/metrics", "");
+    let held = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("toolbox_detached_output_bytes "))
+        .unwrap_or("?")
+        .to_string();
+    println!(
+        "\ndaemon RSS with 8 running and 50 ended detached jobs holding their output: {:.1} MiB (output held: {:.1} MiB; peak RSS {:.1} MiB)",
+        daemon.status_kib("VmRSS:") as f64 / 1024.0,
+        held.parse::<f64>().unwrap_or(0.0) / 1048576.0,
+        daemon.status_kib("VmHWM:") as f64 / 1024.0,
+    );
+    for id in &running {
+        http(&daemon.socket, "DELETE", &format!("/v1/jobs/{id}"), "");
+    }
     drop(daemon);
     let _ = std::fs::remove_dir(&ws);
 }

@@ -75,8 +75,16 @@ async fn supervise_exec(
     cancel: impl Future<Output = Cancel> + Send,
 ) -> Run {
     let mut run = Run::default();
-    let mut out_cap = Capper::new(plan.limits.output);
-    let mut err_cap = Capper::new(plan.limits.output);
+    // A caller that keeps every byte keeps its own tail.
+    let cap = |limit| {
+        if plan.output_whole {
+            Capper::counting(limit)
+        } else {
+            Capper::new(limit)
+        }
+    };
+    let mut out_cap = cap(plan.limits.output);
+    let mut err_cap = cap(plan.limits.output);
     let mut out_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
     let mut err_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
     let ExecPipes {
