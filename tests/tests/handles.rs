@@ -700,3 +700,28 @@ fn exec_takes_only_tighter_limits_and_only_into_a_running_job_of_ones_own() {
     assert_eq!(late.status, 409, "{late:?}");
     assert_eq!(late.json()["error"]["code"], "job_not_running");
 }
+
+#[test]
+fn an_execd_commands_output_is_whole_though_what_it_left_holds_its_pipes() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    let id = daemon.detach(&shell(ws.path(), "exec sleep 600"));
+    // 3 MB through a 1 MiB pipe, the last of it still in the pipe when the shell exits, and
+    // a sleeper in the background holding stdout open for good.
+    let execd = exec(
+        &daemon,
+        &id,
+        &json!({ "argv": ["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x; echo END; sleep 600 &"] }),
+    );
+    let record = execd.exit();
+    assert_eq!(record["status"], "exited", "{record}");
+    assert_eq!(record["stdout_bytes"], 3_000_004, "{record}");
+    let out = execd.output("stdout");
+    assert!(out.ends_with(b"xxxxEND\n"), "the tail is cut");
+    daemon.request("DELETE", &format!("/v1/jobs/{id}"), None);
+    daemon.record_of(&id);
+    assert_no_leftovers(&id);
+}

@@ -9,9 +9,12 @@
 use super::*;
 use crate::spawn::{ExecPipes, ExecPort};
 
-/// How long the pipes are read after the command's end was reported: what it wrote
-/// before it ended is in them already; what a background process writes later is not its.
+/// How long the pipes are read after the command's end was reported, waiting for their
+/// end: what it wrote before it ended is in them already; if something it left running
+/// holds them, what is there is taken then, and nothing more.
 const EXEC_DRAIN: Duration = Duration::from_millis(100);
+/// The most read from a pipe in that last take (a background process may write on).
+const DRAIN_READS: usize = 64;
 
 impl Engine {
     /// Run `plan` (an exec'd command's: the job's plan with the command's argv, env,
@@ -163,10 +166,18 @@ async fn supervise_exec(
             }
             _ = &mut escalation => {
                 if draining {
-                    // What is left in the pipes was written after its end, by something it
-                    // left running: not this command's output.
-                    out = None;
-                    err = None;
+                    // Something it left running holds its pipes. What is in them now was
+                    // written by its end (and maybe a little since): take that, then stop.
+                    if let Some(pipe) = out.take() {
+                        drain_now(pipe, &mut out_buf, |bytes| {
+                            pass(events, Stream::Stdout, &mut out_cap, bytes, plan.output_whole)
+                        });
+                    }
+                    if let Some(pipe) = err.take() {
+                        drain_now(pipe, &mut err_buf, |bytes| {
+                            pass(events, Stream::Stderr, &mut err_cap, bytes, plan.output_whole)
+                        });
+                    }
                 } else {
                     debug!("grace period over: SIGKILL to the exec'd command");
                     run.killed = true;
@@ -179,4 +190,15 @@ async fn supervise_exec(
     run.stdout = finish(events, Stream::Stdout, out_cap, plan.output_whole);
     run.stderr = finish(events, Stream::Stderr, err_cap, plan.output_whole);
     run
+}
+
+/// Read what `pipe` holds now, without waiting (at most [`DRAIN_READS`] reads).
+fn drain_now(pipe: &mut pipe::Receiver, buf: &mut Vec<u8>, mut take: impl FnMut(&[u8])) {
+    for _ in 0..DRAIN_READS {
+        buf.clear();
+        match pipe.try_read_buf(buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => take(buf),
+        }
+    }
 }
