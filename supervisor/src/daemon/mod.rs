@@ -13,7 +13,7 @@ pub mod queue;
 pub mod routes;
 
 use std::collections::BTreeMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -279,15 +279,30 @@ fn listen(path: &Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("listen on {}", path.display()))?;
+    // Bound, given its mode and group, and only then listening: no client can connect
+    // before the socket's permissions are what they will be.
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .context("make the listening socket")?;
+    let addr =
+        UnixAddr::new(path).with_context(|| format!("{} as a socket address", path.display()))?;
+    socket::bind(fd.as_raw_fd(), &addr).with_context(|| format!("listen on {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod {}", path.display()))?;
     if let Some(gid) = group {
         nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
             .with_context(|| format!("chgrp {}", path.display()))?;
     }
-    Ok(listener)
+    socket::listen(&fd, Backlog::MAXCONN)
+        .with_context(|| format!("listen on {}", path.display()))?;
+    Ok(UnixListener::from_std(
+        std::os::unix::net::UnixListener::from(fd),
+    )?)
 }
 
 /// The first socket systemd passed (socket activation), if it passed one to us: fd 3, a
