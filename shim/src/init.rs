@@ -95,16 +95,13 @@ pub fn run(
     // Our own OOM-killer score, opened while the host's /proc is in view: once the tool is
     // forked, PID 1 is the one process of the job's cgroup the OOM killer must never pick
     // (the job would end with no one to report it).
-    let mut oom_score = std::fs::OpenOptions::new()
-        .read(true)
+    let oom_score = std::fs::OpenOptions::new()
         .write(true)
         .open("/proc/self/oom_score_adj")
         .ok();
-    // What the tool gets (and each command exec'd beside it, forked after we lowered ours).
-    let mut tool_score = Vec::new();
-    if let Some(file) = oom_score.as_mut() {
-        let _ = std::io::Read::read_to_end(file, &mut tool_score);
-    }
+    // What the tool gets (and each command exec'd beside it, forked after we lowered ours),
+    // read through a descriptor of its own: the one above is for the write alone.
+    let tool_score = std::fs::read("/proc/self/oom_score_adj").unwrap_or_default();
     build(spec, &mut go, prebuilt)?;
 
     // What is left before the tool can start, done while the supervisor still sets the
