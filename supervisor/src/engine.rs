@@ -690,16 +690,7 @@ async fn supervise(
 ) -> Run {
     let mut run = Run::default();
     let mut on_running = Some(on_running);
-    // A caller that keeps every byte keeps its own tail.
-    let cap = |limit| {
-        if plan.output_whole {
-            Capper::counting(limit)
-        } else {
-            Capper::new(limit)
-        }
-    };
-    let mut out_cap = cap(plan.limits.output);
-    let mut err_cap = cap(plan.limits.output);
+    let [mut out_cap, mut err_cap] = cappers(plan);
     // Read into their spare capacity, never zeroed: a quiet job faults in none of it.
     let mut out_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
     let mut err_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
@@ -826,6 +817,19 @@ async fn supervise(
     run.stdout = finish(events, Stream::Stdout, out_cap, plan.output_whole);
     run.stderr = finish(events, Stream::Stderr, err_cap, plan.output_whole);
     run
+}
+
+/// The caps of a job's two streams; a caller that keeps every byte
+/// ([`JobPlan::output_whole`]) keeps its own tail, and they only count.
+fn cappers(plan: &JobPlan) -> [Capper; 2] {
+    let cap = || {
+        if plan.output_whole {
+            Capper::counting(plan.limits.output)
+        } else {
+            Capper::new(plan.limits.output)
+        }
+    };
+    [cap(), cap()]
 }
 
 /// One read's bytes through the stream's cap: the head live, or, for a caller that keeps

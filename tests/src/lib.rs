@@ -460,10 +460,7 @@ impl<'a> Run<'a> {
             "Via::Exec runs as TOOL_UID through a daemon: as_uid, caller_disturbs_signals and in_unit do not apply"
         );
         let daemon = Daemon::start(&["--allow-uid", &TOOL_UID.to_string()]);
-        std::fs::set_permissions(daemon.dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
-        std::fs::set_permissions(&daemon.socket, std::fs::Permissions::from_mode(0o666))
-            .expect("chmod");
+        daemon.open_to_everyone();
         let mut body = serde_json::json!({
             "argv": ["sleep", "3600"],
             "cwd": self.workspace,

@@ -253,16 +253,7 @@ fn another_peer_can_neither_see_nor_touch_a_job() {
         return;
     }
     let daemon = Daemon::start(&["--allow-uid", &TOOL_UID.to_string()]);
-    std::fs::set_permissions(
-        daemon.dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    std::fs::set_permissions(
-        &daemon.socket,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .expect("chmod");
+    daemon.open_to_everyone();
     let ws = workspace();
     let id = daemon.detach(&shell(ws.path(), "echo secret; exec sleep 60"));
     daemon.read_output_until(&id, |out, _| contains(out, "secret"));
@@ -627,16 +618,7 @@ fn exec_takes_only_tighter_limits_and_only_into_a_running_job_of_ones_own() {
         return;
     }
     let daemon = Daemon::start(&["--allow-uid", &TOOL_UID.to_string()]);
-    std::fs::set_permissions(
-        daemon.dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
-    std::fs::set_permissions(
-        &daemon.socket,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .expect("chmod");
+    daemon.open_to_everyone();
     let ws = workspace();
     let mut body = shell(ws.path(), "exec sleep 600");
     body["limits"] = json!({ "timeout": "60s" });

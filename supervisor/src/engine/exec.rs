@@ -78,16 +78,7 @@ async fn supervise_exec(
     cancel: impl Future<Output = Cancel> + Send,
 ) -> Run {
     let mut run = Run::default();
-    // A caller that keeps every byte keeps its own tail.
-    let cap = |limit| {
-        if plan.output_whole {
-            Capper::counting(limit)
-        } else {
-            Capper::new(limit)
-        }
-    };
-    let mut out_cap = cap(plan.limits.output);
-    let mut err_cap = cap(plan.limits.output);
+    let [mut out_cap, mut err_cap] = cappers(plan);
     let mut out_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
     let mut err_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
     let ExecPipes {
