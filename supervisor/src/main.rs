@@ -37,6 +37,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// An MCP server on stdio over the daemon's job API (`toolbox mcp --help` for its options).
+    #[command(disable_help_flag = true)]
+    Mcp {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// Running and queued jobs of the daemon.
     Ps {
         /// The daemon's socket [default: $TOOLBOX_SOCKET, else /run/toolbox/toolbox.sock].
@@ -160,7 +166,8 @@ fn main() -> ExitCode {
         init_logging();
     }
     let code = match cli.command {
-        Command::Serve { args } => serve(args),
+        Command::Serve { args } => delegate("toolbox-serve", "TOOLBOX_SERVE", args),
+        Command::Mcp { args } => delegate("toolbox-mcp", "TOOLBOX_MCP", args),
         Command::Ps { socket, json } => ps(socket, json),
         Command::Run(args) => run(*args).unwrap_or_else(|err| {
             eprintln!("toolbox: {err:#}");
@@ -195,21 +202,22 @@ fn init_logging() {
         .init();
 }
 
-/// `toolbox serve ...` is the `toolbox-serve` binary next to this one: the daemon's HTTP
-/// server stays out of the binary every `toolbox run` execs (its relocations alone cost
-/// each run some 20 page faults at start).
-fn serve(args: Vec<std::ffi::OsString>) -> i32 {
+/// `toolbox serve ...` is the `toolbox-serve` binary next to this one, and `toolbox mcp ...`
+/// the `toolbox-mcp` one (or what `$TOOLBOX_SERVE`, `$TOOLBOX_MCP` name): the daemon's HTTP
+/// server and the MCP SDK stay out of the binary every `toolbox run` execs (their
+/// relocations alone would cost each run some 20 page faults at start).
+fn delegate(binary: &str, variable: &str, args: Vec<std::ffi::OsString>) -> i32 {
     use std::os::unix::process::CommandExt;
-    let daemon = std::env::var_os("TOOLBOX_SERVE")
+    let path = std::env::var_os(variable)
         .map(PathBuf::from)
         .or_else(|| {
             std::env::current_exe()
                 .ok()
-                .and_then(|exe| exe.parent().map(|dir| dir.join("toolbox-serve")))
+                .and_then(|exe| exe.parent().map(|dir| dir.join(binary)))
         })
-        .unwrap_or_else(|| PathBuf::from("toolbox-serve"));
-    let err = std::process::Command::new(&daemon).args(args).exec();
-    eprintln!("toolbox serve: start {}: {err}", daemon.display());
+        .unwrap_or_else(|| PathBuf::from(binary));
+    let err = std::process::Command::new(&path).args(args).exec();
+    eprintln!("toolbox: start {}: {err}", path.display());
     exit::TOOLBOX_FAILED
 }
 
