@@ -20,7 +20,7 @@ if ! command -v bwrap >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null
 fi
 . scripts/target.sh
-cargo build --release -q -p toolbox -p toolbox-shim -p toolbox-benches
+cargo build --release -q -p toolbox -p toolbox-shim -p toolbox-mcp -p toolbox-benches
 bin="target/$triple/release"
 # toolbox as installed (scripts/install.sh, staged), as bubblewrap is from its package, not
 # straight out of target/: the linker writes its output through mmap, and a binary whose page

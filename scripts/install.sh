@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install toolbox system-wide: the two binaries, the shipped policies, the systemd units,
+# Install toolbox system-wide: its binaries (toolbox, and next to it toolbox-serve, toolbox-mcp
+# and toolbox-shim), the shipped policies, the systemd units,
 # and the "toolbox" group whose members may use the daemon's socket.
 #
 #   sudo scripts/install.sh                       # build, install under /usr/local, enable
@@ -27,9 +28,9 @@ bin="${BINDIR:-target/${CARGO_BUILD_TARGET:-x86_64-unknown-linux-musl}/release}"
 if [ -z "${BINDIR:-}" ] && [ -z "$dest" ] && command -v cargo >/dev/null; then
     . scripts/target.sh
     bin="target/$triple/release"
-    cargo build --release --quiet -p toolbox -p toolbox-shim
+    cargo build --release --quiet -p toolbox -p toolbox-shim -p toolbox-mcp
 fi
-for b in toolbox toolbox-serve toolbox-shim; do
+for b in toolbox toolbox-serve toolbox-mcp toolbox-shim; do
     if [ ! -x "$bin/$b" ]; then
         echo "install.sh: $bin/$b is missing; build it first (cargo build --release) or set BINDIR" >&2
         exit 1
@@ -38,8 +39,10 @@ done
 
 install -d -m 0755 "$dest$prefix/bin" "$dest/etc/toolbox/policies" \
     "$dest/etc/systemd/system" "$dest$prefix/share/doc/toolbox"
-# toolbox-serve (the daemon) and the shim sit next to toolbox, where toolbox looks for them.
-install -m 0755 "$bin/toolbox" "$bin/toolbox-serve" "$bin/toolbox-shim" "$dest$prefix/bin/"
+# toolbox-serve (the daemon), toolbox-mcp (`toolbox mcp`) and the shim sit next to toolbox,
+# where toolbox looks for them.
+install -m 0755 "$bin/toolbox" "$bin/toolbox-serve" "$bin/toolbox-mcp" "$bin/toolbox-shim" \
+    "$dest$prefix/bin/"
 # Shipped policies are replaced; policies of your own (other names) are left alone.
 install -m 0644 policies/*.toml "$dest/etc/toolbox/policies/"
 install -m 0644 README.md "$dest$prefix/share/doc/toolbox/README.md"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as root: the Rust tests (unit tests, real jails attacked by a probe,
-# a real daemon on a socket), a check that nothing was left behind, the install script's
-# staging, then the two VM tiers — pure cgroup v2 (scripts/vm-test.sh) and a guest booting
+# a real daemon on a socket), the Python client and `toolbox mcp` driven by the official MCP
+# Python SDK against a real daemon (scripts/test-python.sh, in a venv of its own), a check
+# that nothing was left behind, the install script's staging, then the two VM tiers — pure cgroup v2 (scripts/vm-test.sh) and a guest booting
 # systemd (scripts/vm-systemd-test.sh). It installs what it needs: the musl target
 # (rustup) and musl-tools (scripts/target.sh), and from Debian's archive systemd-analyze
 # for the unit check, qemu, busybox-static and mmdebstrap for the VMs.
@@ -31,6 +32,8 @@ fi
 . scripts/target.sh --benches
 echo "== the Rust tests (every daemon answer checked against api/openapi.yaml)"
 cargo test --workspace
+echo "== the Python client and toolbox mcp (the official MCP Python SDK as its client)"
+scripts/test-python.sh
 echo "== api/openapi.yaml through a standard OpenAPI 3.1 validator"
 scripts/check-openapi.sh
 echo "== nothing left behind"

@@ -78,18 +78,18 @@ fi
 echo "vm-systemd-test: building toolbox (release) and the probe" >&2
 # (Two builds: `--bin probe` would select that one binary of every package named.)
 . scripts/target.sh
-cargo build --release -q -p toolbox -p toolbox-shim
+cargo build --release -q -p toolbox -p toolbox-shim -p toolbox-mcp
 cargo build --release -q -p toolbox-tests --bin probe
 bin="$root_dir/target/$triple/release"
 payload="$cache/payload"
 rm -rf "$payload"
 mkdir -p "$payload/bin" "$payload/scripts"
-cp "$bin/toolbox" "$bin/toolbox-serve" "$bin/toolbox-shim" "$payload/bin/"
+cp "$bin/toolbox" "$bin/toolbox-serve" "$bin/toolbox-mcp" "$bin/toolbox-shim" "$payload/bin/"
 cp "$bin/probe" "$payload/toolbox-probe"
 # What `scripts/install.sh` reads, laid out as in the checkout: it is run in the guest.
 cp scripts/install.sh "$payload/scripts/"
 cp -r systemd policies README.md "$payload/"
-cp scripts/vm-systemd/checks.sh scripts/vm-systemd/measure.sh "$payload/"
+cp scripts/vm-systemd/checks.sh scripts/vm-systemd/measure.sh scripts/vm-systemd/mcp-smoke.sh "$payload/"
 rm -f "$cache/payload.img"
 mke2fs -q -t ext4 -d "$payload" "$cache/payload.img" 256M >/dev/null
 

@@ -104,6 +104,14 @@ left=$(find "$unit_cg" -mindepth 1 -type d ! -name supervisor)
 say "unit cgroup processes: $procs" "unit cgroup children: $(ls "$unit_cg" | grep -c '^toolbox-')"
 check "nothing of any job is left in the unit's cgroup" sh -c '[ -z "$1" ] && [ "$2" = "$3 " ]' - "$left" "$procs" "$main"
 
+echo "== toolbox mcp, as an MCP client starts it, through the installed service"
+install -m 0755 "$P/mcp-smoke.sh" /usr/local/bin/toolbox-mcp-smoke
+answer=$(as tester 'toolbox-mcp-smoke "echo mcp-\$((6*7)); id -u"')
+say "$(echo "$answer" | cut -c1-200)"
+check "toolbox mcp runs a job through the service, as the user who started it" sh -c '
+    case "$1" in *"\"text\":\"mcp-42\\n$2\\n[exit 0"*) true ;; *) false ;; esac &&
+    case "$1" in *"\"isError\":true"*) false ;; *) true ;; esac' - "$answer" "$tester_uid"
+
 echo "== toolbox run from a login session"
 # A workspace anyone may write (root's own home is 0700, and a root caller's jobs run as an
 # unprivileged uid).
