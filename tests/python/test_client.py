@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, wait_until
+from conftest import wait_until
+from daemon import Daemon
 from toolbox_client import (
     Client,
     DaemonError,

@@ -7,7 +7,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from conftest import Daemon
+from daemon import Daemon
 from toolbox_client import AsyncClient, DaemonError, DaemonUnavailable, Exit, Output
 
 pytestmark = pytest.mark.anyio

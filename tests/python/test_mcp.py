@@ -10,10 +10,11 @@ from typing import Any
 
 import anyio
 import pytest
+from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult, TextContent
 
-from conftest import Daemon, toolbox_binary
-from mcp import Client, StdioServerParameters
+from conftest import toolbox_binary
+from daemon import Daemon
 from toolbox_client import AsyncClient
 
 pytestmark = pytest.mark.anyio
