@@ -43,7 +43,9 @@ processes and time are limited by the policy (the record's isolation.cgroup_limi
 much). Every process it starts, background ones too, is killed when the command ends. Output \
 is capped: the head and the tail are kept, the middle cut and counted. A non-zero exit is a \
 result, not an error. With `job_id`, it runs inside that running job's jail instead (same \
-filesystem view, /tmp, localhost and limits).";
+filesystem view, /tmp, localhost and limits). A command that may outlast your client's wait \
+for an answer (a long build or test run) is better begun with `start` and followed with \
+`read_output`.";
 
 const START: &str = "Start a command that keeps running (a dev server, a watcher, a REPL) and \
 return its job_id with the output of its first seconds (`wait`, default 2 s). It lives until \

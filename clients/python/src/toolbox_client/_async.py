@@ -118,13 +118,11 @@ class AsyncClient:
             async with self._http.stream("POST", path, json=body) as response:
                 if response.status_code != 200:
                     raise error_from(response.status_code, await response.aread())
-                async for line in response.aiter_lines():
-                    if not line:
-                        continue
-                    event = gatherer.event(line)
-                    yield event
-                    if isinstance(event, Exit):
-                        return
+                async for data in response.aiter_bytes():
+                    for event in gatherer.feed(data):
+                        yield event
+                        if isinstance(event, Exit):
+                            return
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:
             raise DaemonUnavailable(self.socket, str(err) or type(err).__name__) from None
         except httpx.TransportError as err:

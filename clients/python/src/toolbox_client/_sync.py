@@ -124,13 +124,11 @@ class Client:
             with self._http.stream("POST", path, json=body) as response:
                 if response.status_code != 200:
                     raise error_from(response.status_code, response.read())
-                for line in response.iter_lines():
-                    if not line:
-                        continue
-                    event = gatherer.event(line)
-                    yield event
-                    if isinstance(event, Exit):
-                        return
+                for data in response.iter_bytes():
+                    for event in gatherer.feed(data):
+                        yield event
+                        if isinstance(event, Exit):
+                            return
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:
             raise DaemonUnavailable(self.socket, str(err) or type(err).__name__) from None
         except httpx.TransportError as err:
