@@ -156,7 +156,38 @@ macro_rules! command_input {
             pub job_id: Option<String>,
             $($(#[$fmeta])* pub $field: $type,)*
         }
+
+        impl $name {
+            /// The command, and what this tool adds to it.
+            fn split(self) -> (Command, ($($type,)*)) {
+                let command = Command {
+                    argv: self.argv,
+                    command: self.command,
+                    cwd: self.cwd,
+                    env: self.env,
+                    stdin: self.stdin,
+                    timeout: self.timeout,
+                    policy: self.policy,
+                    network: self.network,
+                    job_id: self.job_id,
+                };
+                (command, ($(self.$field,)*))
+            }
+        }
     };
+}
+
+/// What `run` and `start` ask to run, and where.
+pub struct Command {
+    argv: Option<Vec<String>>,
+    command: Option<String>,
+    cwd: Option<String>,
+    env: Option<BTreeMap<String, String>>,
+    stdin: Option<String>,
+    timeout: Option<Wait>,
+    policy: Option<String>,
+    network: Option<Network>,
+    job_id: Option<String>,
 }
 
 command_input!(
@@ -265,19 +296,18 @@ impl Toolbox {
     }
 
     /// The daemon request for `run` or `start`, and the path it goes to.
-    #[allow(clippy::too_many_arguments)]
-    fn request(
-        &self,
-        argv: Option<Vec<String>>,
-        command: Option<String>,
-        cwd: Option<String>,
-        env: Option<BTreeMap<String, String>>,
-        stdin: Option<String>,
-        timeout: Option<Wait>,
-        policy: Option<String>,
-        network: Option<Network>,
-        job_id: Option<String>,
-    ) -> Result<(String, Value), String> {
+    fn request(&self, request: Command) -> Result<(String, Value), String> {
+        let Command {
+            argv,
+            command,
+            cwd,
+            env,
+            stdin,
+            timeout,
+            policy,
+            network,
+            job_id,
+        } = request;
         let argv = match (argv, command) {
             (Some(argv), None) if !argv.is_empty() => argv,
             (None, Some(command)) if !command.trim().is_empty() => {
@@ -357,20 +387,8 @@ impl Toolbox {
         Parameters(input): Parameters<RunInput>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let RunInput {
-            argv,
-            command,
-            cwd,
-            env,
-            stdin,
-            timeout,
-            policy,
-            network,
-            job_id,
-        } = input;
-        let (path, body) = match self.request(
-            argv, command, cwd, env, stdin, timeout, policy, network, job_id,
-        ) {
+        let (command, ()) = input.split();
+        let (path, body) = match self.request(command) {
             Ok(request) => request,
             Err(message) => return Ok(tool_error(message)),
         };
@@ -468,25 +486,12 @@ impl Toolbox {
         &self,
         Parameters(input): Parameters<StartInput>,
     ) -> Result<CallToolResult, ErrorData> {
-        let StartInput {
-            argv,
-            command,
-            cwd,
-            env,
-            stdin,
-            timeout,
-            policy,
-            network,
-            job_id,
-            wait,
-        } = input;
-        let wait = match wait.map(|w| w.to_duration("wait")).transpose() {
-            Ok(wait) => wait.unwrap_or(Duration::from_secs(2)),
+        let (command, (wait,)) = input.split();
+        let wait = match waiting(wait, 2) {
+            Ok(wait) => wait,
             Err(message) => return Ok(tool_error(message)),
         };
-        let (path, mut body) = match self.request(
-            argv, command, cwd, env, stdin, timeout, policy, network, job_id,
-        ) {
+        let (path, mut body) = match self.request(command) {
             Ok(request) => request,
             Err(message) => return Ok(tool_error(message)),
         };
@@ -522,8 +527,8 @@ impl Toolbox {
         &self,
         Parameters(input): Parameters<ReadInput>,
     ) -> Result<CallToolResult, ErrorData> {
-        let wait = match input.wait.map(|w| w.to_duration("wait")).transpose() {
-            Ok(wait) => wait.unwrap_or(Duration::from_secs(5)),
+        let wait = match waiting(input.wait, 5) {
+            Ok(wait) => wait,
             Err(message) => return Ok(tool_error(message)),
         };
         Ok(self.gather(&input.job_id, wait).await)
@@ -544,8 +549,8 @@ impl Toolbox {
         &self,
         Parameters(input): Parameters<WriteInput>,
     ) -> Result<CallToolResult, ErrorData> {
-        let wait = match input.wait.map(|w| w.to_duration("wait")).transpose() {
-            Ok(wait) => wait.unwrap_or(Duration::from_secs(1)),
+        let wait = match waiting(input.wait, 1) {
+            Ok(wait) => wait,
             Err(message) => return Ok(tool_error(message)),
         };
         let id = match path_segment(&input.job_id) {
@@ -714,6 +719,14 @@ impl Toolbox {
         }
         answer(text, structured)
     }
+}
+
+/// A tool's `wait`, or its default; why not, if it is not a duration.
+fn waiting(wait: Option<Wait>, default_seconds: u64) -> Result<Duration, String> {
+    Ok(wait
+        .map(|w| w.to_duration("wait"))
+        .transpose()?
+        .unwrap_or(Duration::from_secs(default_seconds)))
 }
 
 /// A job id as one path segment, or why it cannot be one.
