@@ -5,7 +5,12 @@
 venv=target/venv-py
 if [ ! -x "$venv/bin/pytest" ] || [ clients/python/pyproject.toml -nt "$venv/.installed" ]; then
     echo "== a venv for the Python tests ($venv): the client, pytest, the MCP SDK, ruff, mypy"
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+        # Debian's python3 makes venvs only with python3-venv (ensurepip) installed.
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+    fi
     "$venv/bin/pip" install --quiet --disable-pip-version-check --upgrade pip
     "$venv/bin/pip" install --quiet --disable-pip-version-check "./clients/python[test]"
     touch "$venv/.installed"
