@@ -194,6 +194,11 @@ async def test_run_with_a_job_id_reaches_the_server_its_job_started(
         inside = await client.call_tool("run", {"argv": ["python3", "-c", fetch], "job_id": job_id})
         assert structured(inside)["stdout"] == "hello from the job's server\n", text(inside)
         assert structured(inside)["result"]["exec_of"] == job_id
+        started_inside = await client.call_tool(
+            "start", {"argv": ["python3", "-c", fetch], "job_id": job_id, "wait": 20}
+        )
+        assert structured(started_inside)["stdout"] == "hello from the job's server\n"
+        assert structured(started_inside)["result"]["exec_of"] == job_id
         outside = await client.call_tool(
             "run", {"argv": ["python3", "-c", fetch.replace("range(100)", "range(3)")]}
         )
