@@ -141,7 +141,8 @@ class AsyncClient:
         timeout: Duration | None = None,
         limits: Mapping[str, Any] | None = None,
     ) -> AsyncGenerator[Event, None]:
-        """A job's events as they come (see `Client.stream`)."""
+        """A job's events as they come (see `Client.stream`). To leave early and cancel
+        the job at once, close it: `async with contextlib.aclosing(client.stream(...))`."""
         body = job_body(
             argv, cwd=cwd, env=env, stdin=stdin, policy=policy, network=network,
             timeout=timeout, limits=limits, detach=False,
