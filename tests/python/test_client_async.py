@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from pathlib import Path
 
 import anyio
@@ -24,6 +25,14 @@ async def test_run_stream_and_refusal(daemon: Daemon, workspace: Path) -> None:
             if isinstance(event, Exit):
                 assert event.result.ok
         assert output == b"streamed\n"
+        argv = ["sh", "-c", "echo up; exec sleep 60"]
+        async with aclosing(toolbox.stream(argv, cwd=workspace)) as events:
+            async for event in events:
+                if isinstance(event, Output):
+                    break  # leaving early: closing the stream cancels the job
+        with anyio.fail_after(10):
+            while any(j.argv == argv for j in await toolbox.jobs()):
+                await anyio.sleep(0.05)
         with pytest.raises(DaemonError) as refused:
             await toolbox.run(["true"], cwd=workspace, timeout="100h")
         assert (refused.value.code, refused.value.field) == ("policy_forbids", "limits.timeout")
