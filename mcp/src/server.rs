@@ -688,8 +688,13 @@ impl Toolbox {
             if let Ok(mut s) = self.state.lock() {
                 s.cursors.insert(job_id.to_string(), next);
             }
-            state = output["state"].as_str().unwrap_or("running").to_string();
-            if output["done"] == true || Instant::now() >= deadline {
+            let done = output["done"] == true;
+            state = match output["state"].as_str() {
+                _ if done => "ended".to_string(),
+                Some(state) => state.to_string(),
+                None => "running".to_string(),
+            };
+            if done || Instant::now() >= deadline {
                 break;
             }
         }

@@ -131,6 +131,37 @@ fn closing_stdin_ends_a_reader_and_the_record_is_kept() {
 }
 
 #[test]
+fn done_and_the_ended_state_are_said_together_and_the_record_is_there_with_them() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    // A reader polls each job to its end, as clients do: every answer that says `done`
+    // says `ended`, and none before; the job's own state then has its record. (The record
+    // is set a moment before the registry marks the job ended: both must read as ended.)
+    for round in 0..30 {
+        let id = daemon.detach(&shell(ws.path(), "echo out"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = daemon.output(&id, "since=0&wait=5s");
+            let done = answer["done"] == true;
+            assert_eq!(answer["state"] == "ended", done, "round {round}: {answer}");
+            if done {
+                assert_eq!(answer["stdout"]["chunks"][0]["text"], "out\n", "{answer}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "round {round}: {answer}");
+        }
+        let job = daemon
+            .request("GET", &format!("/v1/jobs/{id}"), None)
+            .json();
+        assert_eq!(job["state"], "ended", "{job}");
+        assert_eq!(job["result"]["status"], "exited", "{job}");
+    }
+}
+
+#[test]
 fn output_past_the_cap_is_read_with_its_gap_at_true_offsets() {
     if !require_root() {
         return;

@@ -83,6 +83,16 @@ impl JobEntry {
     }
 
     /// The job as `GET /v1/jobs` and `GET /v1/jobs/{id}` show it.
+    /// Its state as the API says it: a detached job whose record is there has ended, even
+    /// in the moment before its task marks the registry (the record is set first, and wakes
+    /// the readers waiting for it).
+    pub fn state_name(&self) -> &'static str {
+        match &self.handle {
+            Some(handle) if handle.result().is_some() => JobState::Ended.name(),
+            _ => self.state.name(),
+        }
+    }
+
     pub fn summary(&self, id: &str) -> serde_json::Value {
         let position = match self.state {
             JobState::Queued(n) => Some(n),
@@ -94,7 +104,7 @@ impl JobEntry {
             "peer_uid": self.peer_uid,
             "argv": self.argv,
             "policy": self.policy,
-            "state": self.state.name(),
+            "state": self.state_name(),
             "position": position,
             "detached": self.handle.is_some(),
             "exec_of": self.exec_of,
@@ -586,5 +596,19 @@ mod tests {
         expire(&mut jobs, &retention);
         let left: Vec<&str> = jobs.keys().map(String::as_str).collect();
         assert_eq!(left, ["b", "c", "live", "other"]);
+    }
+
+    #[test]
+    fn a_detached_job_with_its_record_is_ended_before_its_task_marks_the_registry() {
+        let mut job = entry(1, None);
+        let handle = Arc::new(Handle::new(1024, None));
+        job.handle = Some(handle.clone());
+        assert_eq!(job.state_name(), "running");
+        assert_eq!(job.summary("j")["state"], "running");
+        // The job task sets the record first (waking every reader) and the registry after.
+        handle.end(serde_json::json!({"status": "exited"}));
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!(job.state_name(), "ended");
+        assert_eq!(job.summary("j")["state"], "ended");
     }
 }

@@ -352,10 +352,7 @@ async fn output(
             .zip(from)
             .any(|(read, from)| read.next > from || !read.pieces.is_empty());
         if new || ended || tokio::time::Instant::now() >= deadline {
-            let state = daemon
-                .jobs()
-                .get(&id)
-                .map_or("ended", |job| job.state.name());
+            let state = output_state(ended, daemon.jobs().get(&id).map(|job| job.state));
             let [out, err] = reads;
             return Ok(json(
                 StatusCode::OK,
@@ -370,6 +367,17 @@ async fn output(
         }
         // Woken by new output or the end; a sender gone means the job is over too.
         let _ = tokio::time::timeout_at(deadline, changed.changed()).await;
+    }
+}
+
+/// The state an output answer gives: `ended` exactly when it says `done`, whatever the
+/// registry says by now (a job whose record came after this read of its logs may have
+/// written more, and a reader told `ended` would stop short of it).
+fn output_state(ended: bool, registry: Option<JobState>) -> &'static str {
+    match registry {
+        _ if ended => "ended",
+        Some(JobState::Queued(_)) => "queued",
+        _ => "running",
     }
 }
 
@@ -806,5 +814,21 @@ impl hyper::body::Body for ChannelBody {
         self.receiver
             .poll_recv(cx)
             .map(|line| line.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_output_answer_says_ended_exactly_when_it_says_done() {
+        // The registry marks a job ended just after its record is set; a read of its logs
+        // made before the record still says running, and one made after says ended.
+        assert_eq!(output_state(false, Some(JobState::Ended)), "running");
+        assert_eq!(output_state(false, Some(JobState::Running)), "running");
+        assert_eq!(output_state(false, Some(JobState::Queued(2))), "queued");
+        assert_eq!(output_state(true, Some(JobState::Running)), "ended");
+        assert_eq!(output_state(true, None), "ended");
     }
 }
