@@ -2,10 +2,11 @@
 # The whole test suite, as root: the Rust tests (unit tests, real jails attacked by a probe,
 # a real daemon on a socket), the Python client and `toolbox mcp` driven by the official MCP
 # Python SDK against a real daemon (scripts/test-python.sh, in a venv of its own), a check
-# that nothing was left behind, the install script's staging, then the two VM tiers — pure cgroup v2 (scripts/vm-test.sh) and a guest booting
-# systemd (scripts/vm-systemd-test.sh). It installs what it needs: the musl target
-# (rustup) and musl-tools (scripts/target.sh), and from Debian's archive systemd-analyze
-# for the unit check, qemu, busybox-static and mmdebstrap for the VMs.
+# that nothing was left behind, the install script's staging, then the two VM tiers — pure
+# cgroup v2 (scripts/vm-test.sh) and a guest booting systemd (scripts/vm-systemd-test.sh).
+# It installs what it needs: the musl target (rustup) and musl-tools (scripts/target.sh),
+# from Debian's archive systemd-analyze for the unit check, qemu, busybox-static and
+# mmdebstrap for the VMs, and from PyPI the Python tests' tools (in target/venv-py).
 #
 #   sudo scripts/test.sh            # everything (about 15 minutes on 2 CPUs, TCG)
 #   cargo test --workspace          # the Rust tests alone (a few minutes)
