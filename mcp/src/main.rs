@@ -2,10 +2,6 @@
 //! `toolbox mcp` execs this binary (as `toolbox serve` execs `toolbox-serve`), so the MCP
 //! SDK stays out of the binary every `toolbox run` starts.
 
-#[cfg(target_env = "musl")]
-#[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
-
 mod daemon;
 mod output;
 mod server;
@@ -16,10 +12,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use hyper::Method;
 use rmcp::ServiceExt;
-
-/// The daemon's socket when neither --socket nor $TOOLBOX_SOCKET names one (as `toolbox
-/// run` finds it).
-const DEFAULT_SOCKET: &str = "/run/toolbox/toolbox.sock";
+use toolbox::daemon::DEFAULT_SOCKET;
 
 #[derive(Parser)]
 #[command(
@@ -43,14 +36,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // stdout is the protocol's: logs go to stderr, warnings only unless TOOLBOX_LOG says.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLBOX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    // stdout is the protocol's: logs go to stderr.
+    toolbox::init_logging();
     let socket = args
         .socket
         .or_else(|| {

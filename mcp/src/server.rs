@@ -18,6 +18,7 @@ use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use toolbox::units::Dur;
 
 use crate::daemon::{Daemon, Failure};
 use crate::output::{ending, Gathered};
@@ -75,41 +76,31 @@ pub enum Wait {
 }
 
 impl Wait {
-    /// As the daemon writes durations, or why it is not one.
-    fn to_daemon(&self, field: &str) -> Result<String, String> {
+    /// As a duration, or why it is not one (text as the daemon reads it: `toolbox::units`).
+    fn duration(&self, field: &str) -> Result<Duration, String> {
         match self {
-            Wait::Seconds(s) if s.is_finite() && *s > 0.0 && *s < 1e9 => {
-                Ok(format!("{}ms", (s * 1000.0).round().max(1.0) as u64))
+            Wait::Seconds(s) if s.is_finite() && *s >= 0.0 && *s < 1e9 => {
+                Ok(Duration::from_secs_f64(*s))
             }
-            Wait::Seconds(s) => Err(format!("{field}: {s} is not a positive number of seconds")),
-            Wait::Text(t) => Ok(t.clone()),
+            Wait::Seconds(s) => Err(format!("{field}: {s} is not a number of seconds")),
+            Wait::Text(t) => t
+                .parse::<Dur>()
+                .map(|d| d.0)
+                .map_err(|e| format!("{field}: {e}")),
         }
     }
 
-    /// As a duration here (for `wait`), or why it is not one.
-    fn to_duration(&self, field: &str) -> Result<Duration, String> {
-        let seconds = match self {
-            Wait::Seconds(s) => *s,
-            Wait::Text(t) => {
-                let t = t.trim();
-                let (number, unit) = t
-                    .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                    .map_or((t, "s"), |i| t.split_at(i));
-                let n: f64 = number
-                    .parse()
-                    .map_err(|_| format!("{field}: {t:?} is not a duration (30s, 500ms, 2m)"))?;
-                match unit.trim() {
-                    "ms" => n / 1000.0,
-                    "s" | "" => n,
-                    "m" => n * 60.0,
-                    _ => return Err(format!("{field}: {t:?} is not a duration (30s, 500ms, 2m)")),
-                }
-            }
-        };
-        if !seconds.is_finite() || seconds < 0.0 {
-            return Err(format!("{field}: not a duration of zero or more seconds"));
+    /// As the daemon writes durations (a timeout: more than zero), or why it is not one.
+    fn to_daemon(&self, field: &str) -> Result<String, String> {
+        match self.duration(field)? {
+            d if d.is_zero() => Err(format!("{field}: a timeout of zero ends the job at once")),
+            d => Ok(Dur(d).to_string()),
         }
-        Ok(Duration::from_secs_f64(seconds).min(MAX_WAIT))
+    }
+
+    /// As a `wait` here: at most [`MAX_WAIT`].
+    fn to_duration(&self, field: &str) -> Result<Duration, String> {
+        Ok(self.duration(field)?.min(MAX_WAIT))
     }
 }
 
@@ -755,5 +746,28 @@ impl ServerHandler for Toolbox {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("toolbox", env!("CARGO_PKG_VERSION")))
             .with_instructions(INSTRUCTIONS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_or_timeout_is_seconds_or_the_daemons_durations() {
+        let text = |t: &str| Wait::Text(t.into());
+        assert_eq!(
+            text("500ms").to_duration("wait"),
+            Ok(Duration::from_millis(500))
+        );
+        assert_eq!(text("2m").to_duration("wait"), Ok(MAX_WAIT));
+        assert_eq!(Wait::Seconds(0.0).to_duration("wait"), Ok(Duration::ZERO));
+        assert_eq!(Wait::Seconds(1.5).to_daemon("timeout"), Ok("1500ms".into()));
+        assert_eq!(text("1h").to_daemon("timeout"), Ok("1h".into()));
+        assert!(
+            matches!(text("soon").to_duration("wait"), Err(e) if e.starts_with("wait: \"soon\""))
+        );
+        assert!(Wait::Seconds(-1.0).to_daemon("timeout").is_err());
+        assert!(Wait::Seconds(0.0).to_daemon("timeout").is_err());
     }
 }

@@ -23,6 +23,18 @@ mod sys;
 pub mod units;
 pub mod view;
 
+/// Logs to stderr, warnings only unless `TOOLBOX_LOG` says otherwise (`toolbox`, and
+/// `toolbox mcp`, whose stdout is the protocol's).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLBOX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
 /// The allocator of every binary built on musl (see `.cargo/config.toml`): musl's own hands
 /// freed memory back with `munmap` at once, and in `toolbox run` the page faults and the
 /// TLB-shootdown IPIs that costs (a VM exit each, on a VM) ate what musl's start-up saves —

@@ -163,7 +163,7 @@ fn main() -> ExitCode {
     };
     // `toolbox run` starts its shim first and logging after (see `run`).
     if !matches!(cli.command, Command::Run(_)) {
-        init_logging();
+        toolbox::init_logging();
     }
     let code = match cli.command {
         Command::Serve { args } => delegate("toolbox-serve", "TOOLBOX_SERVE", args),
@@ -189,17 +189,6 @@ fn main() -> ExitCode {
         },
     };
     ExitCode::from(code.clamp(0, 255) as u8)
-}
-
-/// Logs go to stderr, warnings only unless `TOOLBOX_LOG` says otherwise.
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TOOLBOX_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
 }
 
 /// `toolbox serve ...` is the `toolbox-serve` binary next to this one, and `toolbox mcp ...`
@@ -323,7 +312,7 @@ fn remote_body(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
 fn run(args: RunArgs) -> anyhow::Result<i32> {
     if !args.local {
         if let Some(socket) = toolbox::client::daemon_socket(args.socket.clone()) {
-            init_logging();
+            toolbox::init_logging();
             let body = remote_body(&args)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -349,7 +338,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
             Stdin::Inherit,
         )?
     };
-    init_logging();
+    toolbox::init_logging();
     let policy = Policy::load(&args.policy)?;
     let request = JobRequest {
         id: Some(job_id),
