@@ -171,7 +171,31 @@ enum Verdict {
     Ioctl,
     /// Deny if the mode in this argument (0-based) has the set-user-ID or set-group-ID bit.
     SetidMode(u8),
+    /// socket(2) and socketpair(2): only the families in [`FAMILIES`] (EAFNOSUPPORT for the
+    /// rest), and of netlink only the protocols in [`NETLINK_PROTOCOLS`] (EPROTONOSUPPORT).
+    Family,
 }
+
+/// The socket families a job may open, in every network mode: Unix sockets, TCP/UDP over IPv4
+/// and IPv6 (which reach only as far as the job's network namespace does), and netlink for
+/// what tools ask of their own namespace (interfaces, addresses: glibc's `getaddrinfo`, `ip`,
+/// `ss`). Every other family is refused before the kernel looks at it — and before it loads
+/// a module for it: vsock, which a network namespace does not contain (it reaches the host or
+/// hypervisor from any namespace), packet sockets, the kernel crypto API (`AF_ALG`), key
+/// management (`AF_KEY`), XDP, Bluetooth, CAN, RDS, TIPC, SMC and the rest, whose kernel code
+/// no ordinary tool needs and many exploits have.
+const FAMILIES: [u32; 4] = [
+    libc::AF_UNIX as u32,
+    libc::AF_INET as u32,
+    libc::AF_INET6 as u32,
+    libc::AF_NETLINK as u32,
+];
+
+/// The netlink protocols a job may open: routing (interfaces, addresses, routes of its own
+/// namespace) and socket diagnostics (`ss`). Not audit, uevents, netfilter, xfrm, generic
+/// netlink (Wi-Fi, WireGuard, ethtool, …): nothing a tool in a jail has a use for.
+const NETLINK_PROTOCOLS: [u32; 2] = [libc::NETLINK_ROUTE as u32, NETLINK_SOCK_DIAG];
+const NETLINK_SOCK_DIAG: u32 = 4;
 
 /// Calls that set a file's mode, with the argument holding it: in an idmapped workspace the
 /// tool's files belong to the workspace's owner (root, say) on disk, so a set-ID bit would
@@ -430,6 +454,12 @@ fn compile_list(denied: &[i64], no_setid: bool) -> Result<Vec<SockFilter>, Secco
     }
     keys.push((libc::SYS_clone as u32, Verdict::CloneFlags));
     keys.push((libc::SYS_clone3 as u32, Verdict::NoSys));
+    // socket and socketpair by family, unless the profile denies them outright.
+    for call in [libc::SYS_socket, libc::SYS_socketpair] {
+        if !keys.iter().any(|(nr, _)| *nr == call as u32) {
+            keys.push((call as u32, Verdict::Family));
+        }
+    }
     keys.push((libc::SYS_ioctl as u32, Verdict::Ioctl));
     keys.sort_unstable_by_key(|(nr, _)| *nr);
     if keys.windows(2).any(|w| w[0].0 == w[1].0) {
@@ -478,6 +508,25 @@ fn compile_list(denied: &[i64], no_setid: bool) -> Result<Vec<SockFilter>, Secco
             );
         }
     }
+    // The family is an int: the kernel reads the low 32 bits, and so do we.
+    asm.label(Label::Verdict(Verdict::Family));
+    asm.stmt(BPF_LD_W_ABS, SECCOMP_DATA_ARG0_LOW);
+    let netlink = asm.fresh();
+    for family in FAMILIES {
+        let to = if family == libc::AF_NETLINK as u32 {
+            netlink
+        } else {
+            Label::Allow
+        };
+        asm.jump(BPF_JEQ_K, family, to, Label::Next);
+    }
+    asm.stmt(BPF_RET_K, errno(libc::EAFNOSUPPORT));
+    asm.label(netlink);
+    asm.stmt(BPF_LD_W_ABS, SECCOMP_DATA_ARG2_LOW);
+    for protocol in NETLINK_PROTOCOLS {
+        asm.jump(BPF_JEQ_K, protocol, Label::Allow, Label::Next);
+    }
+    asm.stmt(BPF_RET_K, errno(libc::EPROTONOSUPPORT));
     asm.label(Label::Allow);
     asm.stmt(BPF_RET_K, SECCOMP_RET_ALLOW);
     asm.label(Label::Verdict(Verdict::Deny));
@@ -541,9 +590,10 @@ const BPF_JSET_K: u16 = 0x45;
 const BPF_RET_K: u16 = 0x06;
 const SECCOMP_DATA_NR: u32 = 0;
 const SECCOMP_DATA_ARCH: u32 = 4;
-/// The low 32 bits of args[0] and args[1] (little-endian).
+/// The low 32 bits of args[0], args[1] and args[2] (little-endian).
 const SECCOMP_DATA_ARG0_LOW: u32 = 16;
 const SECCOMP_DATA_ARG1_LOW: u32 = 24;
+const SECCOMP_DATA_ARG2_LOW: u32 = 32;
 const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
 
 fn errno(e: i32) -> u32 {
@@ -753,7 +803,12 @@ mod tests {
             ioctl_nr(libc::TCGETS),
             ioctl_nr(libc::TIOCLINUX) | 0xffff_ffff_0000_0000,
         ];
+        // socket and socketpair are judged by family (their own test, below).
+        let by_family = [libc::SYS_socket as u32, libc::SYS_socketpair as u32];
         for nr in (0..1024).chain([0x4000_0000, 0x4000_0027, u32::MAX]) {
+            if by_family.contains(&nr) {
+                continue;
+            }
             for &a0 in &arg0s {
                 for &a1 in &arg1s {
                     let args = [a0, a1, 0, 0, 0, 0];
@@ -815,6 +870,63 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), DENIED.len(), "a syscall is listed twice");
+    }
+
+    #[test]
+    fn sockets_open_only_in_the_listed_families_and_netlink_protocols() {
+        let arch = AUDIT_ARCH;
+        for program in [
+            compile().expect("compiles"),
+            compile_list(DENIED, true).expect("compiles"),
+        ] {
+            for call in [libc::SYS_socket as u32, libc::SYS_socketpair as u32] {
+                let verdict = |family: u64, protocol: u64| {
+                    run(&program, call, arch, [family, 1, protocol, 0, 0, 0])
+                };
+                for family in FAMILIES {
+                    let protocol = if family == libc::AF_NETLINK as u32 {
+                        u64::from(libc::NETLINK_ROUTE as u32)
+                    } else {
+                        0
+                    };
+                    assert_eq!(verdict(family.into(), protocol), SECCOMP_RET_ALLOW);
+                    // Only the low 32 bits are the family, as the kernel reads them.
+                    assert_eq!(
+                        verdict(u64::from(family) | 1 << 32, protocol),
+                        SECCOMP_RET_ALLOW
+                    );
+                }
+                // vsock, packet, AF_ALG, AF_KEY, XDP, Bluetooth, CAN, RDS, TIPC, and the rest.
+                for family in (0..64u64).filter(|f| !FAMILIES.contains(&(*f as u32))) {
+                    assert_eq!(
+                        verdict(family, 0),
+                        errno(libc::EAFNOSUPPORT),
+                        "family {family}"
+                    );
+                }
+                assert_eq!(verdict(u64::from(u32::MAX), 0), errno(libc::EAFNOSUPPORT));
+                let netlink = libc::AF_NETLINK as u64;
+                assert_eq!(verdict(netlink, 4), SECCOMP_RET_ALLOW, "sock_diag");
+                for protocol in [9u64, 12, 15, 16, 6, 1 << 32 | 9] {
+                    assert_eq!(
+                        verdict(netlink, protocol),
+                        errno(libc::EPROTONOSUPPORT),
+                        "netlink protocol {protocol}"
+                    );
+                }
+            }
+        }
+        // A profile that denies socket outright still does.
+        let no_sockets = Profile {
+            deny: vec!["socket".into()],
+            ..Profile::default()
+        };
+        let program = filter_for(&no_sockets, false).expect("compiles");
+        let inet = [libc::AF_INET as u64, 1, 0, 0, 0, 0];
+        assert_eq!(
+            run(&program, libc::SYS_socket as u32, arch, inet),
+            errno(libc::EPERM)
+        );
     }
 
     #[test]

@@ -236,3 +236,69 @@ fn a_job_that_tries_the_network_its_policy_does_not_give_is_told_why() {
         job.stderr
     );
 }
+
+/// What the probe's `families` tries, by name, and what the filter must answer.
+const ALLOWED_FAMILIES: [&str; 5] = [
+    "unix",
+    "inet",
+    "inet6",
+    "netlink_route",
+    "netlink_sock_diag",
+];
+const NETLINK_REFUSED: [&str; 4] = [
+    "netlink_generic",
+    "netlink_audit",
+    "netlink_uevent",
+    "netlink_netfilter",
+];
+
+#[test]
+fn jobs_open_sockets_only_of_the_families_a_network_namespace_holds() {
+    if !require_root() {
+        return;
+    }
+    // Control: outside any jail (root, the host's namespace) the kernel has some of the
+    // refused families, so the answers below are the filter's, not the kernel's.
+    let bare = std::process::Command::new(toolbox_tests::probe())
+        .arg("families")
+        .output()
+        .expect("run the probe bare");
+    let bare: serde_json::Value = serde_json::from_slice(&bare.stdout).expect("probe json");
+    let opened_bare: Vec<&String> = bare["socket"]
+        .as_object()
+        .expect("sockets")
+        .iter()
+        .filter(|(name, errno)| *errno == 0 && !ALLOWED_FAMILIES.contains(&name.as_str()))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        opened_bare.len() >= 2,
+        "control: the host opens few refused families: {bare}"
+    );
+    let ws = workspace();
+    for via in Via::ALL {
+        for mode in [&["--net", "none"][..], &[], &["--policy", "network"]] {
+            let job = Run::probe(ws.path(), &["families"])
+                .opts(mode)
+                .via(via)
+                .run();
+            let result = job.probe_json();
+            let sockets = result["socket"].as_object().expect("sockets");
+            let pairs = result["socketpair"].as_object().expect("socketpairs");
+            assert_eq!(sockets.len(), bare["socket"].as_object().expect("s").len());
+            for (name, errno) in sockets {
+                let pair = &pairs[name];
+                if ALLOWED_FAMILIES.contains(&name.as_str()) {
+                    assert_eq!(errno, 0, "{name} in {mode:?}: {result}");
+                } else if NETLINK_REFUSED.contains(&name.as_str()) {
+                    assert_eq!(errno, libc::EPROTONOSUPPORT, "{name} in {mode:?}: {result}");
+                    assert_eq!(pair, libc::EPROTONOSUPPORT, "{name} pair: {result}");
+                } else {
+                    assert_eq!(errno, libc::EAFNOSUPPORT, "{name} in {mode:?}: {result}");
+                    assert_eq!(pair, libc::EAFNOSUPPORT, "{name} pair: {result}");
+                }
+            }
+            assert_eq!(pairs["unix"], 0, "{result}");
+        }
+    }
+}

@@ -23,6 +23,7 @@ fn main() {
         "status" => status(),
         "env" => json!(std::env::vars().collect::<std::collections::BTreeMap<String, String>>()),
         "syscalls" => syscalls(),
+        "families" => families(),
         "interfaces" => interfaces(),
         "connect" => connect(rest[0]),
         "serve" => serve(rest[0], rest[1]),
@@ -145,6 +146,69 @@ fn own_namespaces() -> Value {
 
 /// Each forbidden syscall, with arguments that give a telling errno when no filter stops
 /// it (so a control run outside the jail shows what a broken jail would allow).
+/// The socket families tried by `families`: (name, family, type, protocol). The first four
+/// are what a job may open; the rest a jail refuses.
+const FAMILIES: &[(&str, i32, i32, i32)] = &[
+    ("unix", 1, libc::SOCK_STREAM, 0),
+    ("inet", 2, libc::SOCK_STREAM, 0),
+    ("inet6", 10, libc::SOCK_DGRAM, 0),
+    ("netlink_route", 16, libc::SOCK_RAW, 0),
+    ("netlink_sock_diag", 16, libc::SOCK_RAW, 4),
+    ("vsock", 40, libc::SOCK_STREAM, 0),
+    ("packet", 17, libc::SOCK_DGRAM, 0),
+    ("alg", 38, libc::SOCK_SEQPACKET, 0),
+    ("key", 15, libc::SOCK_RAW, 2),
+    ("xdp", 44, libc::SOCK_RAW, 0),
+    ("bluetooth", 31, libc::SOCK_RAW, 1),
+    ("can", 29, libc::SOCK_RAW, 1),
+    ("rds", 21, libc::SOCK_SEQPACKET, 0),
+    ("tipc", 30, libc::SOCK_RDM, 0),
+    ("appletalk", 5, libc::SOCK_DGRAM, 0),
+    ("ax25", 3, libc::SOCK_SEQPACKET, 0),
+    ("llc", 26, libc::SOCK_DGRAM, 0),
+    ("phonet", 35, libc::SOCK_DGRAM, 0),
+    ("ieee802154", 36, libc::SOCK_DGRAM, 0),
+    ("kcm", 41, libc::SOCK_DGRAM, 0),
+    ("qipcrtr", 42, libc::SOCK_DGRAM, 0),
+    ("smc", 43, libc::SOCK_STREAM, 0),
+    ("mctp", 45, libc::SOCK_DGRAM, 0),
+    ("netlink_generic", 16, libc::SOCK_RAW, 16),
+    ("netlink_audit", 16, libc::SOCK_RAW, 9),
+    ("netlink_uevent", 16, libc::SOCK_RAW, 15),
+    ("netlink_netfilter", 16, libc::SOCK_RAW, 12),
+];
+
+/// Open a socket of each family in [`FAMILIES`] (and a socketpair of each): 0 where it
+/// opened, else the errno.
+fn families() -> Value {
+    let mut sockets = Map::new();
+    let mut pairs = Map::new();
+    for &(name, family, kind, protocol) in FAMILIES {
+        // SAFETY: socket(2) and socketpair(2) with plain integers and our own array; every
+        // descriptor made is closed at once.
+        unsafe {
+            let fd = libc::socket(family, kind | libc::SOCK_CLOEXEC, protocol);
+            sockets.insert(name.into(), json!(if fd < 0 { errno() } else { 0 }));
+            if fd >= 0 {
+                libc::close(fd);
+            }
+            let mut pair = [-1; 2];
+            let ret = libc::socketpair(
+                family,
+                kind | libc::SOCK_CLOEXEC,
+                protocol,
+                pair.as_mut_ptr(),
+            );
+            pairs.insert(name.into(), json!(if ret < 0 { errno() } else { 0 }));
+            if ret == 0 {
+                libc::close(pair[0]);
+                libc::close(pair[1]);
+            }
+        }
+    }
+    json!({"socket": sockets, "socketpair": pairs})
+}
+
 fn syscalls() -> Value {
     let mut results = Map::new();
     let mut record = |name: &str, ret: libc::c_long| {
