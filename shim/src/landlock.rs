@@ -1,12 +1,13 @@
 //! Landlock for the tool: filesystem access only beneath the view's paths, no TCP when the
-//! job has no network, signals and abstract unix sockets scoped to the job.
+//! job has no network but connects to its egress proxy, signals and abstract unix sockets scoped to the job.
 //!
 //! The floor is the policy's `min_abi` (ABI 1 — filesystem rights — by default); anything
 //! newer (TCP from ABI 4, ioctl on devices from 5, scoping from 6) is taken best-effort, and
 //! what the kernel really enforced is reported back.
 
 use landlock::{
-    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
+    Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, PathFd,
+    Ruleset,
     RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 use toolbox_spec::FsAccess;
@@ -83,6 +84,13 @@ impl Prepared {
             ruleset = ruleset
                 .add_rule(PathBeneath::new(fd, access))
                 .map_err(err)?;
+        }
+        if spec.deny_tcp && self.abi >= 4 {
+            for &port in &spec.connect_ports {
+                ruleset = ruleset
+                    .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
+                    .map_err(err)?;
+            }
         }
         let status = ruleset.restrict_self().map_err(err)?;
         let fs = status.ruleset != RulesetStatus::NotEnforced;

@@ -93,6 +93,10 @@ fn helper(ready: OwnedFd, hold: OwnedFd) -> ! {
             sys::exit_now(crate::SHIM_FAILED);
         }
     };
+    // The proxy's listeners, made here so they belong to the job's namespace, for the
+    // supervisor to serve from its own. Before the ready below: the supervisor waits for
+    // them before its go, and PID 1 waits for the go.
+    send_listeners();
     // Our /proc/self/net is the new namespace's now: what these read stays its, whoever
     // reads them later.
     let counters = ["/proc/self/net/snmp", "/proc/self/net/snmp6"].map(|path| {
@@ -118,6 +122,56 @@ fn helper(ready: OwnedFd, hold: OwnedFd) -> ! {
     let mut byte = [0u8; 1];
     let _ = nix::unistd::read(&hold, &mut byte);
     sys::exit_now(0)
+}
+
+/// Listen on the proxy's ports of the new namespace's `lo`, and send both sockets to the
+/// supervisor (see `toolbox_spec::PROXY_PORTS`); or say why not.
+fn send_listeners() {
+    use nix::sys::socket::{self, ControlMessage, MsgFlags};
+    let made: Result<Vec<OwnedFd>, String> = toolbox_spec::PROXY_PORTS
+        .iter()
+        .map(|&port| listen_on(port).map_err(|errno| format!("listen on 127.0.0.1:{port}: {errno}")))
+        .collect();
+    let control = toolbox_spec::fds::CONTROL;
+    let sent = match &made {
+        Ok(listeners) => {
+            let fds: Vec<i32> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
+            socket::sendmsg::<()>(
+                control,
+                &[std::io::IoSlice::new(toolbox_spec::LISTENERS)],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+        }
+        Err(why) => {
+            let mut message = toolbox_spec::LISTENERS_FAILED.to_vec();
+            message.extend_from_slice(why.as_bytes());
+            socket::sendmsg::<()>(
+                control,
+                &[std::io::IoSlice::new(&message)],
+                &[],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+        }
+    };
+    // The supervisor keeps its copies; ours close when we leave. (A send that failed leaves
+    // the supervisor to give up on the job when no message comes.)
+    let _ = sent;
+}
+
+fn listen_on(port: u16) -> Result<OwnedFd, nix::errno::Errno> {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn};
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, port))?;
+    socket::listen(&fd, Backlog::new(128)?)?;
+    Ok(fd)
 }
 
 impl NetHelper {

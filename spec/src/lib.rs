@@ -27,6 +27,15 @@ pub mod fds {
     pub const CONTROL: i32 = 6;
 }
 
+/// The job's egress proxy on its own `lo` (`127.0.0.1`): HTTP, then SOCKS5. The shim's
+/// network helper makes a listening socket on each in the job's fresh network namespace and
+/// sends both to the supervisor on [`fds::CONTROL`], as one message [`LISTENERS`] with the
+/// two descriptors in that order (or [`LISTENERS_FAILED`] and why, with none); the
+/// supervisor serves them (modes `none` and `allowlist`) or closes them, before the go.
+pub const PROXY_PORTS: [u16; 2] = [3128, 1080];
+pub const LISTENERS: &[u8] = b"listeners";
+pub const LISTENERS_FAILED: &[u8] = b"listeners failed: ";
+
 /// Signals the supervisor sends the shim (PID 1 of the jail), and what each means.
 pub mod control {
     /// SIGTERM to every process of the job (the timeout and cancel path): SIGUSR1.
@@ -145,8 +154,12 @@ impl Mount {
 #[serde(deny_unknown_fields)]
 pub struct Landlock {
     pub rules: Vec<LandlockRule>,
-    /// Handle TCP bind and connect, and allow no port: the job gets no TCP at all.
+    /// Handle TCP bind and connect, and allow none but connects to `connect_ports`.
     pub deny_tcp: bool,
+    /// With `deny_tcp`, the ports TCP connect is still allowed to (the job's egress proxy on
+    /// its own `lo`).
+    #[serde(default)]
+    pub connect_ports: Vec<u16>,
     /// Scope signals and abstract unix sockets to the job's own domain.
     pub scoped: bool,
     /// Refuse to start the job below this ABI (0: run without Landlock if it is missing).
@@ -508,6 +521,7 @@ mod tests {
             landlock: Landlock {
                 rules: Vec::new(),
                 deny_tcp: true,
+                connect_ports: vec![3128, 1080],
                 scoped: true,
                 min_abi: 0,
             },

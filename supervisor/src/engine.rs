@@ -23,6 +23,7 @@ use crate::cgroup::{
     job_name, CgroupLimits, CgroupManager, CgroupStats, Cgroups, JobCgroup, Placement,
     PlacementOptions,
 };
+use crate::egress::{Egress, Judge, Proxy};
 use crate::job::JobPlan;
 use crate::output::Capper;
 use crate::policy::NetworkMode;
@@ -121,6 +122,9 @@ struct Started {
     /// Made with the shim on cgroup v2; on v1 made while the shim builds the jail.
     cgroup: CgroupGuard,
     shim: Shim,
+    /// Whether the shim prepared a network namespace of the job's own (whose helper sends
+    /// the proxy's listeners).
+    isolated: bool,
 }
 
 /// The job's cgroup once made, removed when dropped: for the paths on which a job never
@@ -239,7 +243,11 @@ impl Engine {
             into,
         )
         .map_err(spawn_error)?;
-        Ok(Prestarted(Ok(Started { cgroup, shim })))
+        Ok(Prestarted(Ok(Started {
+            cgroup,
+            shim,
+            isolated: network != NetworkMode::Host,
+        })))
     }
 
     /// Remove job cgroups of supervisors that died, the first time this is called.
@@ -326,7 +334,11 @@ impl Engine {
             cpus: plan.limits.cpus,
             pids: plan.limits.pids.saturating_add(1),
         };
-        let Started { cgroup, shim } = match prestarted.0 {
+        let Started {
+            cgroup,
+            shim,
+            isolated,
+        } = match prestarted.0 {
             Ok(started) => started,
             Err(message) => return fail(result, started, message),
         };
@@ -383,6 +395,17 @@ impl Engine {
         if let Err(err) = cgroup.set_limits(&limits) {
             return fail(result, started, format!("limit the job's cgroup: {err}"));
         }
+        // The proxy's listeners, before the go: served where the mode has it (and the job
+        // does not start in `allowlist` without it), else closed, so their ports are free.
+        let proxy = if isolated && plan.network != NetworkMode::Host {
+            match serve_proxy(&plan, &shim).await {
+                Ok(proxy) => proxy,
+                // The shim leaves without its go, then the guard removes the cgroup.
+                Err(message) => return fail(result, started, message),
+            }
+        } else {
+            None
+        };
         let Some(cgroup) = guard.into_inner() else {
             unreachable!("the job's cgroup was made above")
         };
@@ -401,6 +424,7 @@ impl Engine {
         // from the jail's set-up.
         let run = supervise(shim, &plan, &cgroup, &events, cancel, || self.sweep_once()).await;
 
+        let egress = proxy.map(Proxy::finish);
         let stats = run.tool_stats.unwrap_or_else(|| cgroup.stats());
         if let Err(err) = cgroup.remove() {
             warn!("clean up the job's cgroup: {err}");
@@ -414,6 +438,18 @@ impl Engine {
             }
         }
         result.reason = explain(&plan, &run, &stats, &result);
+        if let Some(egress) = egress {
+            if let Some(refused) = egress_refusal(&egress) {
+                result.reason = Some(match result.reason.take() {
+                    Some(reason) => format!("{reason}; {refused}"),
+                    None => refused,
+                });
+            }
+            let tried = egress.allowed + egress.refused + egress.failed > 0;
+            if tried || plan.network == NetworkMode::Allowlist {
+                result.egress = Some(egress);
+            }
+        }
         result
     }
 
@@ -464,7 +500,12 @@ impl Engine {
             cgroup_view,
             landlock: Landlock {
                 rules,
-                deny_tcp: plan.network == NetworkMode::None,
+                deny_tcp: plan.network.proxied(),
+                connect_ports: if plan.network.proxied() {
+                    crate::egress::PORTS.to_vec()
+                } else {
+                    Vec::new()
+                },
                 scoped: true,
                 min_abi: plan.landlock_min_abi,
             },
@@ -519,6 +560,7 @@ impl Engine {
             stdout_dropped_bytes: 0,
             stderr_dropped_bytes: 0,
             exec_of: None,
+            egress: None,
             isolation: Isolation {
                 cgroup: self
                     .cgroups()
@@ -619,6 +661,61 @@ impl Drop for Pinned<'_> {
             }
         }
     }
+}
+
+/// Take the proxy's listeners from the jail's network helper, and serve them in the modes
+/// that have the proxy (`None` in the others: dropped, they free their ports). In mode
+/// `allowlist` a proxy that cannot be had fails the job; in `none` it only explains, and
+/// the job runs without it.
+async fn serve_proxy(plan: &JobPlan, shim: &Shim) -> Result<Option<Proxy>, String> {
+    // The helper sends them first thing, long before the root is built; the bound only
+    // keeps a helper that died without a word from holding the job forever.
+    let listeners = tokio::time::timeout(Duration::from_secs(30), shim.listeners())
+        .await
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "the jail's network helper sent no proxy sockets in 30 s",
+            ))
+        });
+    if !plan.network.proxied() {
+        return Ok(None);
+    }
+    let judge = Judge {
+        job_id: plan.job_id.clone(),
+        rules: (plan.network == NetworkMode::Allowlist).then(|| plan.egress.clone()),
+        policy: plan.policy.clone(),
+        hint: network_fix(plan).to_string(),
+    };
+    let served = listeners.and_then(|[http, socks]| Proxy::serve(http, socks, judge));
+    match served {
+        Ok(proxy) => Ok(Some(proxy)),
+        Err(err) if plan.network == NetworkMode::Allowlist => Err(format!(
+            "set up the job's egress proxy (mode allowlist does not run without it): {err}"
+        )),
+        Err(err) => {
+            warn!("the job's proxy, which explains mode none to tools, is not there: {err}");
+            Ok(None)
+        }
+    }
+}
+
+/// A sentence on what the proxy refused, for the record's reason.
+fn egress_refusal(egress: &Egress) -> Option<String> {
+    let refused = egress.refused + egress.failed;
+    if refused == 0 {
+        return None;
+    }
+    let first = egress
+        .connections
+        .iter()
+        .find(|c| c.decision != "allowed")
+        .and_then(|c| c.reason.as_deref())
+        .unwrap_or("");
+    let plural = if refused == 1 { "" } else { "s" };
+    Some(format!(
+        "egress: {refused} connection{plural} through the job's proxy did not go through; \
+         the first: {first}"
+    ))
 }
 
 fn jail_network(mode: NetworkMode) -> Network {
@@ -1093,12 +1190,7 @@ fn network_refusal(plan: &JobPlan, refused: Option<(u64, u64)>) -> Option<String
     if tried.is_empty() {
         return None;
     }
-    let fix = if plan.host_network_allowed {
-        "--net host gives it the host's network"
-    } else {
-        "the policy allows no more: a policy with network mode \"host\" (--policy network, \
-         where installed) gives a job the host's network"
-    };
+    let fix = network_fix(plan);
     Some(format!(
         "no network: the job tried to reach the network ({}), and policy \"{}\" gives it \
          network mode \"{}\"; {fix}",
@@ -1106,6 +1198,17 @@ fn network_refusal(plan: &JobPlan, refused: Option<(u64, u64)>) -> Option<String
         plan.policy,
         format!("{:?}", plan.network).to_lowercase(),
     ))
+}
+
+/// What would give a job more network than its policy's mode.
+fn network_fix(plan: &JobPlan) -> &'static str {
+    if plan.host_network_allowed {
+        "--net host gives it the host's network"
+    } else {
+        "the policy allows no more: a policy with network mode \"allowlist\" gives a job \
+         the names it lists (--policy pypi, npm, crates or github, where installed), and \
+         one with network mode \"host\" (--policy network) the host's network"
+    }
 }
 
 /// The first nameserver of the host's resolv.conf (what the job's view holds), when it is

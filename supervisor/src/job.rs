@@ -65,6 +65,9 @@ pub struct JobRequest {
     pub pids: Option<u32>,
     pub output: Option<u64>,
     pub network: Option<NetworkMode>,
+    /// Egress rules in place of the policy's `[network] allow` (mode `allowlist`, which they
+    /// imply when no mode is asked for).
+    pub allow: Option<Vec<crate::egress::Rule>>,
     pub ro: Vec<PathBuf>,
     pub rw: Vec<PathBuf>,
     /// uid, and optionally gid.
@@ -118,6 +121,9 @@ pub struct JobPlan {
     pub uid: u32,
     pub gid: u32,
     pub network: NetworkMode,
+    /// What the job may reach in mode `allowlist` (empty in the others): a copy, so a
+    /// policy reloaded while the job runs never changes it.
+    pub egress: crate::egress::Rules,
     pub limits: Limits,
     /// The most the policy lets a request ask for: what an ending's explanation points to.
     pub max: Limits,
@@ -143,7 +149,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 pub fn plan(
     policy: &Policy,
-    request: JobRequest,
+    mut request: JobRequest,
     caller: &Caller,
 ) -> Result<JobPlan, RequestError> {
     if request.argv.is_empty() || request.argv[0].is_empty() {
@@ -160,7 +166,11 @@ pub fn plan(
     let ro = existing_paths("--ro", &request.ro, &caller.cwd, false)?;
     let rw = existing_paths("--rw", &request.rw, &caller.cwd, true)?;
     let limits = limits(policy, &request)?;
-    let network = request.network.unwrap_or(policy.network);
+    let network = request.network.unwrap_or(if request.allow.is_some() {
+        NetworkMode::Allowlist
+    } else {
+        policy.network
+    });
     if !policy.allows_network(network) {
         let mut allowed = vec![policy.network];
         allowed.extend(&policy.overrides.network);
@@ -175,6 +185,7 @@ pub fn plan(
                 .join(" or "),
         ));
     }
+    let egress = egress_rules(policy, network, request.allow.take())?;
     for (field, paths, under) in [
         ("ro", &ro, &policy.overrides.allow_ro_under),
         ("rw", &rw, &policy.overrides.allow_rw_under),
@@ -253,6 +264,7 @@ pub fn plan(
         uid,
         gid,
         network,
+        egress,
         limits,
         max: policy.overrides.max,
         host_network_allowed: policy.allows_network(NetworkMode::Host),
@@ -264,6 +276,49 @@ pub fn plan(
         caller_path: caller.env.get("PATH").cloned(),
         idmap,
     })
+}
+
+/// The rules a job in mode `allowlist` runs with: the policy's, or the request's where each
+/// lies within one of the policy's or its `[overrides] allow` (any, under a policy that
+/// gives the host's network).
+fn egress_rules(
+    policy: &Policy,
+    network: NetworkMode,
+    asked: Option<Vec<crate::egress::Rule>>,
+) -> Result<crate::egress::Rules, RequestError> {
+    if network != NetworkMode::Allowlist {
+        if asked.is_some() {
+            return Err(RequestError::Limit {
+                field: "allow",
+                reason: format!(
+                    "egress rules are for network mode allowlist, and this job's is {}",
+                    network.name()
+                ),
+            });
+        }
+        return Ok(crate::egress::Rules::default());
+    }
+    let Some(asked) = asked else {
+        return Ok(policy.allow.clone());
+    };
+    if policy.network != NetworkMode::Host {
+        for rule in &asked {
+            if !policy.allow.cover(rule) && !policy.overrides.allow.cover(rule) {
+                let mut within = policy.allow.0.clone();
+                within.extend(policy.overrides.allow.0.iter().cloned());
+                return Err(override_error(
+                    policy,
+                    "allow",
+                    rule.to_string(),
+                    format!(
+                        "only rules within {}",
+                        crate::egress::Rules(within)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(crate::egress::Rules(asked))
 }
 
 fn override_error(
@@ -514,6 +569,13 @@ fn environment(
     }
     for (name, value) in &policy.env_set {
         env.insert(name.clone(), value.clone());
+    }
+    // The job's proxy (the way out in `allowlist`, the explanation in `none`); `--env` may
+    // still say otherwise, and then reaches nothing.
+    if network.proxied() {
+        for (name, value) in crate::egress::ENVIRONMENT {
+            env.insert(name.into(), value.into());
+        }
     }
     for entry in requested {
         let err = |reason: &str| RequestError::Env {

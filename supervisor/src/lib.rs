@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod client;
 pub mod daemon;
 pub mod doctor;
+pub mod egress;
 pub mod engine;
 pub mod etc_links;
 pub mod etc_snapshot;

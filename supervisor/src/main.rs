@@ -100,9 +100,14 @@ struct RunArgs {
     /// Output cap per stream (e.g. 1M); the head streams live, the tail comes at the end.
     #[arg(long, value_name = "SIZE")]
     output_limit: Option<Size>,
-    /// none (only lo, no TCP), loopback (only lo, TCP on it), or host.
+    /// none (only lo, no TCP), loopback (only lo, TCP on it), allowlist (only lo, and a
+    /// proxy to what the policy's or --allow's rules list), or host.
     #[arg(long, value_name = "MODE")]
     net: Option<NetworkMode>,
+    /// An egress rule in place of the policy's (repeatable; implies --net allowlist):
+    /// `pypi.org`, `*.github.com:443,80`, `10.0.0.5:8080`, `192.168.0.0/16:*`, `[fd00::1]:443`.
+    #[arg(long, value_name = "RULE")]
+    allow: Vec<toolbox::egress::Rule>,
     /// Bind a host path read-only at the same path (repeatable).
     #[arg(long, value_name = "PATH")]
     ro: Vec<PathBuf>,
@@ -306,6 +311,9 @@ fn remote_body(args: &RunArgs) -> anyhow::Result<serde_json::Value> {
     if let Some(network) = args.net {
         body["network"] = serde_json::to_value(network)?;
     }
+    if !args.allow.is_empty() {
+        body["allow"] = serde_json::to_value(&args.allow)?;
+    }
     Ok(body)
 }
 
@@ -352,6 +360,7 @@ fn run(args: RunArgs) -> anyhow::Result<i32> {
         pids: args.pids,
         output: args.output_limit.map(|s| s.0),
         network: args.net,
+        allow: (!args.allow.is_empty()).then_some(args.allow),
         ro: args.ro,
         rw: args.rw,
         user: args.user,

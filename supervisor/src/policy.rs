@@ -42,18 +42,37 @@ pub enum NetworkMode {
     /// A network namespace with only `lo`; TCP on it works (tests that start their own
     /// localhost servers).
     Loopback,
+    /// A network namespace with only `lo`, and a proxy of the job's own on it as the only way
+    /// out, to the names and addresses its rules allow (see [`crate::egress`]).
+    Allowlist,
     /// The host's network.
     Host,
 }
 
 impl NetworkMode {
-    /// How much of the network a mode opens: none < loopback < host.
+    /// How much of the network a mode opens: none < loopback < allowlist < host.
     pub fn rank(self) -> u8 {
         match self {
             NetworkMode::None => 0,
             NetworkMode::Loopback => 1,
-            NetworkMode::Host => 2,
+            NetworkMode::Allowlist => 2,
+            NetworkMode::Host => 3,
         }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Loopback => "loopback",
+            NetworkMode::Allowlist => "allowlist",
+            NetworkMode::Host => "host",
+        }
+    }
+
+    /// Whether the job's namespace has the proxy's listeners served (the way out in
+    /// `allowlist`, the explanation in `none`).
+    pub fn proxied(self) -> bool {
+        matches!(self, NetworkMode::None | NetworkMode::Allowlist)
     }
 }
 
@@ -64,9 +83,10 @@ impl std::str::FromStr for NetworkMode {
         match text {
             "none" => Ok(NetworkMode::None),
             "loopback" => Ok(NetworkMode::Loopback),
+            "allowlist" => Ok(NetworkMode::Allowlist),
             "host" => Ok(NetworkMode::Host),
             other => Err(format!(
-                "{other:?} is not a network mode (none, loopback or host)"
+                "{other:?} is not a network mode (none, loopback, allowlist or host)"
             )),
         }
     }
@@ -134,6 +154,9 @@ pub struct RawOverrides {
     /// Network modes a request may pick besides the policy's own (and stricter ones).
     #[serde(default)]
     pub network: Vec<NetworkMode>,
+    /// Egress rules a request may add to `[network] allow` (in mode `allowlist`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<crate::egress::Rule>,
     /// Extra read-only binds (`--ro`, `mounts` ro) only beneath these.
     #[serde(default)]
     pub allow_ro_under: Vec<PathBuf>,
@@ -165,6 +188,9 @@ pub struct RawFilesystem {
 #[serde(deny_unknown_fields)]
 pub struct RawNetwork {
     pub mode: NetworkMode,
+    /// What a job in mode `allowlist` may reach (see [`crate::egress::rules`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<crate::egress::Rule>,
 }
 
 #[derive(Debug, Deserialize, serde::Serialize)]
@@ -233,6 +259,8 @@ pub struct Policy {
     pub tmpfs: Vec<PathBuf>,
     pub masked: Vec<PathBuf>,
     pub network: NetworkMode,
+    /// What a job in mode `allowlist` may reach, unless its request narrows it.
+    pub allow: crate::egress::Rules,
     pub limits: Limits,
     pub env_pass: Vec<String>,
     pub env_pass_with_network: Vec<String>,
@@ -307,6 +335,8 @@ impl std::fmt::Debug for Sha256 {
 pub struct Overrides {
     pub max: Limits,
     pub network: Vec<NetworkMode>,
+    /// Egress rules a request may ask for beyond the policy's `allow`.
+    pub allow: crate::egress::Rules,
     pub allow_ro_under: Vec<PathBuf>,
     pub allow_rw_under: Vec<PathBuf>,
 }
@@ -351,10 +381,18 @@ const SYSTEM_DIRS: [&str; 12] = [
 
 impl Policy {
     pub fn parse(name: &str, path: &Path, text: &str) -> Result<Policy, PolicyError> {
-        let raw: RawPolicy = toml::from_str(text).map_err(|e| PolicyError::Parse {
+        let parse_error = |e: toml::de::Error| PolicyError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
-        })?;
+        };
+        let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        let raw: RawPolicy = if table.contains_key("extends") {
+            let merged = extended(path, table, 0)?;
+            serde::Deserialize::deserialize(toml::Value::Table(merged)).map_err(parse_error)?
+        } else {
+            // From the text, not the table: its errors say where.
+            toml::from_str(text).map_err(parse_error)?
+        };
         Policy::validate(name, path, raw).map_err(|err| match err {
             PolicyError::Invalid {
                 path,
@@ -524,6 +562,7 @@ impl Policy {
             tmpfs: raw.filesystem.tmpfs,
             masked: raw.filesystem.masked,
             network: raw.network.mode,
+            allow: crate::egress::Rules(raw.network.allow),
             limits,
             env_pass: raw.env.pass,
             env_pass_with_network: raw.env.pass_with_network,
@@ -538,6 +577,7 @@ impl Policy {
             overrides: Overrides {
                 max,
                 network: raw.overrides.network,
+                allow: crate::egress::Rules(raw.overrides.allow),
                 allow_ro_under: raw.overrides.allow_ro_under,
                 allow_rw_under: raw.overrides.allow_rw_under,
             },
@@ -590,7 +630,10 @@ impl Policy {
                 tmpfs: self.tmpfs.clone(),
                 masked: self.masked.clone(),
             },
-            network: RawNetwork { mode: self.network },
+            network: RawNetwork {
+                mode: self.network,
+                allow: self.allow.0.clone(),
+            },
             limits: RawLimits {
                 timeout: Dur(self.limits.timeout),
                 grace: Dur(self.limits.grace),
@@ -633,6 +676,7 @@ impl Policy {
                 output: Some(Size(o.max.output)),
                 file_size: Some(Size(o.max.file_size)),
                 network: o.network.clone(),
+                allow: o.allow.0.clone(),
                 allow_ro_under: o.allow_ro_under.clone(),
                 allow_rw_under: o.allow_rw_under.clone(),
             },
@@ -686,6 +730,75 @@ impl Policy {
             source,
         })?;
         Policy::parse(name, path, &text)
+    }
+}
+
+/// A policy's table with what it `extends` beneath it: the base policy's tables, with this
+/// one's values put over them key by key (a list replaces the base's list). The base is
+/// looked for beside the policy's file, then in the policy directories, then built in.
+fn extended(path: &Path, mut table: toml::Table, depth: usize) -> Result<toml::Table, PolicyError> {
+    let invalid = |reason: String| PolicyError::Invalid {
+        path: path.to_path_buf(),
+        field: "extends".into(),
+        reason,
+        at: None,
+    };
+    let Some(base) = table.remove("extends") else {
+        return Ok(table);
+    };
+    let Some(base) = base.as_str().filter(|b| {
+        !b.is_empty()
+            && b.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+    }) else {
+        return Err(invalid(format!(
+            "{base} is not a policy's name (letters, digits, '-' and '_')"
+        )));
+    };
+    if depth >= 8 {
+        return Err(invalid(format!(
+            "policies extend each other more than 8 deep, at {base:?}: a policy that extends \
+             itself?"
+        )));
+    }
+    let beside = path.parent().map(|dir| dir.join(format!("{base}.toml")));
+    let found = beside
+        .into_iter()
+        .chain(policy_dirs().iter().map(|d| d.join(format!("{base}.toml"))))
+        .find(|p| p.is_file());
+    let (base_path, base_text) = match found {
+        Some(base_path) => {
+            let text = std::fs::read_to_string(&base_path).map_err(|source| PolicyError::Read {
+                path: base_path.clone(),
+                source,
+            })?;
+            (base_path, text)
+        }
+        None if base == "default" => (
+            PathBuf::from("<built-in default.toml>"),
+            BUILTIN_DEFAULT.to_string(),
+        ),
+        None => return Err(invalid(format!("no policy named {base:?} to extend"))),
+    };
+    let base_table: toml::Table =
+        toml::from_str(&base_text).map_err(|e| PolicyError::Parse {
+            path: base_path.clone(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+    let mut merged = extended(&base_path, base_table, depth + 1)?;
+    merge(&mut merged, table);
+    Ok(merged)
+}
+
+/// Put `over`'s values over `under`'s, table by table.
+fn merge(under: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (under.get_mut(&key), value) {
+            (Some(toml::Value::Table(below)), toml::Value::Table(above)) => merge(below, above),
+            (_, value) => {
+                under.insert(key, value);
+            }
+        }
     }
 }
 
@@ -910,7 +1023,9 @@ mod shipped {
     #[test]
     fn every_shipped_policy_shows_as_a_file_that_parses_back_to_itself() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-        for name in ["default", "strict", "network", "build"] {
+        for name in [
+            "default", "strict", "network", "build", "pypi", "npm", "crates", "github",
+        ] {
             let path = dir.join(format!("{name}.toml"));
             let policy = Policy::load_file(name, &path).expect("loads");
             let shown = policy.show();
@@ -921,5 +1036,44 @@ mod shipped {
         let default = Policy::load_file("default", &dir.join("default.toml")).expect("default");
         let strict = Policy::load_file("strict", &dir.join("strict.toml")).expect("strict");
         assert_ne!(default.sha256(), strict.sha256());
+    }
+
+    #[test]
+    fn a_policy_extends_another_table_by_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = BUILTIN_DEFAULT.replace("mode = \"loopback\"", "mode = \"none\"");
+        std::fs::write(dir.path().join("base.toml"), base).expect("write");
+        let child = "extends = \"base\"\ndescription = \"child\"\n[network]\nmode = \"allowlist\"\nallow = [\"pypi.org\"]\n[limits]\npids = 99\n";
+        let path = dir.path().join("child.toml");
+        std::fs::write(&path, child).expect("write");
+        let policy = Policy::load_file("child", &path).expect("loads");
+        assert_eq!(policy.description, "child");
+        assert_eq!(policy.network, NetworkMode::Allowlist);
+        assert_eq!(policy.allow.to_string(), "pypi.org:443");
+        assert_eq!(policy.limits.pids, 99);
+        // The rest is the base's.
+        let default =
+            Policy::parse("default", Path::new("default.toml"), BUILTIN_DEFAULT).expect("default");
+        assert_eq!(policy.limits.memory, default.limits.memory);
+        assert_eq!(policy.etc, default.etc);
+        // A policy that extends itself, and one that extends nothing there is.
+        for (text, words) in [
+            ("extends = \"loop\"\n", "more than 8 deep"),
+            ("extends = \"nothing-here\"\n", "no policy named \"nothing-here\""),
+            ("extends = \"../etc/passwd\"\n", "is not a policy's name"),
+            ("extends = 3\n", "is not a policy's name"),
+        ] {
+            let path = dir.path().join("loop.toml");
+            std::fs::write(&path, text).expect("write");
+            let err = Policy::load_file("loop", &path).expect_err(text).to_string();
+            assert!(err.contains("extends") && err.contains(words), "{err}");
+        }
+        // Extending the built-in default, with no file of it anywhere near.
+        let path = dir.path().join("plain.toml");
+        std::fs::write(&path, "extends = \"default\"\n[limits]\npids = 7\n").expect("write");
+        assert_eq!(
+            Policy::load_file("plain", &path).expect("loads").limits.pids,
+            7
+        );
     }
 }

@@ -63,6 +63,10 @@ pub struct JobResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exec_of: Option<String>,
     pub isolation: Isolation,
+    /// What went through the job's egress proxy, connection by connection: always in mode
+    /// `allowlist`, and in mode `none` when the job tried it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::Egress>,
 }
 
 /// The policy a job ran under: its name, and the SHA-256 of its resolved content

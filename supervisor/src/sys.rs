@@ -593,6 +593,39 @@ pub fn take_listening_unix_socket(fd: RawFd) -> std::io::Result<OwnedFd> {
     Ok(owned)
 }
 
+/// One message from a `SOCK_SEQPACKET` socket, without waiting (`WouldBlock` if none is
+/// there), with the descriptors it carried (close-on-exec): the bytes (empty at EOF) and
+/// the descriptors.
+pub fn receive_with_fds(fd: RawFd, most_fds: usize) -> std::io::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut bytes = vec![0u8; 1024];
+    let mut space = vec![0u8; nix::sys::socket::cmsg_space::<RawFd>() * most_fds.max(1)];
+    let mut iov = [std::io::IoSliceMut::new(&mut bytes)];
+    let message = recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut fds = Vec::new();
+    for cmsg in message.cmsgs().map_err(std::io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            // SAFETY: SCM_RIGHTS just installed these descriptors in this process, and
+            // nothing else owns them.
+            fds.extend(received.into_iter().map(|raw| unsafe { OwnedFd::from_raw_fd(raw) }));
+        }
+    }
+    let truncated = message.flags.contains(MsgFlags::MSG_CTRUNC);
+    let n = message.bytes;
+    bytes.truncate(n);
+    if truncated {
+        return Err(std::io::Error::other("more descriptors came than were expected"));
+    }
+    Ok((bytes, fds))
+}
+
 /// Whether the other end of a connected stream socket has hung up, without consuming
 /// anything it sent.
 pub fn peer_hung_up(fd: RawFd) -> bool {

@@ -14,7 +14,9 @@ fn policies_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
 }
 
-const SHIPPED: [&str; 4] = ["default", "strict", "network", "build"];
+const SHIPPED: [&str; 8] = [
+    "default", "strict", "network", "build", "pypi", "npm", "crates", "github",
+];
 
 #[test]
 fn every_shipped_policy_checks_and_runs() {

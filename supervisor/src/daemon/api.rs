@@ -35,6 +35,9 @@ pub struct JobBody {
     #[serde(default)]
     pub limits: LimitsBody,
     pub network: Option<NetworkMode>,
+    /// Egress rules in place of the policy's (mode `allowlist`, which they imply): each
+    /// within the policy's `[network] allow` or its `[overrides] allow`.
+    pub allow: Option<Vec<crate::egress::Rule>>,
     #[serde(default)]
     pub mounts: Vec<MountBody>,
     /// Answer at once with the job's id; the job lives on without the connection, its
@@ -293,6 +296,7 @@ pub fn to_request(
         pids: limits.pids,
         output: limits.output.map(|s| s.0),
         network: body.network,
+        allow: body.allow,
         ro,
         rw,
         user,
@@ -375,7 +379,14 @@ pub struct ExecLimitsBody {
 }
 
 /// What a command exec'd into a job cannot change: the job's jail is what it is.
-const FIXED_BY_JOB: [&str; 5] = ["policy", "network", "mounts", "caller_env", "user"];
+const FIXED_BY_JOB: [&str; 6] = [
+    "policy",
+    "network",
+    "allow",
+    "mounts",
+    "caller_env",
+    "user",
+];
 const LIMITS_FIXED_BY_JOB: [&str; 3] = ["memory", "cpus", "pids"];
 
 /// Parse an exec body; what the job fixed is refused by name before anything else.

@@ -775,6 +775,7 @@ fn request_error(err: RequestError) -> ApiError {
     if let RequestError::Override { field, .. } = &err {
         let field = match *field {
             "net" => "network".to_string(),
+            "allow" => "allow".to_string(),
             "ro" | "rw" => "mounts".to_string(),
             "output-limit" => "limits.output".to_string(),
             limit => format!("limits.{limit}"),
@@ -790,6 +791,7 @@ fn request_error(err: RequestError) -> ApiError {
         RequestError::EmptyCommand | RequestError::Nul { .. } => "argv".to_string(),
         RequestError::Workspace { .. } => "cwd".into(),
         RequestError::Path { .. } | RequestError::View(_) => "mounts".into(),
+        RequestError::Limit { field: "allow", .. } => "allow".into(),
         RequestError::Limit { field, .. } => format!("limits.{field}"),
         RequestError::Env { .. } => "env".into(),
         RequestError::User(_) => "user".into(),
