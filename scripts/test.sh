@@ -20,12 +20,19 @@ if ! command -v systemd-analyze >/dev/null; then
     echo "== installing systemd (for systemd-analyze)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q systemd >/dev/null
 fi
-# The real tools tests/tests/workloads.rs runs in jails, as agents do.
+# The real tools tests/tests/workloads.rs and egress.rs run in jails, as agents do (they look
+# for them in /usr/bin and /bin), and what egress.rs's servers need (openssl, unshare).
 tools=()
-command -v python3 >/dev/null || tools+=(python3)
-command -v script >/dev/null || tools+=(bsdutils)
-command -v javac >/dev/null || tools+=(default-jdk-headless)
-command -v mvn >/dev/null || tools+=(maven)
+has() { [ -x "/usr/bin/$1" ] || [ -x "/bin/$1" ]; }
+has python3 || tools+=(python3)
+/usr/bin/python3 -m pip --version >/dev/null 2>&1 || tools+=(python3-pip)
+has script || tools+=(bsdutils)
+has javac || tools+=(default-jdk-headless)
+has mvn || tools+=(maven)
+has curl || tools+=(curl)
+has git || tools+=(git)
+has openssl || tools+=(openssl)
+has unshare || tools+=(util-linux)
 if [ "${#tools[@]}" -gt 0 ]; then
     echo "== installing ${tools[*]} (the workload tests run them)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${tools[@]}" >/dev/null

@@ -130,7 +130,9 @@ fn send_listeners() {
     use nix::sys::socket::{self, ControlMessage, MsgFlags};
     let made: Result<Vec<OwnedFd>, String> = toolbox_spec::PROXY_PORTS
         .iter()
-        .map(|&port| listen_on(port).map_err(|errno| format!("listen on 127.0.0.1:{port}: {errno}")))
+        .map(|&port| {
+            listen_on(port).map_err(|errno| format!("listen on 127.0.0.1:{port}: {errno}"))
+        })
         .collect();
     let control = toolbox_spec::fds::CONTROL;
     let sent = match &made {

@@ -687,9 +687,15 @@ async fn serve_proxy(plan: &JobPlan, shim: &Shim) -> Result<Option<Proxy>, Strin
         hint: network_fix(plan).to_string(),
     };
     let served = listeners.and_then(|[http, socks]| Proxy::serve(http, socks, judge));
+    settle_proxy(plan.network, served)
+}
+
+/// Fail closed: a job in mode `allowlist` whose proxy could not be had does not start (it
+/// would have no way out, and no word of why). In mode `none` the proxy only explains.
+fn settle_proxy<T>(network: NetworkMode, served: std::io::Result<T>) -> Result<Option<T>, String> {
     match served {
         Ok(proxy) => Ok(Some(proxy)),
-        Err(err) if plan.network == NetworkMode::Allowlist => Err(format!(
+        Err(err) if network == NetworkMode::Allowlist => Err(format!(
             "set up the job's egress proxy (mode allowlist does not run without it): {err}"
         )),
         Err(err) => {
@@ -1341,7 +1347,7 @@ fn classify(run: &Run, stats: &CgroupStats) -> (JobStatus, i32, Option<i32>, Opt
 
 #[cfg(test)]
 mod tests {
-    use super::CpuPins;
+    use super::{settle_proxy, CpuPins, NetworkMode};
 
     fn pins(allowed: Vec<u32>, start: usize) -> CpuPins {
         CpuPins {
@@ -1349,6 +1355,15 @@ mod tests {
             allowed,
             next: std::sync::atomic::AtomicUsize::new(start),
         }
+    }
+
+    #[test]
+    fn a_job_in_mode_allowlist_without_its_proxy_does_not_start() {
+        let broken = || Err::<(), _>(std::io::Error::other("no sockets"));
+        let refused = settle_proxy(NetworkMode::Allowlist, broken()).expect_err("fails closed");
+        assert!(refused.contains("egress proxy") && refused.contains("no sockets"));
+        assert_eq!(settle_proxy(NetworkMode::None, broken()), Ok(None));
+        assert_eq!(settle_proxy(NetworkMode::Allowlist, Ok(())), Ok(Some(())));
     }
 
     #[test]

@@ -310,10 +310,7 @@ fn egress_rules(
                     policy,
                     "allow",
                     rule.to_string(),
-                    format!(
-                        "only rules within {}",
-                        crate::egress::Rules(within)
-                    ),
+                    format!("only rules within {}", crate::egress::Rules(within)),
                 ));
             }
         }

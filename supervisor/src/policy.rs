@@ -780,11 +780,10 @@ fn extended(path: &Path, mut table: toml::Table, depth: usize) -> Result<toml::T
         ),
         None => return Err(invalid(format!("no policy named {base:?} to extend"))),
     };
-    let base_table: toml::Table =
-        toml::from_str(&base_text).map_err(|e| PolicyError::Parse {
-            path: base_path.clone(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
+    let base_table: toml::Table = toml::from_str(&base_text).map_err(|e| PolicyError::Parse {
+        path: base_path.clone(),
+        message: e.to_string().trim_end().to_string(),
+    })?;
     let mut merged = extended(&base_path, base_table, depth + 1)?;
     merge(&mut merged, table);
     Ok(merged)
@@ -1059,20 +1058,28 @@ mod shipped {
         // A policy that extends itself, and one that extends nothing there is.
         for (text, words) in [
             ("extends = \"loop\"\n", "more than 8 deep"),
-            ("extends = \"nothing-here\"\n", "no policy named \"nothing-here\""),
+            (
+                "extends = \"nothing-here\"\n",
+                "no policy named \"nothing-here\"",
+            ),
             ("extends = \"../etc/passwd\"\n", "is not a policy's name"),
             ("extends = 3\n", "is not a policy's name"),
         ] {
             let path = dir.path().join("loop.toml");
             std::fs::write(&path, text).expect("write");
-            let err = Policy::load_file("loop", &path).expect_err(text).to_string();
+            let err = Policy::load_file("loop", &path)
+                .expect_err(text)
+                .to_string();
             assert!(err.contains("extends") && err.contains(words), "{err}");
         }
         // Extending the built-in default, with no file of it anywhere near.
         let path = dir.path().join("plain.toml");
         std::fs::write(&path, "extends = \"default\"\n[limits]\npids = 7\n").expect("write");
         assert_eq!(
-            Policy::load_file("plain", &path).expect("loads").limits.pids,
+            Policy::load_file("plain", &path)
+                .expect("loads")
+                .limits
+                .pids,
             7
         );
     }

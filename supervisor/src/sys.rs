@@ -614,14 +614,20 @@ pub fn receive_with_fds(fd: RawFd, most_fds: usize) -> std::io::Result<(Vec<u8>,
         if let ControlMessageOwned::ScmRights(received) = cmsg {
             // SAFETY: SCM_RIGHTS just installed these descriptors in this process, and
             // nothing else owns them.
-            fds.extend(received.into_iter().map(|raw| unsafe { OwnedFd::from_raw_fd(raw) }));
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) }),
+            );
         }
     }
     let truncated = message.flags.contains(MsgFlags::MSG_CTRUNC);
     let n = message.bytes;
     bytes.truncate(n);
     if truncated {
-        return Err(std::io::Error::other("more descriptors came than were expected"));
+        return Err(std::io::Error::other(
+            "more descriptors came than were expected",
+        ));
     }
     Ok((bytes, fds))
 }

@@ -379,14 +379,7 @@ pub struct ExecLimitsBody {
 }
 
 /// What a command exec'd into a job cannot change: the job's jail is what it is.
-const FIXED_BY_JOB: [&str; 6] = [
-    "policy",
-    "network",
-    "allow",
-    "mounts",
-    "caller_env",
-    "user",
-];
+const FIXED_BY_JOB: [&str; 6] = ["policy", "network", "allow", "mounts", "caller_env", "user"];
 const LIMITS_FIXED_BY_JOB: [&str; 3] = ["memory", "cpus", "pids"];
 
 /// Parse an exec body; what the job fixed is refused by name before anything else.

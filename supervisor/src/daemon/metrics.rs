@@ -48,6 +48,10 @@ struct Counters {
     refused: BTreeMap<&'static str, u64>,
     oom_kills: u64,
     dropped_bytes: u64,
+    /// Connections through jobs' egress proxies: allowed, refused, failed.
+    egress: [u64; 3],
+    /// Bytes through them: up (from jobs), down.
+    egress_bytes: [u64; 2],
     queue_wait: Histogram,
     run_duration: Histogram,
 }
@@ -88,6 +92,13 @@ impl Metrics {
             *c.by_status.entry(status_name(result.status)).or_default() += 1;
             c.oom_kills += result.oom_kills;
             c.dropped_bytes += result.stdout_dropped_bytes + result.stderr_dropped_bytes;
+            if let Some(egress) = &result.egress {
+                c.egress[0] += egress.allowed;
+                c.egress[1] += egress.refused;
+                c.egress[2] += egress.failed;
+                c.egress_bytes[0] += egress.bytes_up;
+                c.egress_bytes[1] += egress.bytes_down;
+            }
             c.run_duration.observe(ran);
         });
     }
@@ -144,6 +155,26 @@ impl Metrics {
                 "# HELP toolbox_output_dropped_bytes_total Output bytes cut by the caps.\n# TYPE toolbox_output_dropped_bytes_total counter\ntoolbox_output_dropped_bytes_total {}",
                 c.dropped_bytes
             );
+            let _ = writeln!(
+                out,
+                "# HELP toolbox_egress_connections_total Connections through jobs' egress proxies (mode allowlist, and none's refusals), by decision.\n# TYPE toolbox_egress_connections_total counter"
+            );
+            for (decision, n) in ["allowed", "refused", "failed"].iter().zip(c.egress) {
+                let _ = writeln!(
+                    out,
+                    "toolbox_egress_connections_total{{decision=\"{decision}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP toolbox_egress_bytes_total Bytes through jobs' egress proxies, up (from the jobs) and down.\n# TYPE toolbox_egress_bytes_total counter"
+            );
+            for (direction, n) in ["up", "down"].iter().zip(c.egress_bytes) {
+                let _ = writeln!(
+                    out,
+                    "toolbox_egress_bytes_total{{direction=\"{direction}\"}} {n}"
+                );
+            }
             let _ = writeln!(
                 out,
                 "# HELP toolbox_requests_refused_total Requests refused before they ran, by error code.\n# TYPE toolbox_requests_refused_total counter"

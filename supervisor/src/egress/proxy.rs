@@ -511,9 +511,11 @@ impl Shared {
         };
         let mut last_error = None;
         for addr in candidates {
-            let connected =
-                tokio::time::timeout(CONNECT_TIME, TcpStream::connect(SocketAddr::new(addr, port)))
-                    .await;
+            let connected = tokio::time::timeout(
+                CONNECT_TIME,
+                TcpStream::connect(SocketAddr::new(addr, port)),
+            )
+            .await;
             match connected {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
@@ -758,8 +760,8 @@ fn parse_request(bytes: &[u8]) -> Result<(Request, usize), String> {
         if name.eq_ignore_ascii_case("host") {
             saw_host = true;
             let value = String::from_utf8_lossy(header.value);
-            let agrees = authority(value.trim(), Some(80))
-                .is_ok_and(|(h, p)| h == host && p == port);
+            let agrees =
+                authority(value.trim(), Some(80)).is_ok_and(|(h, p)| h == host && p == port);
             if !agrees {
                 refused = Some(format!(
                     "the Host header ({}) disagrees with the URL's host ({host}:{port}); \
@@ -768,7 +770,12 @@ fn parse_request(bytes: &[u8]) -> Result<(Request, usize), String> {
                 ));
             }
         }
-        let hop = ["connection", "proxy-connection", "keep-alive", "proxy-authorization"];
+        let hop = [
+            "connection",
+            "proxy-connection",
+            "keep-alive",
+            "proxy-authorization",
+        ];
         if hop.iter().any(|h| name.eq_ignore_ascii_case(h)) {
             continue;
         }
@@ -812,7 +819,11 @@ fn authority(text: &str, default_port: Option<u16>) -> Result<(Target, u16), Str
         let (inside, after) = rest.split_once(']').ok_or_else(|| bad("no ']'"))?;
         let port = match after {
             "" => None,
-            _ => Some(after.strip_prefix(':').ok_or_else(|| bad("junk after ']'"))?),
+            _ => Some(
+                after
+                    .strip_prefix(':')
+                    .ok_or_else(|| bad("junk after ']'"))?,
+            ),
         };
         let addr: std::net::Ipv6Addr = inside.parse().map_err(|_| bad("not an IPv6 address"))?;
         (Target::Addr(IpAddr::V6(addr)), port)
@@ -847,7 +858,13 @@ async fn answer(client: &mut TcpStream, status: u16, refusal: &Refusal) -> std::
     let phrase: String = refusal
         .short
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
         .collect();
     let body = format!("toolbox: {}\n", refusal.message);
     let response = format!(
@@ -983,9 +1000,7 @@ async fn socks_request(client: &mut TcpStream) -> std::io::Result<SocksAsked> {
 }
 
 async fn socks_reply(client: &mut TcpStream, code: u8) -> std::io::Result<()> {
-    client
-        .write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0])
-        .await?;
+    client.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await?;
     if code != 0 {
         client.shutdown().await?;
     }
@@ -1024,7 +1039,8 @@ mod tests {
 
     #[test]
     fn plain_requests_go_on_in_origin_form_and_close() {
-        let text = "GET http://Example.com:8080/a/b?c=d#frag HTTP/1.1\r\nHost: example.com:8080\r\n\
+        let text =
+            "GET http://Example.com:8080/a/b?c=d#frag HTTP/1.1\r\nHost: example.com:8080\r\n\
                     Proxy-Connection: keep-alive\r\nConnection: keep-alive\r\n\
                     Proxy-Authorization: Basic x\r\nAccept: */*\r\n\r\n";
         let r = parse(text).expect("ok");
@@ -1044,14 +1060,20 @@ mod tests {
             "GET / HTTP/1.0\r\nHost: 10.1.2.3\r\nConnection: close\r\n\r\n"
         );
         // The body, after the head, stays where it was.
-        let body = "POST http://a.example/ HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3\r\n\r\nabc";
+        let body =
+            "POST http://a.example/ HTTP/1.1\r\nHost: a.example\r\nContent-Length: 3\r\n\r\nabc";
         let (_, end) = parse_request(body.as_bytes()).expect("ok");
         assert_eq!(&body[end..], "abc");
     }
 
     #[test]
     fn a_host_header_that_disagrees_with_the_url_is_refused() {
-        for host in ["evil.example", "a.example:81", "169.254.169.254", "a.example.evil"] {
+        for host in [
+            "evil.example",
+            "a.example:81",
+            "169.254.169.254",
+            "a.example.evil",
+        ] {
             let text = format!("GET http://a.example/ HTTP/1.1\r\nHost: {host}\r\n\r\n");
             let r = parse(&text).expect("parses");
             let refused = r.refused.expect("refused");
@@ -1065,7 +1087,8 @@ mod tests {
 
     #[test]
     fn requests_that_are_not_for_a_proxy_are_told_how() {
-        let err = parse("GET /simple/ HTTP/1.1\r\nHost: 127.0.0.1:3128\r\n\r\n").expect_err("origin");
+        let err =
+            parse("GET /simple/ HTTP/1.1\r\nHost: 127.0.0.1:3128\r\n\r\n").expect_err("origin");
         assert!(err.contains("egress proxy"), "{err}");
         let err = parse("GET https://pypi.org/ HTTP/1.1\r\n\r\n").expect_err("https");
         assert!(err.contains("CONNECT"), "{err}");

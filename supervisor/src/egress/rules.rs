@@ -198,7 +198,9 @@ fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
 
 impl Rule {
     pub fn allows_port(&self, port: u16) -> bool {
-        self.ports.iter().any(|&(low, high)| low <= port && port <= high)
+        self.ports
+            .iter()
+            .any(|&(low, high)| low <= port && port <= high)
     }
 
     /// Whether this rule allows `name` (checked by [`check_name`]) on `port`.
@@ -216,11 +218,7 @@ impl Rule {
     /// Whether this rule is an address rule that allows `addr` on `port`. An IPv4 address
     /// mapped into IPv6 is judged as the IPv4 address it is.
     pub fn allows_addr(&self, addr: IpAddr, port: u16) -> bool {
-        let Target::Net {
-            addr: net,
-            prefix,
-        } = self.target
-        else {
+        let Target::Net { addr: net, prefix } = self.target else {
             return false;
         };
         let addr = addr.to_canonical();
@@ -231,11 +229,10 @@ impl Rule {
     /// Whether everything `other` allows, this rule allows too (a request's rule within a
     /// policy's).
     pub fn covers(&self, other: &Rule) -> bool {
-        let ports = other.ports.iter().all(|&(low, high)| {
-            self.ports
-                .iter()
-                .any(|&(l, h)| l <= low && high <= h)
-        });
+        let ports = other
+            .ports
+            .iter()
+            .all(|&(low, high)| self.ports.iter().any(|&(l, h)| l <= low && high <= h));
         let target = match (&self.target, &other.target) {
             (Target::Name(a), Target::Name(b)) => a == b,
             (Target::Beneath(a), Target::Name(b) | Target::Beneath(b)) => b
@@ -399,7 +396,10 @@ mod tests {
             ("pypi.org", "pypi.org:443"),
             ("PyPI.org.", "pypi.org:443"),
             ("*.github.com:443,80", "*.github.com:80,443"),
-            ("example.com:8000-8100,8050,9000", "example.com:8000-8100,9000"),
+            (
+                "example.com:8000-8100,8050,9000",
+                "example.com:8000-8100,9000",
+            ),
             ("example.com:*", "example.com:*"),
             ("10.1.2.3:8080", "10.1.2.3:8080"),
             ("192.168.0.0/16:5432", "192.168.0.0/16:5432"),
@@ -452,7 +452,9 @@ mod tests {
         // Address rules never match names, name rules never addresses.
         let addr = Rules(vec![rule("127.0.0.1:8080")]);
         assert!(addr.for_name("localhost", 8080).is_none());
-        assert!(rules.for_addr("140.82.112.3".parse().expect("ip"), 443).is_none());
+        assert!(rules
+            .for_addr("140.82.112.3".parse().expect("ip"), 443)
+            .is_none());
     }
 
     #[test]
