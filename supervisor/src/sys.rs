@@ -463,6 +463,25 @@ pub fn set_pipe_size(fd: &OwnedFd, bytes: i32) {
     let _ = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) };
 }
 
+/// A pipe's capacity in bytes, as it is (0 if it cannot be read).
+pub fn pipe_size(fd: &OwnedFd) -> usize {
+    // SAFETY: F_GETPIPE_SZ on a valid descriptor only reads the pipe's capacity.
+    let size = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    usize::try_from(size).unwrap_or(0)
+}
+
+/// How many bytes wait to be read on a socket (SIOCINQ), 0 if that cannot be read.
+pub fn queued(fd: RawFd) -> usize {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD (SIOCINQ) writes one int, ours.
+    let ret = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+    if ret < 0 {
+        0
+    } else {
+        usize::try_from(queued).unwrap_or(0)
+    }
+}
+
 /// SIGKILL `pid` only if it is (still) a member of the cgroup `member_path` names: the pid
 /// is pinned with a pidfd first, so the membership check and the signal refer to the same
 /// process even if the pid was reused in between.
