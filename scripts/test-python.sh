@@ -13,6 +13,6 @@ echo "== ruff and mypy on the Python client and tests"
 "$venv/bin/ruff" check clients/python tests/python tests/support benches
 "$venv/bin/ruff" format --check clients/python tests/python tests/support benches
 "$venv/bin/mypy" --strict --python-version 3.10 clients/python/src tests/python tests/support \
-    benches/clients.py
+    benches/clients.py benches/egress.py
 echo "== the Python client and toolbox mcp against a real daemon"
 TOOLBOX_BIN_DIR="$PWD/target/$triple/debug" "$venv/bin/pytest" -q -p no:cacheprovider tests/python "$@"

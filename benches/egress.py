@@ -1,0 +1,171 @@
+"""Egress through a job's proxy against the host directly, in one run, from servers on this
+machine (tests/support/egress_server.py):
+
+- throughput: a 1 GiB download by curl in a job through its proxy (mode allowlist, an address
+  rule) against the same download by curl on the host, interleaved; medians and their ratio;
+- connect latency: curl's time to the first byte of a small page, a new connection each, in
+  one job through its proxy (plain HTTP, and HTTPS through CONNECT) against the host's
+  curl; medians and the difference;
+- memory: the daemon's RSS while 8 jobs each run 16 downloads at once through their
+  proxies, against its RSS before them.
+
+    scripts/bench-egress.sh [RUNS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
+from daemon import Daemon
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL_UID = 65534
+GIB = 1 << 30
+
+
+def start_servers(directory: Path) -> tuple[subprocess.Popen[bytes], dict[str, int]]:
+    server = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "support" / "egress_server.py"), str(directory)],
+        stdout=subprocess.PIPE,
+    )
+    assert server.stdout is not None
+    ports: dict[str, int] = json.loads(server.stdout.readline())
+    return server, ports
+
+
+def run(argv: list[str]) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def bench(toolbox: Path, runs: int) -> None:
+    state = Path(tempfile.mkdtemp(prefix="toolbox-bench-egress-"))
+    workspace = state / "ws"
+    workspace.mkdir()
+    os.chown(workspace, TOOL_UID, TOOL_UID)
+    server, ports = start_servers(state / "www")
+    http, https = ports["http"], ports["https"]
+    cert = workspace / "cert.pem"
+    shutil.copy(state / "www" / "cert.pem", cert)
+    cert.chmod(0o644)
+    job = [str(toolbox), "run", "--local", "-C", str(workspace), "--policy", "network"]
+    job += ["--allow", f"127.0.0.1:{http}", "--allow", f"127.0.0.1:{https}", "--"]
+    try:
+        # Throughput.
+        url = f"http://127.0.0.1:{http}/bytes/{GIB}"
+        curl = ["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download}", url]
+        direct, proxied = [], []
+        for _ in range(runs):
+            direct.append(float(run(curl)))
+            proxied.append(float(run(job + curl)))
+        d, p = median(direct), median(proxied)
+        print(f"1 GiB download ({runs} runs each, interleaved; medians, GB/s)")
+        for name, rates in (("host, directly", direct), ("job, through its proxy", proxied)):
+            low, high = min(rates) / 1e9, max(rates) / 1e9
+            print(f"  {name:23} {median(rates) / 1e9:5.2f}  (min {low:.2f}, max {high:.2f})")
+        print(f"  ratio                   {p / d:5.2f}")
+
+        # Connect latency: time to the first byte, a new connection each.
+        n = 200
+        page = f"http://127.0.0.1:{http}/index.html"
+        tls = f"https://127.0.0.1:{https}/index.html"
+        each = (
+            "for i in $(seq {n}); do curl -sS -o /dev/null --cacert {cert} "
+            "-w '%{{time_starttransfer}}\\n' {url}; done"
+        )
+        print(f"time to first byte ({n} requests each, a connection each; medians)")
+        for name, target in (("HTTP", page), ("HTTPS", tls)):
+            script = each.format(n=n, cert=cert, url=target)
+            host = [float(x) for x in run(["sh", "-c", script]).split()]
+            inside = [float(x) for x in run([*job, "sh", "-c", script]).split()]
+            h, i = median(host) * 1e6, median(inside) * 1e6
+            print(
+                f"  {name:5} host {h:7.0f} µs   through the proxy {i:7.0f} µs"
+                f"   (+{i - h:.0f} µs, {i / h:.2f}x)"
+            )
+
+        # Memory: the daemon with 8 jobs of 16 downloads each.
+        policies = state / "policies"
+        policies.mkdir()
+        (policies / "local.toml").write_text(
+            'extends = "default"\n[network]\nmode = "allowlist"\n'
+            f'allow = ["127.0.0.1:{http}"]\n[limits]\ntimeout = "5m"\n'
+        )
+        daemon = Daemon(toolbox, state, "--policies", str(policies))
+        try:
+            pid = daemon.process.pid
+
+            def rss() -> int:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1])
+                return 0
+
+            size = 64 << 20
+            url = f"http://127.0.0.1:{http}/bytes/{size}"
+            script = f"for i in $(seq 16); do curl -sS -o /dev/null {url} & done; wait"
+            request = {"argv": ["sh", "-c", script], "cwd": str(workspace), "policy": "local"}
+            body = json.dumps(request)
+            before = rss()
+            peak = before
+            done = threading.Event()
+
+            def sample() -> None:
+                nonlocal peak
+                while not done.is_set():
+                    peak = max(peak, rss())
+                    time.sleep(0.02)
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            started = time.monotonic()
+            post = ["curl", "-sS", "--unix-socket", daemon.socket]
+            post += ["-H", "Content-Type: application/json", "-d", body, "http://toolbox/v1/jobs"]
+            clients = [subprocess.Popen(post, stdout=subprocess.PIPE) for _ in range(8)]
+            moved = 0
+            for client in clients:
+                out, _ = client.communicate()
+                exit_line = json.loads(out.splitlines()[-1])
+                moved += exit_line.get("egress", {}).get("bytes_down", 0)
+            elapsed = time.monotonic() - started
+            done.set()
+            sampler.join()
+            print("8 jobs x 16 downloads at once through their proxies (the daemon)")
+            rate = moved / elapsed / 1e9
+            print(f"  moved {moved / GIB:.1f} GiB in {elapsed:.1f} s ({rate:.2f} GB/s)")
+            print(
+                f"  daemon RSS {before / 1024:.1f} MiB before, {peak / 1024:.1f} MiB at most"
+                f" during (+{(peak - before) / 1024:.1f} MiB)"
+            )
+        finally:
+            daemon.stop()
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--toolbox", type=Path, required=True)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    bench(args.toolbox, args.runs)
+
+
+if __name__ == "__main__":
+    main()
