@@ -111,6 +111,9 @@ pub enum Network {
     None,
     /// Only the job's own loopback (its own localhost servers).
     Loopback,
+    /// Out only through the job's proxy, to the host names and addresses the policy (or
+    /// `allow`) lists.
+    Allowlist,
     /// The host's network, if the policy allows it.
     Host,
 }
@@ -139,9 +142,13 @@ macro_rules! command_input {
             pub timeout: Option<Wait>,
             /// The daemon's policy to run under, by name (default "default").
             pub policy: Option<String>,
-            /// The network: none, loopback (its own localhost only), or host, as far as
-            /// the policy allows.
+            /// The network: none, loopback (its own localhost only), allowlist (out through
+            /// a proxy to listed hosts only), or host, as far as the policy allows.
             pub network: Option<Network>,
+            /// Egress rules in place of the policy's, implying network "allowlist", each
+            /// within what the policy allows: ["pypi.org", "*.github.com", "10.0.0.5:8080"]
+            /// (port 443 unless one is named).
+            pub allow: Option<Vec<String>>,
             /// Run inside this running job's jail (from `start`) instead of a fresh one:
             /// the same files, /tmp, localhost and limits.
             pub job_id: Option<String>,
@@ -160,6 +167,7 @@ macro_rules! command_input {
                     timeout: self.timeout,
                     policy: self.policy,
                     network: self.network,
+                    allow: self.allow,
                     job_id: self.job_id,
                 };
                 (command, ($(self.$field,)*))
@@ -178,6 +186,7 @@ pub struct Command {
     timeout: Option<Wait>,
     policy: Option<String>,
     network: Option<Network>,
+    allow: Option<Vec<String>>,
     job_id: Option<String>,
 }
 
@@ -297,6 +306,7 @@ impl Toolbox {
             timeout,
             policy,
             network,
+            allow,
             job_id,
         } = request;
         let argv = match (argv, command) {
@@ -332,6 +342,9 @@ impl Toolbox {
                 "network".into(),
                 json!(format!("{network:?}").to_lowercase()),
             );
+        }
+        if let Some(allow) = allow {
+            body.insert("allow".into(), json!(allow));
         }
         match job_id {
             // Inside a job: its own directory unless one is named (relative: to its workspace,

@@ -7,9 +7,11 @@ jobs run as TOOL_UID, the owner of each test's workspace.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,3 +80,26 @@ def wait_until(condition: Any, timeout: float = 10.0, what: str = "the condition
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout} s")
         time.sleep(0.05)
+
+
+@pytest.fixture
+def page_server() -> Iterator[int]:
+    """An HTTP server on the host's 127.0.0.1 answering every GET with a page: its port."""
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"a page on the host\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()

@@ -160,6 +160,30 @@ def test_refusals_carry_the_daemons_code_field_and_message(daemon: Daemon, works
         assert toolbox.health()["status"] == "ok"
 
 
+def test_allow_opens_a_way_out_to_the_rules_and_nowhere_else(
+    daemon: Daemon, workspace: Path, page_server: int
+) -> None:
+    url = f"http://127.0.0.1:{page_server}/"
+    with Client(daemon.socket) as toolbox:
+        allowed = toolbox.run(
+            ["curl", "-sS", url], cwd=workspace, policy="network",
+            allow=[f"127.0.0.1:{page_server}"],
+        )  # fmt: skip
+        refused = toolbox.run(
+            ["curl", "-sS", "-i", url], cwd=workspace, policy="network", allow=["pypi.org"]
+        )
+        with pytest.raises(TypeError, match="list of rules"):
+            toolbox.run(["true"], cwd=workspace, allow="pypi.org")
+    assert allowed.ok, allowed
+    assert allowed.stdout_text == "a page on the host\n"
+    assert allowed.isolation["network"] == "allowlist"
+    assert allowed.egress is not None and allowed.egress["allowed"] == 1
+    assert allowed.egress["connections"][0]["rule"] == f"127.0.0.1:{page_server}"
+    assert "403 Forbidden by toolbox" in refused.stdout_text
+    assert refused.egress is not None and refused.egress["refused"] == 1
+    assert "pypi.org:443" in refused.egress["connections"][0]["reason"]
+
+
 def test_no_daemon_is_a_clear_error_naming_the_socket(tmp_path: Path) -> None:
     missing = str(tmp_path / "nobody.sock")
     with Client(missing) as toolbox, pytest.raises(DaemonUnavailable) as unavailable:

@@ -122,6 +122,26 @@ async def test_refusals_and_bad_input_are_tool_errors_naming_what_was_wrong(
     assert nobody.is_error and missing in text(nobody)
 
 
+async def test_run_with_allow_reaches_the_listed_server_through_the_jobs_proxy(
+    daemon: Daemon, workspace: Path, page_server: int
+) -> None:
+    url = f"http://127.0.0.1:{page_server}/"
+    async with mcp_session(daemon.socket, workspace) as client:
+        allowed = await client.call_tool(
+            "run",
+            {"argv": ["curl", "-sS", url], "policy": "network",
+             "allow": [f"127.0.0.1:{page_server}"]},
+        )  # fmt: skip
+        none = await client.call_tool(
+            "run", {"argv": ["curl", "-sS", "-i", url], "network": "none"}
+        )
+    assert not allowed.is_error, text(allowed)
+    assert "a page on the host" in text(allowed)
+    assert structured(allowed)["result"]["egress"]["allowed"] == 1
+    # Mode none's proxy says why: the policy, in the command's own output.
+    assert 'policy "default" gives this job no network' in text(none)
+
+
 async def test_cancelling_the_call_cancels_the_job(daemon: Daemon, workspace: Path) -> None:
     async with mcp_session(daemon.socket, workspace) as client:
         with anyio.move_on_after(30) as scope:

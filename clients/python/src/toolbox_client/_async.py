@@ -138,6 +138,7 @@ class AsyncClient:
         stdin: str | bytes | None = None,
         policy: str | None = None,
         network: str | None = None,
+        allow: Sequence[str] | None = None,
         timeout: Duration | None = None,
         limits: Mapping[str, Any] | None = None,
     ) -> AsyncGenerator[Event, None]:
@@ -145,7 +146,7 @@ class AsyncClient:
         the job at once, close it: `async with contextlib.aclosing(client.stream(...))`."""
         body = job_body(
             argv, cwd=cwd, env=env, stdin=stdin, policy=policy, network=network,
-            timeout=timeout, limits=limits, detach=False,
+            allow=allow, timeout=timeout, limits=limits, detach=False,
         )  # fmt: skip
         return self._events("/v1/jobs", body, None, None)
 
@@ -158,6 +159,7 @@ class AsyncClient:
         stdin: str | bytes | None = None,
         policy: str | None = None,
         network: str | None = None,
+        allow: Sequence[str] | None = None,
         timeout: Duration | None = None,
         limits: Mapping[str, Any] | None = None,
         on_stdout: Callback = None,
@@ -167,7 +169,7 @@ class AsyncClient:
         """Run a job to its end and return its result (see `Client.run`)."""
         body = job_body(
             argv, cwd=cwd, env=env, stdin=stdin, policy=policy, network=network,
-            timeout=timeout, limits=limits, detach=False,
+            allow=allow, timeout=timeout, limits=limits, detach=False,
         )  # fmt: skip
         return await _finish(self._events("/v1/jobs", body, on_stdout, on_stderr), check)
 
@@ -180,13 +182,14 @@ class AsyncClient:
         stdin: str | bytes | None = None,
         policy: str | None = None,
         network: str | None = None,
+        allow: Sequence[str] | None = None,
         timeout: Duration | None = None,
         limits: Mapping[str, Any] | None = None,
     ) -> AsyncJob:
         """Start a job that lives on its own (see `Client.start`)."""
         body = job_body(
             argv, cwd=cwd, env=env, stdin=stdin, policy=policy, network=network,
-            timeout=timeout, limits=limits, detach=True,
+            allow=allow, timeout=timeout, limits=limits, detach=True,
         )  # fmt: skip
         return await self._start("/v1/jobs", body)
 
@@ -275,7 +278,7 @@ class AsyncJob:
         check: bool = False,
     ) -> Result:
         body = job_body(
-            argv, cwd=cwd, env=env, stdin=stdin, policy=None, network=None,
+            argv, cwd=cwd, env=env, stdin=stdin, policy=None, network=None, allow=None,
             timeout=timeout, limits=None, detach=False, inside_job=True,
         )  # fmt: skip
         events = self.client._events(f"/v1/jobs/{self.id}/exec", body, on_stdout, on_stderr)
@@ -291,7 +294,7 @@ class AsyncJob:
         timeout: Duration | None = None,
     ) -> AsyncJob:
         body = job_body(
-            argv, cwd=cwd, env=env, stdin=stdin, policy=None, network=None,
+            argv, cwd=cwd, env=env, stdin=stdin, policy=None, network=None, allow=None,
             timeout=timeout, limits=None, detach=True, inside_job=True,
         )  # fmt: skip
         return await self.client._start(f"/v1/jobs/{self.id}/exec", body)

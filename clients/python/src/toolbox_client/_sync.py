@@ -144,6 +144,7 @@ class Client:
         stdin: str | bytes | None = None,
         policy: str | None = None,
         network: str | None = None,
+        allow: Sequence[str] | None = None,
         timeout: Duration | None = None,
         limits: Mapping[str, Any] | None = None,
     ) -> Generator[Event, None, None]:
@@ -151,7 +152,7 @@ class Client:
         `Truncated`, and last `Exit` with its result. Leaving the loop early cancels it."""
         body = job_body(
             argv, cwd=cwd, env=env, stdin=stdin, policy=policy, network=network,
-            timeout=timeout, limits=limits, detach=False,
+            allow=allow, timeout=timeout, limits=limits, detach=False,
         )  # fmt: skip
         return self._events("/v1/jobs", body, None, None)
 
@@ -164,6 +165,7 @@ class Client:
         stdin: str | bytes | None = None,
         policy: str | None = None,
         network: str | None = None,
+        allow: Sequence[str] | None = None,
         timeout: Duration | None = None,
         limits: Mapping[str, Any] | None = None,
         on_stdout: Callback = None,
@@ -173,13 +175,16 @@ class Client:
         """Run a job to its end and return its result, output included.
 
         `cwd` is the workspace (default: the current directory), bound read-write.
-        `timeout`: seconds or "5m", at most what the policy allows. `on_stdout` and
+        `network`: "none", "loopback", "allowlist" or "host", as far as the policy allows;
+        `allow`: egress rules in place of the policy's ("pypi.org", "*.github.com",
+        "10.0.0.5:8080"), implying "allowlist". `timeout`: seconds or "5m", at most what
+        the policy allows. `on_stdout` and
         `on_stderr` get the output as text while it comes. A non-zero exit is a result;
         with `check=True` it raises `JobFailed`. A refused request raises `DaemonError`.
         """
         body = job_body(
             argv, cwd=cwd, env=env, stdin=stdin, policy=policy, network=network,
-            timeout=timeout, limits=limits, detach=False,
+            allow=allow, timeout=timeout, limits=limits, detach=False,
         )  # fmt: skip
         return _finish(self._events("/v1/jobs", body, on_stdout, on_stderr), check)
 
@@ -192,6 +197,7 @@ class Client:
         stdin: str | bytes | None = None,
         policy: str | None = None,
         network: str | None = None,
+        allow: Sequence[str] | None = None,
         timeout: Duration | None = None,
         limits: Mapping[str, Any] | None = None,
     ) -> Job:
@@ -200,7 +206,7 @@ class Client:
         latest, and when the `with` block of this client ends."""
         body = job_body(
             argv, cwd=cwd, env=env, stdin=stdin, policy=policy, network=network,
-            timeout=timeout, limits=limits, detach=True,
+            allow=allow, timeout=timeout, limits=limits, detach=True,
         )  # fmt: skip
         return self._start("/v1/jobs", body)
 
@@ -296,7 +302,7 @@ class Job:
     ) -> Result:
         """Run another command inside this job's jail (its files, /tmp, localhost, limits)."""
         body = job_body(
-            argv, cwd=cwd, env=env, stdin=stdin, policy=None, network=None,
+            argv, cwd=cwd, env=env, stdin=stdin, policy=None, network=None, allow=None,
             timeout=timeout, limits=None, detach=False, inside_job=True,
         )  # fmt: skip
         events = self.client._events(f"/v1/jobs/{self.id}/exec", body, on_stdout, on_stderr)
@@ -313,7 +319,7 @@ class Job:
     ) -> Job:
         """Start another command inside this job's jail, as `Client.start`."""
         body = job_body(
-            argv, cwd=cwd, env=env, stdin=stdin, policy=None, network=None,
+            argv, cwd=cwd, env=env, stdin=stdin, policy=None, network=None, allow=None,
             timeout=timeout, limits=None, detach=True, inside_job=True,
         )  # fmt: skip
         return self.client._start(f"/v1/jobs/{self.id}/exec", body)

@@ -94,6 +94,13 @@ class Result:
         value = self.record.get("isolation", {})
         return value if isinstance(value, dict) else {}
 
+    @property
+    def egress(self) -> dict[str, Any] | None:
+        """What went through the job's egress proxy (network "allowlist", or a refused
+        try in "none"): counts, bytes, and each connection with its decision."""
+        value = self.record.get("egress")
+        return value if isinstance(value, dict) else None
+
 
 @dataclass(frozen=True)
 class Queued:

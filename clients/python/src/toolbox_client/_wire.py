@@ -60,6 +60,7 @@ def job_body(
     stdin: str | bytes | None,
     policy: str | None,
     network: str | None,
+    allow: Sequence[str] | None,
     timeout: Duration | None,
     limits: Mapping[str, Any] | None,
     detach: bool,
@@ -89,6 +90,10 @@ def job_body(
         body["policy"] = policy
     if network is not None:
         body["network"] = network
+    if allow is not None:
+        if isinstance(allow, (str, bytes)):
+            raise TypeError("allow is a list of rules: ['pypi.org', '*.github.com:443']")
+        body["allow"] = list(allow)
     all_limits = dict(limits or {})
     if timeout is not None:
         all_limits["timeout"] = duration(timeout, "timeout")
