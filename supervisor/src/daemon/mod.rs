@@ -115,12 +115,30 @@ impl Daemon {
 pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
     // Before anything else opens a descriptor: an inherited listener is fd 3.
     let inherited = inherited_listener()?;
+    raise_open_files();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("toolbox-serve")
         .build()
         .context("start the async runtime")?;
     runtime.block_on(serve_async(options, inherited))
+}
+
+/// The soft limit on open descriptors, raised to the hard one (systemd's default soft limit
+/// is 1024): every job's egress proxy holds its listeners and, per connection, two sockets
+/// and two pipes — 8 jobs with 64 connections each would pass 1024, and a daemon out of
+/// descriptors fails every job, not only the one that used them up. Jobs do not inherit
+/// it: the jail sets the tool's own (`limits.open_files`).
+fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let wanted = hard.min(1 << 20);
+        if soft < wanted {
+            if let Err(err) = setrlimit(Resource::RLIMIT_NOFILE, wanted, hard) {
+                warn!("raise the open-files limit from {soft} to {wanted}: {err}");
+            }
+        }
+    }
 }
 
 async fn serve_async(
