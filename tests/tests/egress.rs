@@ -715,3 +715,24 @@ fn the_daemon_logs_egress_in_the_record_the_audit_log_and_metrics_and_a_reload_n
     daemon.request("DELETE", &format!("/v1/jobs/{running}"), None);
     daemon.stop();
 }
+
+#[test]
+fn a_loopback_job_has_the_proxy_s_ports_to_itself_and_no_proxy_variables() {
+    if !tools() {
+        return;
+    }
+    let ws = workspace();
+    // The helper made listeners on them in the job's namespace: the supervisor closed them
+    // before the tool ran, so a test suite's own server may take them.
+    let script = "import os, socket\n\
+                  for port in (3128, 1080):\n    \
+                  s = socket.socket()\n    s.bind(('127.0.0.1', port))\n    s.listen()\n    \
+                  print('bound', port)\n\
+                  print(sorted(k for k in os.environ if 'proxy' in k.lower()))\n";
+    let job = Run::command(ws.path(), &[&python(), "-c", script])
+        .without_probe()
+        .run();
+    assert_eq!(job.code, 0, "{job:?}");
+    assert_eq!(job.stdout_text(), "bound 3128\nbound 1080\n[]\n");
+    assert!(job.record().get("egress").is_none(), "{job:?}");
+}
