@@ -433,6 +433,100 @@ for host in {targets:?}:
     );
 }
 
+/// `toolbox run` with the supervisor's names resolving as `hosts` says: an /etc/hosts of
+/// the test's own, bound over the host's in a mount namespace of the test's.
+fn with_hosts(hosts: &Path, ws: &Path, policy: &Path, argv: &[&str]) -> Job {
+    let output = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg("mount --bind \"$1\" /etc/hosts && shift && exec \"$@\"")
+        .arg("sh")
+        .arg(hosts)
+        .arg(toolbox())
+        .args([
+            "run",
+            "--local",
+            "--json",
+            "--user",
+            &TOOL_UID.to_string(),
+            "-C",
+        ])
+        .arg(ws)
+        .arg("--policy")
+        .arg(policy)
+        .arg("--")
+        .args(argv)
+        .output()
+        .expect("run toolbox in a mount namespace");
+    toolbox_tests::finish(output)
+}
+
+#[test]
+fn a_tunnel_s_tls_must_ask_for_the_name_it_was_allowed_for() {
+    if !tools() || require_tool("unshare").is_none() {
+        return;
+    }
+    let servers = Servers::start();
+    let https = servers.https;
+    let hosts = servers.dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.1 good.test\n").expect("hosts");
+    // The name, and its (loopback) address, which only an address rule lets through.
+    let policy = servers.policy(
+        "sni",
+        &[format!("good.test:{https}"), format!("127.0.0.1:{https}")],
+    );
+    let ws = workspace();
+    let script = format!(
+        r#"
+import socket, ssl, struct
+def attempt(via, sni):
+    s = socket.create_connection(("127.0.0.1", 3128 if via == "connect" else 1080))
+    if via == "connect":
+        s.sendall(b"CONNECT good.test:{https} HTTP/1.1\r\nHost: good.test:{https}\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    else:
+        s.sendall(b"\x05\x01\x00")
+        s.recv(2)
+        s.sendall(b"\x05\x01\x00\x03\x09good.test" + struct.pack(">H", {https}))
+        assert s.recv(10)[1] == 0
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        t = ctx.wrap_socket(s, server_hostname=sni)
+        t.sendall(b"GET /index.html HTTP/1.1\r\nHost: good.test\r\nConnection: close\r\n\r\n")
+        got = b""
+        while chunk := t.recv(4096):
+            got += chunk
+        print(via, sni, "answered", b"hello through the proxy" in got)
+    except (OSError, ssl.SSLError) as e:
+        print(via, sni, "closed", type(e).__name__)
+for via in ("connect", "socks"):
+    for sni in ("good.test", "evil.test", None):
+        attempt(via, sni)
+"#
+    );
+    let job = with_hosts(&hosts, ws.path(), &policy, &[&python(), "-c", &script]);
+    let out = job.stdout_text();
+    for via in ["connect", "socks"] {
+        assert!(
+            out.contains(&format!("{via} good.test answered True")),
+            "{out} {job:?}"
+        );
+        assert!(out.contains(&format!("{via} evil.test closed")), "{out}");
+        assert!(out.contains(&format!("{via} None closed")), "{out}");
+    }
+    let conns = connections(&job);
+    let refused: Vec<&Value> = conns.iter().filter(|c| c["code"] == "tls-name").collect();
+    assert_eq!(refused.len(), 4, "{conns:?}");
+    assert!(refused.iter().any(|c| c["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("asks for evil.test"))));
+    assert!(refused
+        .iter()
+        .any(|c| c["reason"].as_str().is_some_and(|r| r.contains("no SNI"))));
+    assert_eq!(egress_of(&job)["allowed"], 2, "{conns:?}");
+}
+
 #[test]
 fn allowed_names_that_resolve_to_loopback_or_the_metadata_service_are_refused() {
     if !tools() || require_tool("unshare").is_none() {
@@ -462,27 +556,7 @@ fn allowed_names_that_resolve_to_loopback_or_the_metadata_service_are_refused() 
         "curl -sS -i http://localhost:{http}/index.html; curl -sS -i http://metadata.test/; \
          curl -sS -i http://intranet.test/; curl -sS -i http://169.254.169.254/latest/"
     );
-    let output = Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg("mount --bind \"$1\" /etc/hosts && shift && exec \"$@\"")
-        .arg("sh")
-        .arg(&hosts)
-        .arg(toolbox())
-        .args([
-            "run",
-            "--local",
-            "--json",
-            "--user",
-            &TOOL_UID.to_string(),
-            "-C",
-        ])
-        .arg(ws.path())
-        .arg("--policy")
-        .arg(&policy)
-        .args(["--", "sh", "-c", &script])
-        .output()
-        .expect("run toolbox in a mount namespace");
-    let job = toolbox_tests::finish(output);
+    let job = with_hosts(&hosts, ws.path(), &policy, &["sh", "-c", &script]);
     let out = job.stdout_text();
     assert_eq!(
         out.matches("403 Forbidden by toolbox").count(),

@@ -73,7 +73,7 @@ impl std::fmt::Display for Target {
 /// Why a connection did not go through.
 #[derive(Debug)]
 struct Refusal {
-    /// Stable: `no-network`, `not-allowed`, `address-refused`, `bad-request`,
+    /// Stable: `no-network`, `not-allowed`, `address-refused`, `bad-request`, `tls-name`,
     /// `resolve-failed`, `connect-failed`.
     code: &'static str,
     /// A sentence: what was refused, why, and what would allow it.
@@ -124,8 +124,8 @@ pub struct Connection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     /// Why it was refused or failed: `no-network`, `not-allowed`, `address-refused`,
-    /// `bad-request`, `resolve-failed`, `connect-failed` (also the HTTP refusal's
-    /// `X-Toolbox-Egress` header)…
+    /// `bad-request`, `tls-name`, `resolve-failed`, `connect-failed` (also the HTTP
+    /// refusal's `X-Toolbox-Egress` header)…
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'static str>,
     /// … and in words.
@@ -707,6 +707,149 @@ async fn copy(
     }
 }
 
+// --- TLS: the name a tunnel's client asks the far end for ---
+
+/// The largest TLS record (2^14) and its header.
+const MAX_RECORD: usize = 5 + (1 << 14);
+
+/// Through a tunnel to a name, a client that opens TLS must ask the far end for that same
+/// name (SNI): else a tunnel to an allowed name on a shared front (a CDN) would reach any
+/// other site behind it. A ClientHello without the name, with the name encrypted (ECH), or
+/// cut across records is refused too; one to an address is not judged (no name to hold it
+/// to). What is read goes into `first`, to be sent on. A far end that speaks first (SSH,
+/// SMTP) is not TLS from the client: nothing is read.
+async fn tls_name(
+    client: &mut TcpStream,
+    upstream: &TcpStream,
+    asked: &Asked,
+    first: &mut Vec<u8>,
+) -> Result<(), Refusal> {
+    let Target::Name(name) = &asked.target else {
+        return Ok(());
+    };
+    if first.is_empty() {
+        tokio::select! {
+            ready = client.readable() => {
+                if ready.is_err() {
+                    return Ok(());
+                }
+            }
+            _ = upstream.readable() => return Ok(()),
+        }
+    }
+    let deadline = tokio::time::Instant::now() + REQUEST_TIME;
+    loop {
+        if first.first().is_some_and(|&b| b != 0x16) {
+            return Ok(());
+        }
+        if first.len() >= 5 {
+            let length = usize::from(u16::from_be_bytes([first[3], first[4]]));
+            if first.len() >= 5 + length {
+                break;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let want = (MAX_RECORD - first.len()).min(chunk.len());
+        match tokio::time::timeout_at(deadline, client.read(&mut chunk[..want])).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
+            Ok(Ok(n)) => first.extend_from_slice(&chunk[..n]),
+            Err(_) => break,
+        }
+    }
+    let refuse = |why: String| {
+        Refusal::new(
+            "tls-name",
+            format!("egress to {name}:{} refused: {why}", asked.port),
+            format!("Forbidden by toolbox: the TLS name is not {name}"),
+        )
+    };
+    match client_hello_name(first) {
+        Ok(Some(sni)) if sni == *name => Ok(()),
+        Ok(Some(sni)) => Err(refuse(format!(
+            "the tunnel is to {name}, but its TLS asks for {sni}; a tunnel reaches only the \
+             name it was allowed for"
+        ))),
+        Ok(None) => Err(refuse(format!(
+            "its TLS names no server (no SNI), so the tunnel could reach any site at \
+             {name}'s address"
+        ))),
+        Err(why) => Err(refuse(why.to_string())),
+    }
+}
+
+/// The server name of a TLS ClientHello in `record` (one whole record, header included):
+/// `None` if it names none; an error if it is not one, is cut, or hides the name (ECH).
+fn client_hello_name(record: &[u8]) -> Result<Option<String>, &'static str> {
+    const CUT: &str = "its TLS ClientHello is cut or malformed";
+    let take = |at: &mut usize, n: usize| -> Result<&[u8], &'static str> {
+        let bytes = record.get(*at..*at + n).ok_or(CUT)?;
+        *at += n;
+        Ok(bytes)
+    };
+    let u8_at = |at: &mut usize| take(at, 1).map(|b| usize::from(b[0]));
+    let u16_at =
+        |at: &mut usize| take(at, 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    let mut at = 0;
+    let header = take(&mut at, 5)?;
+    if header[0] != 0x16 {
+        return Err("not a TLS handshake");
+    }
+    let handshake = take(&mut at, 4)?;
+    if handshake[0] != 1 {
+        return Err("its first TLS message is not a ClientHello");
+    }
+    let length = usize::from(handshake[1]) << 16
+        | usize::from(handshake[2]) << 8
+        | usize::from(handshake[3]);
+    if 9 + length > record.len() {
+        return Err("its TLS ClientHello spans records, which the proxy does not read");
+    }
+    take(&mut at, 2 + 32)?; // version, random
+    let n = u8_at(&mut at)?;
+    take(&mut at, n)?; // session id
+    let n = u16_at(&mut at)?;
+    take(&mut at, n)?; // cipher suites
+    let n = u8_at(&mut at)?;
+    take(&mut at, n)?; // compression methods
+    if at == 9 + length {
+        return Ok(None); // no extensions
+    }
+    let end = at + u16_at(&mut at)?;
+    let mut name = None;
+    while at < end {
+        let kind = u16_at(&mut at)?;
+        let n = u16_at(&mut at)?;
+        let mut inner = at;
+        take(&mut at, n)?;
+        match kind {
+            // server_name: a list of (type, name); host_name is type 0.
+            0x0000 => {
+                let list_end = inner + u16_at(&mut inner)?;
+                while inner < list_end {
+                    let kind = u8_at(&mut inner)?;
+                    let n = u16_at(&mut inner)?;
+                    let bytes = take(&mut inner, n)?;
+                    if kind == 0 {
+                        let text = std::str::from_utf8(bytes).map_err(|_| CUT)?;
+                        name = Some(
+                            check_name(text)
+                                .map_err(|_| "its TLS server name is not a host name")?,
+                        );
+                    }
+                }
+            }
+            // encrypted_client_hello
+            0xfe0d => {
+                return Err(
+                    "its TLS ClientHello encrypts the server name (ECH), which the proxy must see",
+                );
+            }
+            _ => {}
+        }
+    }
+    Ok(name)
+}
+
 // --- HTTP ---
 
 /// One client of the HTTP proxy: a CONNECT, or one plain HTTP request in absolute form.
@@ -753,7 +896,13 @@ async fn http(mut client: TcpStream, shared: &Shared) {
                 {
                     return;
                 }
-                head[rest..].to_vec()
+                let mut first = head[rest..].to_vec();
+                if let Err(refusal) = tls_name(&mut client, &upstream, &asked, &mut first).await {
+                    // The client has its 200 already: the tunnel just closes.
+                    shared.refused(&asked, &refusal);
+                    return;
+                }
+                first
             } else {
                 // The request goes on in origin form, the connection closing after it: a
                 // second request on it would go to this same address whatever it named.
@@ -1008,8 +1157,13 @@ async fn socks(mut client: TcpStream, shared: &Shared) {
             if socks_reply(&mut client, 0).await.is_err() {
                 return;
             }
+            let mut first = Vec::new();
+            if let Err(refusal) = tls_name(&mut client, &upstream, &asked, &mut first).await {
+                shared.refused(&asked, &refusal);
+                return;
+            }
             shared
-                .relay(&asked, rule, addr, client, upstream, &[])
+                .relay(&asked, rule, addr, client, upstream, &first)
                 .await;
         }
         Err(refusal) => {
@@ -1182,6 +1336,57 @@ mod tests {
             let text = format!("GET http://a.example/ HTTP/1.1\r\nHost: {host}\r\n\r\n");
             assert!(parse(&text).expect("parses").refused.is_none(), "{host}");
         }
+    }
+
+    /// A ClientHello record with these extensions (type, body).
+    fn client_hello(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut body = vec![3, 3];
+        body.extend([7u8; 32]);
+        body.push(0); // session id
+        body.extend([0, 2, 0x13, 0x01]); // one cipher suite
+        body.extend([1, 0]); // null compression
+        let mut ext = Vec::new();
+        for (kind, data) in extensions {
+            ext.extend(kind.to_be_bytes());
+            ext.extend((data.len() as u16).to_be_bytes());
+            ext.extend(data);
+        }
+        body.extend((ext.len() as u16).to_be_bytes());
+        body.extend(ext);
+        let mut handshake = vec![1];
+        handshake.extend(&(body.len() as u32).to_be_bytes()[1..]);
+        handshake.extend(body);
+        let mut record = vec![0x16, 3, 1];
+        record.extend((handshake.len() as u16).to_be_bytes());
+        record.extend(handshake);
+        record
+    }
+
+    fn sni(name: &str) -> (u16, Vec<u8>) {
+        let mut entry = vec![0];
+        entry.extend((name.len() as u16).to_be_bytes());
+        entry.extend(name.as_bytes());
+        let mut list = (entry.len() as u16).to_be_bytes().to_vec();
+        list.extend(entry);
+        (0, list)
+    }
+
+    #[test]
+    fn a_client_hello_s_server_name_is_read_and_ech_or_a_cut_one_refused() {
+        let alpn = (16u16, vec![0, 3, 2, b'h', b'2']);
+        let hello = client_hello(&[alpn.clone(), sni("PyPI.org"), (43, vec![2, 3, 4])]);
+        assert_eq!(client_hello_name(&hello), Ok(Some("pypi.org".into())));
+        assert_eq!(client_hello_name(&client_hello(&[alpn])), Ok(None));
+        let ech = client_hello(&[sni("cover.example"), (0xfe0d, vec![0; 8])]);
+        assert!(client_hello_name(&ech).is_err_and(|e| e.contains("ECH")));
+        // Cut anywhere: refused, never a panic.
+        for end in 0..hello.len() {
+            assert!(client_hello_name(&hello[..end]).is_err(), "cut at {end}");
+        }
+        let mut other = hello.clone();
+        other[5] = 2; // a ServerHello
+        assert!(client_hello_name(&other).is_err());
+        assert!(client_hello_name(&client_hello(&[sni("10.0.0.1")])).is_err());
     }
 
     #[test]
