@@ -174,24 +174,15 @@ fn parse_ports(text: &str) -> Result<Vec<(u16, u16)>, String> {
 
 /// `addr` with every bit past `prefix` cleared.
 fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    let cut = |width: u32| width - u32::from(prefix);
     match addr {
         IpAddr::V4(v4) => {
-            let bits = u32::from(v4);
-            let kept = if prefix == 0 {
-                0
-            } else {
-                bits & (u32::MAX << (32 - u32::from(prefix)))
-            };
-            IpAddr::V4(kept.into())
+            let keep = u32::MAX.checked_shl(cut(32)).unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & keep).into())
         }
         IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let kept = if prefix == 0 {
-                0
-            } else {
-                bits & (u128::MAX << (128 - u32::from(prefix)))
-            };
-            IpAddr::V6(kept.into())
+            let keep = u128::MAX.checked_shl(cut(128)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & keep).into())
         }
     }
 }
