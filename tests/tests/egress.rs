@@ -528,6 +528,79 @@ for via in ("connect", "socks"):
 }
 
 #[test]
+fn a_tunnel_s_plain_http_must_name_the_host_it_was_allowed_for() {
+    if !tools() || require_tool("unshare").is_none() {
+        return;
+    }
+    let servers = Servers::start();
+    let http = servers.http;
+    let hosts = servers.dir.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n127.0.0.1 good.test\n").expect("hosts");
+    let policy = servers.policy(
+        "tunnel-http",
+        &[format!("good.test:{http}"), format!("127.0.0.1:{http}")],
+    );
+    let ws = workspace();
+    // curl -p sends plain HTTP through CONNECT; then by hand: a Host naming another site
+    // (also lower-case, after an empty line), h2c, and a second request on a tunnel whose
+    // first was for the right host.
+    let script = format!(
+        r#"
+import socket, subprocess
+out = subprocess.run(["curl", "-sS", "-p", "http://good.test:{http}/index.html"],
+                     capture_output=True, text=True).stdout
+print("curl -p", "answered" if "hello through the proxy" in out else "failed: " + out)
+def attempt(label, data):
+    s = socket.create_connection(("127.0.0.1", 3128), timeout=10)
+    s.sendall(b"CONNECT good.test:{http} HTTP/1.1\r\nHost: good.test:{http}\r\n\r\n")
+    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    s.sendall(data)
+    got = b""
+    try:
+        while chunk := s.recv(65536):
+            got += chunk
+    except TimeoutError:
+        got += b" (still open)"
+    except OSError:
+        pass
+    print(label, "answered" if got else "closed", got.count(b"HTTP/1."))
+attempt("evil", b"GET /index.html HTTP/1.1\r\nHost: evil.test\r\n\r\n")
+attempt("crlf", b"\r\nget /index.html HTTP/1.1\r\nHost: evil.test\r\n\r\n")
+attempt("h2c", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+attempt("second", b"GET /index.html HTTP/1.1\r\nHost: good.test\r\n\r\n"
+                  b"GET /index.html?second HTTP/1.1\r\nHost: evil.test\r\n\r\n")
+"#
+    );
+    let job = with_hosts(&hosts, ws.path(), &policy, &[&python(), "-c", &script]);
+    let out = job.stdout_text();
+    assert!(out.contains("curl -p answered"), "{out} {job:?}");
+    for label in ["evil", "crlf", "h2c"] {
+        assert!(out.contains(&format!("{label} closed 0")), "{label}: {out}");
+    }
+    // One answer: the server closed after it, as the forwarded request asked.
+    assert!(out.contains("second answered 1"), "{out}");
+    let requests = servers.requests();
+    assert!(
+        requests.iter().all(|r| r
+            .rsplit(' ')
+            .next()
+            .is_some_and(|h| h.starts_with("good.test"))),
+        "{requests:?}"
+    );
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    let conns = connections(&job);
+    let refused: Vec<&Value> = conns.iter().filter(|c| c["code"] == "http-host").collect();
+    assert_eq!(refused.len(), 3, "{conns:?}");
+    assert!(refused.iter().any(|c| c["reason"]
+        .as_str()
+        .is_some_and(|r| r.contains("is for evil.test"))));
+    assert!(refused
+        .iter()
+        .any(|c| c["reason"].as_str().is_some_and(|r| r.contains("h2c"))));
+    assert_eq!(egress_of(&job)["allowed"], 2, "{conns:?}");
+}
+
+#[test]
 fn allowed_names_that_resolve_to_loopback_or_the_metadata_service_are_refused() {
     if !tools() || require_tool("unshare").is_none() {
         return;

@@ -74,7 +74,7 @@ impl std::fmt::Display for Target {
 #[derive(Debug)]
 struct Refusal {
     /// Stable: `no-network`, `not-allowed`, `address-refused`, `bad-request`, `tls-name`,
-    /// `resolve-failed`, `connect-failed`.
+    /// `http-host`, `resolve-failed`, `connect-failed`.
     code: &'static str,
     /// A sentence: what was refused, why, and what would allow it.
     message: String,
@@ -124,7 +124,7 @@ pub struct Connection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     /// Why it was refused or failed: `no-network`, `not-allowed`, `address-refused`,
-    /// `bad-request`, `tls-name`, `resolve-failed`, `connect-failed` (also the HTTP
+    /// `bad-request`, `tls-name`, `http-host`, `resolve-failed`, `connect-failed` (also the HTTP
     /// refusal's `X-Toolbox-Egress` header)…
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<&'static str>,
@@ -707,18 +707,63 @@ async fn copy(
     }
 }
 
-// --- TLS: the name a tunnel's client asks the far end for ---
+// --- What a tunnel to a name carries: TLS must ask for that name, and HTTP name it ---
 
 /// The largest TLS record (2^14) and its header.
 const MAX_RECORD: usize = 5 + (1 << 14);
 
-/// Through a tunnel to a name, a client that opens TLS must ask the far end for that same
-/// name (SNI): else a tunnel to an allowed name on a shared front (a CDN) would reach any
-/// other site behind it. A ClientHello without the name, with the name encrypted (ECH), or
-/// cut across records is refused too; one to an address is not judged (no name to hold it
-/// to). What is read goes into `first`, to be sent on. A far end that speaks first (SSH,
-/// SMTP) is not TLS from the client: nothing is read.
-async fn tls_name(
+/// What a tunnel's client sends first, as far as the proxy can tell.
+#[derive(Debug, PartialEq, Eq)]
+enum Opening {
+    /// A TLS record (a handshake record's first byte).
+    Tls,
+    /// An HTTP/1 request line's method and space.
+    Http,
+    /// Something else, not looked into.
+    Other,
+    /// Too little yet to tell.
+    Unknown,
+}
+
+fn opening(first: &[u8]) -> Opening {
+    if first.first() == Some(&0x16) {
+        return Opening::Tls;
+    }
+    // A method and a space, after any empty lines (which servers skip). Methods in use
+    // are letters, and short. Any text protocol whose first word looks like one is judged
+    // as HTTP, and fails that rather than slip by: TLS and SSH never start like that.
+    let start = first
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(first.len());
+    for (i, &b) in first[start..].iter().enumerate().take(17) {
+        if b == b' ' {
+            return if i > 0 { Opening::Http } else { Opening::Other };
+        }
+        if !b.is_ascii_alphabetic() {
+            return Opening::Other;
+        }
+    }
+    if first.len() - start > 16 || start > 16 {
+        Opening::Other
+    } else {
+        Opening::Unknown
+    }
+}
+
+/// Through a tunnel to a name, what the client sends must be for that name: else a tunnel
+/// to an allowed name on a shared front (a CDN) would reach any other site behind it.
+/// - TLS must ask for the name (SNI). A ClientHello without it, with it encrypted (ECH),
+///   or cut across records is refused too.
+/// - Plain HTTP/1 must name it in its `Host`; the request goes on with `Connection:
+///   close` (as a plain request through the proxy does), so a second one on the tunnel
+///   cannot name another. HTTP/2 without TLS (h2c) is refused: its host is compressed
+///   inside frames the proxy does not read.
+///
+/// A tunnel to an address is not judged (no name to hold it to). A far end that speaks
+/// first (SSH, SMTP) is not the client's to judge: nothing is read. What is read goes
+/// into `first` (rewritten, for HTTP), to be sent on.
+async fn tunnel_check(
     client: &mut TcpStream,
     upstream: &TcpStream,
     asked: &Asked,
@@ -738,32 +783,152 @@ async fn tls_name(
         }
     }
     let deadline = tokio::time::Instant::now() + REQUEST_TIME;
-    loop {
-        if first.first().is_some_and(|&b| b != 0x16) {
-            return Ok(());
-        }
-        if first.len() >= 5 {
-            let length = usize::from(u16::from_be_bytes([first[3], first[4]]));
-            if first.len() >= 5 + length {
-                break;
+    // Read until what came can be judged: a whole TLS record, a whole HTTP head. A client
+    // that stops short of one (or closes) is judged on what it sent, and refused.
+    let complete = loop {
+        let whole = match opening(first) {
+            Opening::Other => return Ok(()),
+            Opening::Unknown => false,
+            Opening::Tls => {
+                first.len() >= 5
+                    && first.len() >= 5 + usize::from(u16::from_be_bytes([first[3], first[4]]))
             }
+            Opening::Http => head_end(first).is_some(),
+        };
+        if whole {
+            break true;
+        }
+        let limit = match opening(first) {
+            Opening::Http => MAX_HEAD,
+            _ => MAX_RECORD,
+        };
+        if first.len() >= limit {
+            break false;
         }
         let mut chunk = [0u8; 4096];
-        let want = (MAX_RECORD - first.len()).min(chunk.len());
+        let want = (limit - first.len()).min(chunk.len());
         match tokio::time::timeout_at(deadline, client.read(&mut chunk[..want])).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
-            Ok(Ok(n)) => first.extend_from_slice(&chunk[..n]),
-            Err(_) => break,
+            Ok(Ok(n)) if n > 0 => first.extend_from_slice(&chunk[..n]),
+            // Closed: what it sent is all the far end will get.
+            Ok(Ok(_)) | Ok(Err(_)) if opening(first) == Opening::Unknown => return Ok(()),
+            Ok(Ok(_)) | Ok(Err(_)) => break false,
+            // Still open, and still too little to tell: it could go on with anything.
+            Err(_) if opening(first) == Opening::Unknown => {
+                return Err(Refusal::new(
+                    "http-host",
+                    format!(
+                        "egress to {name}:{} refused: in {REQUEST_TIME:?} it sent only the \
+                         start of what could be an HTTP request, too little to see the host \
+                         it names",
+                        asked.port
+                    ),
+                    format!("Forbidden by toolbox: the request is not for {name}"),
+                ))
+            }
+            Err(_) => break false,
         }
+    };
+    match opening(first) {
+        Opening::Http => tunnel_http(first, complete, name, asked.port).map_err(|why| {
+            Refusal::new(
+                "http-host",
+                format!("egress to {name}:{} refused: {why}", asked.port),
+                format!("Forbidden by toolbox: the HTTP request is not for {name}"),
+            )
+        }),
+        Opening::Tls => tls_name(first, name, asked.port),
+        Opening::Unknown | Opening::Other => Ok(()),
     }
+}
+
+/// Where an HTTP head ends (after its blank line), if it has.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+}
+
+/// Judge a tunnel's first HTTP request (`first`, which the caller read up to the end of its
+/// head, or as far as it could: `complete`) against the tunnel's name, and rewrite it to
+/// be sent on: origin form kept, `Connection: close`.
+fn tunnel_http(first: &mut Vec<u8>, complete: bool, name: &str, port: u16) -> Result<(), String> {
+    if !complete {
+        return Err(format!(
+            "it began an HTTP request and did not finish its head (within {} KiB and \
+             {REQUEST_TIME:?}), which the proxy must read to see the host it names",
+            MAX_HEAD / 1024
+        ));
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 96];
+    let mut request = httparse::Request::new(&mut headers);
+    let end = match request.parse(first) {
+        Ok(httparse::Status::Complete(end)) => end,
+        Ok(httparse::Status::Partial) => return Err("its HTTP request head is cut".into()),
+        Err(_) if first.starts_with(b"PRI * HTTP/2") => {
+            return Err(
+                "it speaks HTTP/2 without TLS (h2c), whose host the proxy cannot read; use \
+                 TLS, or HTTP/1"
+                    .into(),
+            )
+        }
+        Err(err) => {
+            return Err(format!(
+                "it began like an HTTP request but is not one ({err})"
+            ))
+        }
+    };
+    let method = request.method.unwrap_or_default();
+    let path = request.path.unwrap_or_default();
+    let hosts: Vec<String> = request
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+        .collect();
+    let [host] = hosts.as_slice() else {
+        return Err(format!(
+            "its HTTP request has {} Host headers; it needs one, naming {name}",
+            hosts.len()
+        ));
+    };
+    // The port in it routes nothing on a front: the host is what must agree.
+    let agrees = authority(host, Some(port))
+        .is_ok_and(|(target, _)| target == Target::Name(name.to_string()));
+    if !agrees {
+        return Err(format!(
+            "the tunnel is to {name}, but its HTTP request is for {host}; a tunnel reaches \
+             only the name it was allowed for"
+        ));
+    }
+    if !path.starts_with('/') && path != "*" {
+        return Err(format!(
+            "its HTTP request's target ({path}) is not a path on {name}"
+        ));
+    }
+    let mut rewritten = forwarded_head(
+        method,
+        path,
+        request.version.unwrap_or(1),
+        request.headers,
+        None,
+    );
+    rewritten.extend_from_slice(&first[end..]);
+    *first = rewritten;
+    Ok(())
+}
+
+/// Judge a ClientHello (`record`, read as far as the client sent it) against the tunnel's
+/// name.
+fn tls_name(record: &[u8], name: &str, port: u16) -> Result<(), Refusal> {
     let refuse = |why: String| {
         Refusal::new(
             "tls-name",
-            format!("egress to {name}:{} refused: {why}", asked.port),
+            format!("egress to {name}:{port} refused: {why}"),
             format!("Forbidden by toolbox: the TLS name is not {name}"),
         )
     };
-    match client_hello_name(first) {
+    match client_hello_name(record) {
         Ok(Some(sni)) if sni == *name => Ok(()),
         Ok(Some(sni)) => Err(refuse(format!(
             "the tunnel is to {name}, but its TLS asks for {sni}; a tunnel reaches only the \
@@ -897,7 +1062,8 @@ async fn http(mut client: TcpStream, shared: &Shared) {
                     return;
                 }
                 let mut first = head[rest..].to_vec();
-                if let Err(refusal) = tls_name(&mut client, &upstream, &asked, &mut first).await {
+                if let Err(refusal) = tunnel_check(&mut client, &upstream, &asked, &mut first).await
+                {
                     // The client has its 200 already: the tunnel just closes.
                     shared.refused(&asked, &refusal);
                     return;
@@ -1001,11 +1167,9 @@ fn parse_request(bytes: &[u8]) -> Result<(Request, usize), String> {
         p => format!("/{}", p.split('#').next().unwrap_or_default()),
     };
     let mut refused = None;
-    let mut forwarded = format!("{method} {path} HTTP/1.{version}\r\n").into_bytes();
     let mut saw_host = false;
     for header in request.headers.iter() {
-        let name = header.name;
-        if name.eq_ignore_ascii_case("host") {
+        if header.name.eq_ignore_ascii_case("host") {
             saw_host = true;
             let value = String::from_utf8_lossy(header.value);
             let agrees =
@@ -1018,29 +1182,13 @@ fn parse_request(bytes: &[u8]) -> Result<(Request, usize), String> {
                 ));
             }
         }
-        let hop = [
-            "connection",
-            "proxy-connection",
-            "keep-alive",
-            "proxy-authorization",
-        ];
-        if hop.iter().any(|h| name.eq_ignore_ascii_case(h)) {
-            continue;
-        }
-        forwarded.extend_from_slice(name.as_bytes());
-        forwarded.extend_from_slice(b": ");
-        forwarded.extend_from_slice(header.value);
-        forwarded.extend_from_slice(b"\r\n");
     }
-    if !saw_host {
-        let shown = if port == 80 {
-            host.to_string()
-        } else {
-            format!("{host}:{port}")
-        };
-        forwarded.extend_from_slice(format!("Host: {shown}\r\n").as_bytes());
-    }
-    forwarded.extend_from_slice(b"Connection: close\r\n\r\n");
+    let shown = match port {
+        80 => host.to_string(),
+        _ => format!("{host}:{port}"),
+    };
+    let missing_host = (!saw_host).then_some(shown.as_str());
+    let forwarded = forwarded_head(method, &path, version, request.headers, missing_host);
     let request = Request {
         connect: false,
         target: host,
@@ -1049,6 +1197,39 @@ fn parse_request(bytes: &[u8]) -> Result<(Request, usize), String> {
         refused,
     };
     Ok((request, end))
+}
+
+/// A request head to send on: the request line in origin form, the headers but the
+/// hop-by-hop and proxy ones, `host` as a `Host` header if given, and `Connection: close`,
+/// so that a second request on the connection cannot go elsewhere.
+fn forwarded_head(
+    method: &str,
+    path: &str,
+    version: u8,
+    headers: &[httparse::Header<'_>],
+    host: Option<&str>,
+) -> Vec<u8> {
+    const HOP: [&str; 4] = [
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "proxy-authorization",
+    ];
+    let mut forwarded = format!("{method} {path} HTTP/1.{version}\r\n").into_bytes();
+    for header in headers {
+        if HOP.iter().any(|h| header.name.eq_ignore_ascii_case(h)) {
+            continue;
+        }
+        forwarded.extend_from_slice(header.name.as_bytes());
+        forwarded.extend_from_slice(b": ");
+        forwarded.extend_from_slice(header.value);
+        forwarded.extend_from_slice(b"\r\n");
+    }
+    if let Some(host) = host {
+        forwarded.extend_from_slice(format!("Host: {host}\r\n").as_bytes());
+    }
+    forwarded.extend_from_slice(b"Connection: close\r\n\r\n");
+    forwarded
 }
 
 fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
@@ -1158,7 +1339,7 @@ async fn socks(mut client: TcpStream, shared: &Shared) {
                 return;
             }
             let mut first = Vec::new();
-            if let Err(refusal) = tls_name(&mut client, &upstream, &asked, &mut first).await {
+            if let Err(refusal) = tunnel_check(&mut client, &upstream, &asked, &mut first).await {
                 shared.refused(&asked, &refusal);
                 return;
             }
@@ -1387,6 +1568,77 @@ mod tests {
         other[5] = 2; // a ServerHello
         assert!(client_hello_name(&other).is_err());
         assert!(client_hello_name(&client_hello(&[sni("10.0.0.1")])).is_err());
+    }
+
+    #[test]
+    fn what_a_tunnel_opens_with_is_told_apart() {
+        let hello = client_hello(&[sni("a.example")]);
+        assert_eq!(opening(&hello[..1]), Opening::Tls);
+        for http in ["GET ", "\r\nGET / HTTP/1.1", "get /", "OPTIONS * HTTP/1.1"] {
+            assert_eq!(opening(http.as_bytes()), Opening::Http, "{http:?}");
+        }
+        for other in [
+            "SSH-2.0-OpenSSH_9.2\r\n",
+            " GET",
+            "\x00\x01",
+            "ABCDEFGHIJKLMNOPQ ",
+        ] {
+            assert_eq!(opening(other.as_bytes()), Opening::Other, "{other:?}");
+        }
+        for unknown in ["", "GE", "\r\n", "POST"] {
+            assert_eq!(opening(unknown.as_bytes()), Opening::Unknown, "{unknown:?}");
+        }
+    }
+
+    fn tunnel(text: &str, complete: bool) -> Result<String, String> {
+        let mut first = text.as_bytes().to_vec();
+        tunnel_http(&mut first, complete, "a.example", 80)
+            .map(|()| String::from_utf8_lossy(&first).into_owned())
+    }
+
+    #[test]
+    fn a_tunnel_s_http_must_name_its_host_and_goes_on_closing() {
+        let sent = tunnel(
+            "GET /x HTTP/1.1\r\nHost: A.example:80\r\nConnection: keep-alive\r\n\r\nrest",
+            true,
+        )
+        .expect("agrees");
+        assert_eq!(
+            sent,
+            "GET /x HTTP/1.1\r\nHost: A.example:80\r\nConnection: close\r\n\r\nrest"
+        );
+        // The port in Host routes nothing; the host is what must agree.
+        assert!(tunnel("GET / HTTP/1.1\r\nHost: a.example:8080\r\n\r\n", true).is_ok());
+        for (text, why) in [
+            (
+                "GET / HTTP/1.1\r\nHost: b.example\r\n\r\n",
+                "is for b.example",
+            ),
+            (
+                "\r\nget / HTTP/1.1\r\nHost: b.example\r\n\r\n",
+                "is for b.example",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: 10.0.0.1\r\n\r\n",
+                "is for 10.0.0.1",
+            ),
+            ("GET / HTTP/1.0\r\n\r\n", "0 Host headers"),
+            (
+                "GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+                "2 Host headers",
+            ),
+            (
+                "GET http://b.example/ HTTP/1.1\r\nHost: a.example\r\n\r\n",
+                "not a path",
+            ),
+            ("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "h2c"),
+            ("GET / HTTP/1.1\r\nHost: a.exa", "did not finish"),
+            ("SET key value\r\n\r\n", "not one"),
+        ] {
+            let complete = head_end(text.as_bytes()).is_some();
+            let err = tunnel(text, complete).expect_err(text);
+            assert!(err.contains(why), "{text:?}: {err}");
+        }
     }
 
     #[test]
