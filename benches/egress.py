@@ -2,12 +2,14 @@
 machine (tests/support/egress_server.py):
 
 - throughput: a 1 GiB download by curl in a job through its proxy (mode allowlist, an address
-  rule) against the same download by curl on the host, interleaved; medians and their ratio;
+  rule) against the same download by curl on the host, interleaved; medians and their ratio.
+  And through HAProxy, a production relay, on the host (TCP mode, splice(2) both ways): how
+  far a relay that judges nothing gets on the same machine;
 - connect latency: curl's time to the first byte of a small page, a new connection each, in
   one job through its proxy (plain HTTP, and HTTPS through CONNECT) against the host's
   curl; medians and the difference;
 - memory: the daemon's RSS while 8 jobs each run 16 downloads at once through their
-  proxies, against its RSS before them.
+  proxies, against its RSS before them; and the daemon's CPU time for what it relayed.
 
     scripts/bench-egress.sh [RUNS]
 """
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -52,6 +55,53 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+HAPROXY = """global
+    maxconn 100
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option splice-request
+    option splice-response
+frontend relay
+    bind 127.0.0.1:{listen}
+    default_backend server
+backend server
+    server only 127.0.0.1:{port}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_haproxy(state: Path, port: int) -> tuple[subprocess.Popen[bytes], int]:
+    listen = free_port()
+    config = state / "haproxy.cfg"
+    config.write_text(HAPROXY.format(listen=listen, port=port))
+    # -db: stay in the foreground, ours to end.
+    relay = subprocess.Popen(["haproxy", "-db", "-f", str(config)])
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", listen), timeout=1).close()
+            return relay, listen
+        except OSError:
+            if time.monotonic() > deadline or relay.poll() is not None:
+                relay.kill()
+                raise SystemExit("bench-egress: haproxy did not start") from None
+            time.sleep(0.05)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench(toolbox: Path, runs: int) -> None:
     state = Path(tempfile.mkdtemp(prefix="toolbox-bench-egress-"))
     workspace = state / "ws"
@@ -64,20 +114,28 @@ def bench(toolbox: Path, runs: int) -> None:
     cert.chmod(0o644)
     job = [str(toolbox), "run", "--local", "-C", str(workspace), "--policy", "network"]
     job += ["--allow", f"127.0.0.1:{http}", "--allow", f"127.0.0.1:{https}", "--"]
+    haproxy, relay_port = start_haproxy(state, http)
     try:
         # Throughput.
-        url = f"http://127.0.0.1:{http}/bytes/{GIB}"
-        curl = ["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download}", url]
-        direct, proxied = [], []
+        path = f"/bytes/{GIB}"
+        curl = ["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download}"]
+        direct, proxied, relayed = [], [], []
         for _ in range(runs):
-            direct.append(float(run(curl)))
-            proxied.append(float(run(job + curl)))
-        d, p = median(direct), median(proxied)
-        print(f"1 GiB download ({runs} runs each, interleaved; medians, GB/s)")
-        for name, rates in (("host, directly", direct), ("job, through its proxy", proxied)):
+            direct.append(float(run([*curl, f"http://127.0.0.1:{http}{path}"])))
+            proxied.append(float(run([*job, *curl, f"http://127.0.0.1:{http}{path}"])))
+            relayed.append(float(run([*curl, f"http://127.0.0.1:{relay_port}{path}"])))
+        d = median(direct)
+        print(f"1 GiB download ({runs} runs each, interleaved; medians, GB/s; ratio to direct)")
+        for name, rates in (
+            ("host, directly", direct),
+            ("job, through its proxy", proxied),
+            ("host, through HAProxy", relayed),
+        ):
             low, high = min(rates) / 1e9, max(rates) / 1e9
-            print(f"  {name:23} {median(rates) / 1e9:5.2f}  (min {low:.2f}, max {high:.2f})")
-        print(f"  ratio                   {p / d:5.2f}")
+            print(
+                f"  {name:23} {median(rates) / 1e9:5.2f}  (min {low:.2f}, max {high:.2f})"
+                f"  {median(rates) / d:5.2f}"
+            )
 
         # Connect latency: time to the first byte, a new connection each.
         n = 200
@@ -122,6 +180,7 @@ def bench(toolbox: Path, runs: int) -> None:
             body = json.dumps(request)
             before = rss()
             peak = before
+            cpu_before = cpu_seconds(pid)
             done = threading.Event()
 
             def sample() -> None:
@@ -142,11 +201,13 @@ def bench(toolbox: Path, runs: int) -> None:
                 exit_line = json.loads(out.splitlines()[-1])
                 moved += exit_line.get("egress", {}).get("bytes_down", 0)
             elapsed = time.monotonic() - started
+            cpu = cpu_seconds(pid) - cpu_before
             done.set()
             sampler.join()
             print("8 jobs x 16 downloads at once through their proxies (the daemon)")
             rate = moved / elapsed / 1e9
             print(f"  moved {moved / GIB:.1f} GiB in {elapsed:.1f} s ({rate:.2f} GB/s)")
+            print(f"  daemon CPU {cpu:.2f} s: {cpu / (moved / GIB):.3f} s a GiB relayed")
             print(
                 f"  daemon RSS {before / 1024:.1f} MiB before, {peak / 1024:.1f} MiB at most"
                 f" during (+{(peak - before) / 1024:.1f} MiB)"
@@ -154,6 +215,8 @@ def bench(toolbox: Path, runs: int) -> None:
         finally:
             daemon.stop()
     finally:
+        haproxy.kill()
+        haproxy.wait()
         server.kill()
         server.wait()
         shutil.rmtree(state, ignore_errors=True)
