@@ -35,6 +35,10 @@ const REQUEST_TIME: Duration = Duration::from_secs(30);
 const MAX_HEAD: usize = 16 * 1024;
 /// How long resolving a name may take, and connecting.
 const RESOLVE_TIME: Duration = Duration::from_secs(10);
+/// How many of one job's names may be resolved at once. Each takes a blocking thread until
+/// the system's resolver answers, which the timeout above does not shorten: a job asking
+/// for many slow names holds this many threads, not the daemon's whole pool.
+const RESOLVING: usize = 4;
 const CONNECT_TIME: Duration = Duration::from_secs(10);
 /// Connections listed one by one in the record; past this only counted.
 const MAX_LISTED: usize = 256;
@@ -266,6 +270,7 @@ impl Proxy {
             judge,
             log: log.clone(),
             permits: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+            resolving: Arc::new(Semaphore::new(RESOLVING)),
         });
         let tasks = vec![
             tokio::spawn(accept(http, shared.clone(), Kind::Http)),
@@ -296,6 +301,42 @@ struct Shared {
     judge: Judge,
     log: Arc<Log>,
     permits: Arc<Semaphore>,
+    resolving: Arc<Semaphore>,
+}
+
+/// A name's addresses, as the system's resolver gives them (blocking).
+type Lookup = fn(&str, u16) -> std::io::Result<Vec<IpAddr>>;
+
+fn system_lookup(name: &str, port: u16) -> std::io::Result<Vec<IpAddr>> {
+    use std::net::ToSocketAddrs;
+    Ok((name, port).to_socket_addrs()?.map(|a| a.ip()).collect())
+}
+
+/// Resolve `name` on a blocking thread that holds one of the job's `resolving` permits
+/// until it is done — past `within` too, which only ends the waiting (getaddrinfo cannot
+/// be stopped). The wait for a permit counts in `within`. `None`: not in time.
+async fn resolve(
+    resolving: &Arc<Semaphore>,
+    name: &str,
+    port: u16,
+    within: Duration,
+    lookup: Lookup,
+) -> Option<std::io::Result<Vec<IpAddr>>> {
+    let name = name.to_string();
+    let resolving = resolving.clone();
+    let resolved = async move {
+        let permit = resolving
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            lookup(&name, port)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    };
+    tokio::time::timeout(within, resolved).await.ok()
 }
 
 #[derive(Clone, Copy)]
@@ -449,21 +490,18 @@ impl Shared {
                         not_listed,
                     ));
                 };
-                let resolved = tokio::time::timeout(
-                    RESOLVE_TIME,
-                    tokio::net::lookup_host((name.as_str(), port)),
-                )
-                .await;
+                let resolved =
+                    resolve(&self.resolving, name, port, RESOLVE_TIME, system_lookup).await;
                 let addrs: Vec<IpAddr> = match resolved {
-                    Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
-                    Ok(Err(err)) => {
+                    Some(Ok(addrs)) => addrs,
+                    Some(Err(err)) => {
                         return Err(Refusal::new(
                             "resolve-failed",
                             format!("egress to {name}:{port}: {name} could not be resolved: {err}"),
                             format!("Bad Gateway: toolbox could not resolve {name}"),
                         ))
                     }
-                    Err(_) => {
+                    None => {
                         return Err(Refusal::new(
                             "resolve-failed",
                             format!(
@@ -1444,6 +1482,7 @@ async fn socks_reply(client: &mut TcpStream, code: u8) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     fn parse(text: &str) -> Result<Request, String> {
         parse_request(text.as_bytes()).map(|(request, _)| request)
@@ -1639,6 +1678,62 @@ mod tests {
             let err = tunnel(text, complete).expect_err(text);
             assert!(err.contains(why), "{text:?}: {err}");
         }
+    }
+
+    static RESOLVING_NOW: AtomicUsize = AtomicUsize::new(0);
+    static RESOLVING_MOST: AtomicUsize = AtomicUsize::new(0);
+
+    fn slow_lookup(_: &str, _: u16) -> std::io::Result<Vec<IpAddr>> {
+        let now = RESOLVING_NOW.fetch_add(1, Ordering::SeqCst) + 1;
+        RESOLVING_MOST.fetch_max(now, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+        RESOLVING_NOW.fetch_sub(1, Ordering::SeqCst);
+        Ok(vec![IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1))])
+    }
+
+    fn slower_lookup(_: &str, _: u16) -> std::io::Result<Vec<IpAddr>> {
+        std::thread::sleep(Duration::from_secs(1));
+        Ok(Vec::new())
+    }
+
+    #[test]
+    fn a_job_resolves_a_few_names_at_once_and_a_timeout_does_not_free_a_thread() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let resolving = Arc::new(Semaphore::new(RESOLVING));
+            // Three times as many names as may be resolved at once, with time for all.
+            let mut set = JoinSet::new();
+            for i in 0..3 * RESOLVING {
+                let resolving = resolving.clone();
+                set.spawn(async move {
+                    let name = format!("n{i}.test");
+                    let within = Duration::from_secs(60);
+                    resolve(&resolving, &name, 443, within, slow_lookup).await
+                });
+            }
+            while let Some(done) = set.join_next().await {
+                assert!(done.expect("task").expect("in time").is_ok());
+            }
+            let most = RESOLVING_MOST.load(Ordering::SeqCst);
+            assert!((1..=RESOLVING).contains(&most), "{most} at once");
+            // Given up on, the lookup still runs, and still holds its permit.
+            let within = Duration::from_millis(20);
+            let late = resolve(&resolving, "slow.test", 443, within, slower_lookup);
+            assert!(late.await.is_none());
+            assert_eq!(resolving.available_permits(), RESOLVING - 1);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while resolving.available_permits() < RESOLVING {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the permit never came back"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
     }
 
     #[test]
