@@ -84,6 +84,14 @@ def serve(root: Path) -> None:
         def log_message(self, format: str, *args: object) -> None:
             pass
 
+        raw_requestline: bytes
+
+        def parse_request(self) -> bool:
+            # Empty lines before a request are skipped, as nginx and most servers do.
+            while self.raw_requestline in (b"\r\n", b"\n"):
+                self.raw_requestline = self.rfile.readline(65537)
+            return super().parse_request()
+
         def do_GET(self) -> None:
             note("requests.log", f"GET {self.path} {self.headers.get('Host', '')}")
             if self.path.startswith("/bytes/"):

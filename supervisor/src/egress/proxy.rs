@@ -770,10 +770,9 @@ fn opening(first: &[u8]) -> Opening {
     // A method and a space, after any empty lines (which servers skip). Methods in use
     // are letters, and short. Any text protocol whose first word looks like one is judged
     // as HTTP, and fails that rather than slip by: TLS and SSH never start like that.
-    let start = first
-        .iter()
-        .position(|b| !matches!(b, b'\r' | b'\n'))
-        .unwrap_or(first.len());
+    let Some(start) = first.iter().position(|b| !matches!(b, b'\r' | b'\n')) else {
+        return Opening::Unknown;
+    };
     for (i, &b) in first[start..].iter().enumerate().take(17) {
         if b == b' ' {
             return if i > 0 { Opening::Http } else { Opening::Other };
@@ -782,7 +781,7 @@ fn opening(first: &[u8]) -> Opening {
             return Opening::Other;
         }
     }
-    if first.len() - start > 16 || start > 16 {
+    if first.len() - start > 16 {
         Opening::Other
     } else {
         Opening::Unknown
@@ -822,7 +821,9 @@ async fn tunnel_check(
     }
     let deadline = tokio::time::Instant::now() + REQUEST_TIME;
     // Read until what came can be judged: a whole TLS record, a whole HTTP head. A client
-    // that stops short of one (or closes) is judged on what it sent, and refused.
+    // that stops short of one — it closes, runs past the size, or the time — is judged on
+    // what it sent.
+    let mut closed = false;
     let complete = loop {
         let whole = match opening(first) {
             Opening::Other => return Ok(()),
@@ -847,35 +848,33 @@ async fn tunnel_check(
         let want = (limit - first.len()).min(chunk.len());
         match tokio::time::timeout_at(deadline, client.read(&mut chunk[..want])).await {
             Ok(Ok(n)) if n > 0 => first.extend_from_slice(&chunk[..n]),
-            // Closed: what it sent is all the far end will get.
-            Ok(Ok(_)) | Ok(Err(_)) if opening(first) == Opening::Unknown => return Ok(()),
-            Ok(Ok(_)) | Ok(Err(_)) => break false,
-            // Still open, and still too little to tell: it could go on with anything.
-            Err(_) if opening(first) == Opening::Unknown => {
-                return Err(Refusal::new(
-                    "http-host",
-                    format!(
-                        "egress to {name}:{} refused: in {REQUEST_TIME:?} it sent only the \
-                         start of what could be an HTTP request, too little to see the host \
-                         it names",
-                        asked.port
-                    ),
-                    format!("Forbidden by toolbox: the request is not for {name}"),
-                ))
+            Ok(_) => {
+                closed = true;
+                break false;
             }
             Err(_) => break false,
         }
     };
+    let refuse = |why: String| {
+        Refusal::new(
+            "http-host",
+            format!("egress to {name}:{} refused: {why}", asked.port),
+            format!("Forbidden by toolbox: the HTTP request is not for {name}"),
+        )
+    };
     match opening(first) {
-        Opening::Http => tunnel_http(first, complete, name, asked.port).map_err(|why| {
-            Refusal::new(
-                "http-host",
-                format!("egress to {name}:{} refused: {why}", asked.port),
-                format!("Forbidden by toolbox: the HTTP request is not for {name}"),
-            )
-        }),
+        Opening::Http => tunnel_http(first, complete, name, asked.port).map_err(refuse),
         Opening::Tls => tls_name(first, name, asked.port),
-        Opening::Unknown | Opening::Other => Ok(()),
+        Opening::Other => Ok(()),
+        // Closed: what it sent is all the far end gets.
+        Opening::Unknown if closed => Ok(()),
+        // Still open, with too little to tell (empty lines, a word): it could go on with
+        // an HTTP request, unread.
+        Opening::Unknown => Err(refuse(format!(
+            "in {REQUEST_TIME:?} and {} KiB it sent only what could be the start of an HTTP \
+             request, too little to see the host it names",
+            MAX_RECORD / 1024
+        ))),
     }
 }
 
@@ -1613,7 +1612,14 @@ mod tests {
     fn what_a_tunnel_opens_with_is_told_apart() {
         let hello = client_hello(&[sni("a.example")]);
         assert_eq!(opening(&hello[..1]), Opening::Tls);
-        for http in ["GET ", "\r\nGET / HTTP/1.1", "get /", "OPTIONS * HTTP/1.1"] {
+        let many_empty_lines = format!("{}GET / HTTP/1.1", "\r\n".repeat(100));
+        for http in [
+            "GET ",
+            "\r\nGET / HTTP/1.1",
+            "get /",
+            "OPTIONS * HTTP/1.1",
+            &many_empty_lines,
+        ] {
             assert_eq!(opening(http.as_bytes()), Opening::Http, "{http:?}");
         }
         for other in [
@@ -1624,7 +1630,7 @@ mod tests {
         ] {
             assert_eq!(opening(other.as_bytes()), Opening::Other, "{other:?}");
         }
-        for unknown in ["", "GE", "\r\n", "POST"] {
+        for unknown in ["", "GE", "\r\n", "POST", &"\r\n".repeat(1000)] {
             assert_eq!(opening(unknown.as_bytes()), Opening::Unknown, "{unknown:?}");
         }
     }
