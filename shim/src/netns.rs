@@ -134,30 +134,25 @@ fn send_listeners() {
             listen_on(port).map_err(|errno| format!("listen on 127.0.0.1:{port}: {errno}"))
         })
         .collect();
-    let control = toolbox_spec::fds::CONTROL;
-    let sent = match &made {
-        Ok(listeners) => {
-            let fds: Vec<i32> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
-            socket::sendmsg::<()>(
-                control,
-                &[std::io::IoSlice::new(toolbox_spec::LISTENERS)],
-                &[ControlMessage::ScmRights(&fds)],
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            )
-        }
+    let (message, fds): (Vec<u8>, Vec<i32>) = match &made {
+        Ok(listeners) => (
+            toolbox_spec::LISTENERS.to_vec(),
+            listeners.iter().map(AsRawFd::as_raw_fd).collect(),
+        ),
         Err(why) => {
             let mut message = toolbox_spec::LISTENERS_FAILED.to_vec();
             message.extend_from_slice(why.as_bytes());
-            socket::sendmsg::<()>(
-                control,
-                &[std::io::IoSlice::new(&message)],
-                &[],
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            )
+            (message, Vec::new())
         }
     };
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let sent = socket::sendmsg::<()>(
+        toolbox_spec::fds::CONTROL,
+        &[std::io::IoSlice::new(&message)],
+        if fds.is_empty() { &[] } else { &rights },
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    );
     // The supervisor keeps its copies; ours close when we leave. (A send that failed leaves
     // the supervisor to give up on the job when no message comes.)
     let _ = sent;
