@@ -118,6 +118,23 @@ fn connections(job: &Job) -> &Vec<Value> {
         .expect("connections")
 }
 
+/// The job's connections refused with `code`, each of `reasons` found in one of theirs.
+fn refusals<'a>(job: &'a Job, code: &str, reasons: &[&str]) -> Vec<&'a Value> {
+    let refused: Vec<&Value> = connections(job)
+        .iter()
+        .filter(|c| c["code"] == code)
+        .collect();
+    for reason in reasons {
+        assert!(
+            refused
+                .iter()
+                .any(|c| c["reason"].as_str().is_some_and(|r| r.contains(reason))),
+            "no {code} refusal says {reason:?}: {refused:?}"
+        );
+    }
+    refused
+}
+
 /// The server's certificate, where the job can read it.
 fn cert_into(servers: &Servers, ws: &Path) -> String {
     let cert = ws.join("cert.pem");
@@ -516,14 +533,8 @@ for via in ("connect", "socks"):
         assert!(out.contains(&format!("{via} None closed")), "{out}");
     }
     let conns = connections(&job);
-    let refused: Vec<&Value> = conns.iter().filter(|c| c["code"] == "tls-name").collect();
+    let refused = refusals(&job, "tls-name", &["asks for evil.test", "no SNI"]);
     assert_eq!(refused.len(), 4, "{conns:?}");
-    assert!(refused.iter().any(|c| c["reason"]
-        .as_str()
-        .is_some_and(|r| r.contains("asks for evil.test"))));
-    assert!(refused
-        .iter()
-        .any(|c| c["reason"].as_str().is_some_and(|r| r.contains("no SNI"))));
     assert_eq!(egress_of(&job)["allowed"], 2, "{conns:?}");
 }
 
@@ -595,14 +606,8 @@ attempt("second", b"GET /index.html HTTP/1.1\r\nHost: good.test\r\n\r\n"
     );
     assert_eq!(requests.len(), 2, "{requests:?}");
     let conns = connections(&job);
-    let refused: Vec<&Value> = conns.iter().filter(|c| c["code"] == "http-host").collect();
+    let refused = refusals(&job, "http-host", &["is for evil.test", "h2c"]);
     assert_eq!(refused.len(), 3, "{conns:?}");
-    assert!(refused.iter().any(|c| c["reason"]
-        .as_str()
-        .is_some_and(|r| r.contains("is for evil.test"))));
-    assert!(refused
-        .iter()
-        .any(|c| c["reason"].as_str().is_some_and(|r| r.contains("h2c"))));
     assert_eq!(egress_of(&job)["allowed"], 2, "{conns:?}");
 }
 

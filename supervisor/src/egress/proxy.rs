@@ -825,7 +825,8 @@ async fn tunnel_check(
     // what it sent.
     let mut closed = false;
     let complete = loop {
-        let whole = match opening(first) {
+        let kind = opening(first);
+        let whole = match kind {
             Opening::Other => return Ok(()),
             Opening::Unknown => false,
             Opening::Tls => {
@@ -837,7 +838,7 @@ async fn tunnel_check(
         if whole {
             break true;
         }
-        let limit = match opening(first) {
+        let limit = match kind {
             Opening::Http => MAX_HEAD,
             _ => MAX_RECORD,
         };
@@ -1140,7 +1141,7 @@ async fn read_head(client: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
         }
         let searched_from = head.len().saturating_sub(3);
         head.extend_from_slice(&chunk[..n]);
-        if head[searched_from..].windows(4).any(|w| w == b"\r\n\r\n") {
+        if head_end(&head[searched_from..]).is_some() {
             return Ok(Some(head));
         }
         if head.len() > MAX_HEAD {
