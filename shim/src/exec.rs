@@ -65,8 +65,9 @@ pub fn serve_one(control: BorrowedFd<'_>, jail: &Jail<'_>, running: &mut Vec<Run
                 }
             }
         }
-        // Only the supervisor holds the other end; a message it did not mean is dropped.
-        Err(_) => {}
+        // Only the supervisor holds the other end; a message it did not mean is dropped (a
+        // stdin comes only before the spec), and what it carried is closed.
+        Ok(Control::Stdin) | Err(_) => {}
     }
     true
 }

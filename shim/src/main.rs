@@ -92,6 +92,9 @@ fn run() -> Result<i32, SetupError> {
         .nth(2)
         .and_then(|anchor| mounts::prebuild(&anchor).ok());
     let (spec, go) = read_spec()?;
+    if spec.stdin_passed {
+        take_stdin(control.as_ref())?;
+    }
     // The spec settles the network; argv[1] only said which to prepare (`toolbox run`
     // starts us before it has read the policy).
     let mut discarded = None;
@@ -121,6 +124,25 @@ fn read_spec() -> Result<(JailSpec, std::fs::File), SetupError> {
     let mut pipe = std::fs::File::from(fd);
     let spec = JailSpec::read_from(&mut pipe).map_err(|e| SetupError::Spec(e.to_string()))?;
     Ok((spec, pipe))
+}
+
+/// The tool's stdin, which the supervisor sent over the control socket before the spec (a
+/// jail prepared before its job: we were started with /dev/null), put in place of our fd 0.
+fn take_stdin(control: Option<&std::os::fd::OwnedFd>) -> Result<(), SetupError> {
+    let failed = |why: &str| SetupError::Spec(format!("the tool's stdin: {why}"));
+    let control = control.ok_or_else(|| failed("there is no control socket to bring it"))?;
+    let mut buf = [0u8; 64];
+    let (len, fds) = sys::recv_with_fds(control.as_fd(), &mut buf)
+        .map_err(|errno| failed(&format!("it did not come before the spec ({errno})")))?;
+    match (
+        toolbox_spec::Control::decode(&buf[..len]),
+        <[_; 1]>::try_from(fds),
+    ) {
+        (Ok(toolbox_spec::Control::Stdin), Ok([stdin])) => {
+            sys::dup_onto(stdin.as_fd(), 0).map_err(|errno| failed(&errno.to_string()))
+        }
+        _ => Err(failed("something else came in its place")),
+    }
 }
 
 fn set_cloexec(fd: impl AsFd) -> Result<(), SetupError> {

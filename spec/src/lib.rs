@@ -88,6 +88,11 @@ pub struct JailSpec {
     /// The CPUs the tool runs on (its affinity), or empty for those it inherits: as many as
     /// the job's CPU quota rounds up to, so what a runtime counts matches what it gets.
     pub cpus: Vec<u32>,
+    /// The tool's stdin came over the control socket ([`Control::Stdin`]), ahead of the
+    /// spec: a jail prepared before its job was known was started with /dev/null. PID 1
+    /// reads it right after the spec and puts it in place of its own fd 0.
+    #[serde(default)]
+    pub stdin_passed: bool,
 }
 
 /// The idmapping of one bind (see [`JailSpec::idmap`]): `owner` on disk is `tool` in the
@@ -289,6 +294,9 @@ pub enum Control {
     Exec { id: u64 },
     /// A signal to the process group of exec'd command `id` (its own session).
     Signal { id: u64, signal: i32 },
+    /// The tool's stdin, the one descriptor the packet carries: sent before the spec to a
+    /// jail prepared before its job was known (see [`JailSpec::stdin_passed`]).
+    Stdin,
 }
 
 /// What an exec'd command changes of the job's [`JailSpec`].
@@ -536,6 +544,7 @@ mod tests {
                 gid: 65534,
             }),
             cpus: vec![1],
+            stdin_passed: true,
         };
         let mut pipe = spec.encode();
         pipe.extend([MADE, GO]);

@@ -108,6 +108,51 @@ pub struct Cancel {
 pub struct Prestarted(Result<Started, String>);
 
 impl Prestarted {
+    /// Whether it was prepared before its job was known ([`Engine::prepare`]).
+    pub fn warm(&self) -> bool {
+        self.0.as_ref().is_ok_and(|started| started.warm)
+    }
+
+    /// Why it could not be had (its cgroup could not be made), if so.
+    pub fn error(&self) -> Option<&str> {
+        self.0.as_ref().err().map(String::as_str)
+    }
+
+    /// The network it was prepared for.
+    pub fn network(&self) -> Option<Network> {
+        self.0.as_ref().ok().map(|started| {
+            if started.isolated {
+                Network::Isolated
+            } else {
+                Network::Host
+            }
+        })
+    }
+
+    /// Whether its shim is still there, waiting for a spec (a prepared jail whose shim
+    /// failed or was killed is of no use).
+    pub fn alive(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_ok_and(|started| started.shim.process.running())
+    }
+
+    /// Hand a prepared jail its job's stdin (before [`Engine::run`]).
+    pub fn pass_stdin(&mut self, stdin: std::os::fd::OwnedFd) -> std::io::Result<()> {
+        if let Ok(started) = &mut self.0 {
+            started.shim.send_stdin(stdin)?;
+            started.stdin_passed = true;
+        }
+        Ok(())
+    }
+
+    /// A prepared jail taken for a job: back to the CPU priority jobs have.
+    pub fn wake(&self) {
+        if let Ok(started) = &self.0 {
+            started.shim.process.set_nice(0);
+        }
+    }
+
     /// Where more commands for this job's jail go once its tool runs ([`Engine::exec`]).
     pub fn exec_port(&self) -> Option<spawn::ExecPort> {
         self.0
@@ -119,12 +164,20 @@ impl Prestarted {
 
 #[derive(Debug)]
 struct Started {
-    /// Made with the shim on cgroup v2; on v1 made while the shim builds the jail.
-    cgroup: CgroupGuard,
+    /// Before the cgroup: a jail dropped unused is killed before its cgroup is removed.
     shim: Shim,
+    /// Made with the shim on cgroup v2 (and for a prepared jail); on v1 made while the shim
+    /// builds the jail.
+    cgroup: CgroupGuard,
+    /// The cgroup's name: the job's own, or a prepared jail's.
+    name: String,
     /// Whether the shim prepared a network namespace of the job's own (whose helper sends
     /// the proxy's listeners).
     isolated: bool,
+    /// Prepared before its job was known ([`Engine::prepare`]).
+    warm: bool,
+    /// The tool's stdin went over the control socket.
+    stdin_passed: bool,
 }
 
 /// The job's cgroup once made, removed when dropped: for the paths on which a job never
@@ -207,14 +260,53 @@ impl Engine {
         network: NetworkMode,
         stdin: Stdin,
     ) -> Result<Prestarted, EngineError> {
+        self.start_shim(
+            job_name(job_id),
+            jail_network(network),
+            stdin,
+            Cgroups::unified_host(),
+        )
+    }
+
+    /// Prepare a jail before any job for it is known (the daemon's pool): the shim started
+    /// for this network, its namespaces and the root's fixed part built, its cgroup made
+    /// (on either version) as `toolbox-PID-warmSEQ`, its stdin /dev/null until the job's is
+    /// passed ([`Prestarted::pass_stdin`]). It waits at the lowest CPU priority
+    /// ([`Prestarted::wake`] restores it), so preparing never competes with running jobs.
+    /// A jail that is not used is dropped: its shim is killed, then its cgroup removed.
+    pub fn prepare(&self, seq: u64, network: Network) -> Result<Prestarted, EngineError> {
+        let null = std::fs::File::open("/dev/null").map_err(|source| EngineError::Spawn {
+            path: "/dev/null".into(),
+            source,
+        })?;
+        let mut prepared = self.start_shim(
+            job_name(&format!("warm{seq}")),
+            network,
+            Stdin::Fd(null.into()),
+            true,
+        )?;
+        if let Ok(started) = &mut prepared.0 {
+            started.warm = true;
+            started.shim.process.set_nice(19);
+        }
+        Ok(prepared)
+    }
+
+    fn start_shim(
+        &self,
+        name: String,
+        network: Network,
+        stdin: Stdin,
+        make_cgroup: bool,
+    ) -> Result<Prestarted, EngineError> {
         let mut cgroup = CgroupGuard(None);
-        if Cgroups::unified_host() {
+        if make_cgroup {
             let made = self
                 .cgroups()
                 .map_err(|e| e.to_string())
                 .and_then(|cgroups| {
                     cgroups
-                        .make(&job_name(job_id))
+                        .make(&name)
                         .map_err(|e| format!("create the job's cgroup: {e}"))
                 });
             match made {
@@ -235,18 +327,15 @@ impl Engine {
         let into = target.as_ref().map_or(SpawnCgroup::Inherit, |dir| {
             SpawnCgroup::Into(dir.as_raw_fd())
         });
-        let shim = spawn::spawn(
-            &self.shim,
-            jail_network(network),
-            self.anchor.as_deref(),
-            stdin,
-            into,
-        )
-        .map_err(spawn_error)?;
+        let shim = spawn::spawn(&self.shim, network, self.anchor.as_deref(), stdin, into)
+            .map_err(spawn_error)?;
         Ok(Prestarted(Ok(Started {
-            cgroup,
             shim,
-            isolated: network != NetworkMode::Host,
+            cgroup,
+            name,
+            isolated: network == Network::Isolated,
+            warm: false,
+            stdin_passed: false,
         })))
     }
 
@@ -337,7 +426,10 @@ impl Engine {
         let Started {
             cgroup,
             shim,
+            name,
             isolated,
+            warm,
+            stdin_passed,
         } = match prestarted.0 {
             Ok(started) => started,
             Err(message) => return fail(result, started, message),
@@ -360,7 +452,7 @@ impl Engine {
             Ok(cgroups) => cgroups,
             Err(err) => return fail(result, started, format!("create the job's cgroup: {err}")),
         };
-        let name = job_name(&plan.job_id);
+        result.isolation.warm = warm;
         // The spec first: the shim builds the jail's root while we make the job's cgroup
         // (v1; on v2 it was made at prestart) and set its limits. It binds the cgroup into
         // the root once told it exists, then joins it (v1) and forks the tool on the go.
@@ -368,7 +460,10 @@ impl Engine {
         let pinned = self.pins.take(plan.limits.cpus);
         let sent = match self.spec(&plan, cgroups, &name, &pinned.cpus) {
             Ok(spec) => shim
-                .send_spec(&spec)
+                .send_spec(&JailSpec {
+                    stdin_passed,
+                    ..spec
+                })
                 .await
                 .map_err(|e| format!("send the shim its spec: {e}")),
             Err(message) => Err(message),
@@ -530,6 +625,7 @@ impl Engine {
             cgroup_tasks: cgroups.tasks_for(name),
             idmap: plan.idmap.clone(),
             cpus: cpus.to_vec(),
+            stdin_passed: false,
         })
     }
 
@@ -724,7 +820,7 @@ fn egress_refusal(egress: &Egress) -> Option<String> {
     ))
 }
 
-fn jail_network(mode: NetworkMode) -> Network {
+pub fn jail_network(mode: NetworkMode) -> Network {
     if mode == NetworkMode::Host {
         Network::Host
     } else {

@@ -111,6 +111,10 @@ pub struct Isolation {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workspace_owner_uid: Option<u32>,
     pub network: String,
+    /// Whether the jail was prepared before the job came (the daemon's pool of fresh jails;
+    /// see `toolbox serve --warm`): it served this job alone, as a cold one would, and
+    /// isolates it the same.
+    pub warm: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]

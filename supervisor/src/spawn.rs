@@ -239,6 +239,23 @@ pub fn anchor() -> Option<CString> {
 }
 
 impl Shim {
+    /// Hand a shim started with /dev/null the tool's stdin (before its spec, which says so:
+    /// `JailSpec::stdin_passed`).
+    pub fn send_stdin(&mut self, stdin: OwnedFd) -> io::Result<()> {
+        if self.spec.is_none() {
+            return Err(io::Error::other("the go was already sent"));
+        }
+        let message = Control::Stdin.encode();
+        socket::sendmsg::<()>(
+            self.exec.control.as_raw_fd(),
+            &[std::io::IoSlice::new(&message)],
+            &[socket::ControlMessage::ScmRights(&[stdin.as_raw_fd()])],
+            socket::MsgFlags::MSG_DONTWAIT | socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        Ok(())
+    }
+
     /// Hand the shim its spec; it builds the jail's root as soon as it has read it all, and
     /// then waits for [`Shim::send_go`].
     pub async fn send_spec(&mut self, spec: &JailSpec) -> io::Result<()> {
@@ -318,6 +335,32 @@ impl ShimProcess {
                 }
                 Err(errno) => return Err(errno.into()),
             }
+        }
+    }
+
+    /// Whether it has not exited (reaps it if it has).
+    pub fn running(&mut self) -> bool {
+        if self.exited.is_some() {
+            return false;
+        }
+        match waitid(
+            Id::PIDFd(self.pidfd.get_ref().as_fd()),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+        ) {
+            Ok(WaitStatus::StillAlive) => true,
+            Ok(status) => {
+                self.exited = Some(status);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Its CPU priority (a nice value; best effort: it may be gone).
+    pub fn set_nice(&self, nice: i32) {
+        if self.exited.is_none() {
+            // Our child's pid: not reused before we reap it.
+            sys::set_nice(self.pid, nice);
         }
     }
 

@@ -437,6 +437,13 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// Set process `pid`'s nice value (best effort: it may be gone, or this may not be ours to
+/// raise).
+pub fn set_nice(pid: i32, nice: i32) {
+    // SAFETY: setpriority takes plain integers and touches no memory of ours.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, pid as libc::id_t, nice) };
+}
+
 /// Send `signal` through a pidfd: it reaches that process or none (never a reused pid).
 pub fn pidfd_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
     // SAFETY: a valid pidfd, a signal number and a null siginfo (the kernel fills one in).

@@ -110,6 +110,52 @@ impl Daemon {
         self.child.id() as i32
     }
 
+    /// Its children that are jails' shims (PID 1 of each jail, prepared or running).
+    pub fn shims(&self) -> std::collections::BTreeSet<i32> {
+        let parent = self.pid().to_string();
+        let mut found = std::collections::BTreeSet::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...
+            let Some((comm, rest)) = stat
+                .split_once(" (")
+                .and_then(|(_, rest)| rest.rsplit_once(") "))
+            else {
+                continue;
+            };
+            if comm == "toolbox-shim" && rest.split_whitespace().nth(1) == Some(parent.as_str()) {
+                found.insert(pid);
+            }
+        }
+        found
+    }
+
+    /// One sample's value from `/metrics` (`name` with its labels, as the line starts), or
+    /// 0 if it is not there.
+    pub fn metric(&self, name: &str) -> u64 {
+        let text = String::from_utf8(self.request("GET", "/metrics", None).body).expect("text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Wait (up to 30 s) until the pool holds a prepared jail for `network` (`isolated` or
+    /// `host`).
+    pub fn wait_for_warm(&self, network: &str) {
+        let gauge = format!("toolbox_warm_jails{{network=\"{network}\"}}");
+        assert!(
+            crate::wait_for(Duration::from_secs(30), || self.metric(&gauge) > 0),
+            "the pool prepared no {network} jail; the daemon's log:\n{}",
+            self.log()
+        );
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
@@ -261,6 +307,12 @@ impl Drop for Daemon {
         // Gone unless a restart on the same socket still runs in it.
         crate::remove_unit(&self.unit);
     }
+}
+
+/// Whether process `pid` is there and has not exited.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.contains(") Z ") && !stat.contains(") X "))
 }
 
 #[allow(unsafe_code)]

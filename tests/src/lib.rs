@@ -309,10 +309,14 @@ pub enum Via {
     /// exec'd into it as [`TOOL_UID`] — so a jail suite run both ways proves an exec'd
     /// command gets exactly a job's jail.
     Exec,
+    /// Through a daemon (as [`TOOL_UID`]) whose pool has a prepared jail ready for the
+    /// job's network: the record must say the jail was warm — so a jail suite run every way
+    /// proves a prepared jail isolates exactly as a fresh one.
+    Warm,
 }
 
 impl Via {
-    pub const ALL: [Via; 2] = [Via::Local, Via::Exec];
+    pub const ALL: [Via; 3] = [Via::Local, Via::Exec, Via::Warm];
 }
 
 /// A job to run: `toolbox run [options] --json -C workspace --ro probe -- argv`.
@@ -444,27 +448,35 @@ impl<'a> Run<'a> {
 
     /// Run to the end.
     pub fn run(&self) -> Job {
-        if self.via == Via::Exec {
-            return self.run_exec();
+        if self.via != Via::Local {
+            return self.run_daemon();
         }
         let output = self.command_line().output().expect("run toolbox");
         finish(output)
     }
 
-    /// [`Via::Exec`]: a daemon of its own, a job with this run's options, the command
-    /// exec'd into it; then the job is cancelled and must leave nothing behind.
-    fn run_exec(&self) -> Job {
-        use crate::daemon::{request_as, Daemon, JobStream};
+    /// [`Via::Exec`] and [`Via::Warm`]: a daemon of its own, and this run's options as a
+    /// job request.
+    fn run_daemon(&self) -> Job {
+        use crate::daemon::Daemon;
         assert!(
             self.uid.is_none() && !self.disturbed_signals && self.unit.is_none(),
-            "Via::Exec runs as TOOL_UID through a daemon: as_uid, caller_disturbs_signals and in_unit do not apply"
+            "Via::{:?} runs as TOOL_UID through a daemon: as_uid, caller_disturbs_signals and in_unit do not apply",
+            self.via
         );
         let daemon = Daemon::start(&["--allow-uid", &TOOL_UID.to_string()]);
         daemon.open_to_everyone();
+        let body = self.request_body();
+        match self.via {
+            Via::Exec => self.run_exec(&daemon, body),
+            _ => self.run_warm(&daemon, body),
+        }
+    }
+
+    /// This run's options as a job request (its argv aside).
+    fn request_body(&self) -> Value {
         let mut body = serde_json::json!({
-            "argv": ["sleep", "3600"],
             "cwd": self.workspace,
-            "detach": true,
             "caller_env": self.env,
         });
         let mut mounts = Vec::new();
@@ -476,7 +488,7 @@ impl<'a> Run<'a> {
         while let Some(option) = options.next() {
             let value = options
                 .next()
-                .unwrap_or_else(|| panic!("Via::Exec: {option} needs a value"));
+                .unwrap_or_else(|| panic!("Via::{:?}: {option} needs a value", self.via));
             match option.as_str() {
                 "--ro" | "--rw" => {
                     mounts.push(serde_json::json!({ "path": value, "mode": &option[2..] }))
@@ -493,11 +505,66 @@ impl<'a> Run<'a> {
                         }
                     }
                 },
-                other => panic!("Via::Exec cannot express the option {other}"),
+                other => panic!("Via::{:?} cannot express the option {other}", self.via),
             }
         }
         body["mounts"] = mounts.into();
         body["env"] = env.into();
+        body
+    }
+
+    /// [`Via::Warm`]: one job first with this run's options (its network is then one the
+    /// pool prepares), a prepared jail for that network waited for, then the run's command
+    /// in it — whose record must say it was warm.
+    fn run_warm(&self, daemon: &crate::daemon::Daemon, body: Value) -> Job {
+        use crate::daemon::{as_user, JobStream};
+        let stream_as_tool = |body: Value| {
+            let socket = daemon.socket.clone();
+            as_user(TOOL_UID, move || {
+                let mut stream = JobStream::open_at(&socket, "/v1/jobs", &body);
+                stream.read_to_end();
+                stream
+            })
+        };
+        let mut first = body.clone();
+        first["argv"] = serde_json::json!(["true"]);
+        let first = stream_as_tool(first);
+        if let Some(refusal) = &first.refusal {
+            return Job {
+                code: 125,
+                stdout: Vec::new(),
+                stderr: refusal.to_string(),
+                record: None,
+            };
+        }
+        let network = match first.exit()["isolation"]["network"].as_str() {
+            Some("host") => "host",
+            _ => "isolated",
+        };
+        daemon.wait_for_warm(network);
+        let mut body = body;
+        body["argv"] = serde_json::json!(self.argv);
+        let stream = stream_as_tool(body);
+        let record = stream.exit().clone();
+        assert_eq!(
+            record["isolation"]["warm"], true,
+            "Via::Warm: the job did not get a prepared jail: {record}"
+        );
+        assert_no_leftovers_of(&record);
+        Job {
+            code: record["exit_code"].as_i64().expect("exit_code") as i32,
+            stdout: stream.output("stdout"),
+            stderr: String::from_utf8_lossy(&stream.output("stderr")).into_owned(),
+            record: Some(record),
+        }
+    }
+
+    /// [`Via::Exec`]: a job with this run's options, the command exec'd into it; then the
+    /// job is cancelled and must leave nothing behind.
+    fn run_exec(&self, daemon: &crate::daemon::Daemon, mut body: Value) -> Job {
+        use crate::daemon::{request_as, JobStream};
+        body["argv"] = serde_json::json!(["sleep", "3600"]);
+        body["detach"] = true.into();
         let socket = daemon.socket.clone();
         let post = |method: &str, path: &str, body: Option<&[u8]>| {
             request_as(TOOL_UID, &socket, method, path, "application/json", body)
@@ -671,9 +738,27 @@ pub fn finish(output: Output) -> Job {
         record,
     };
     if let Some(record) = &job.record {
-        assert_no_leftovers(record["job_id"].as_str().unwrap_or("?"));
+        assert_no_leftovers_of(record);
     }
     job
+}
+
+/// [`assert_no_leftovers`] for the job of `record`, and its cgroup by the name the record
+/// gives: a prepared jail's is not named after the job it served.
+pub fn assert_no_leftovers_of(record: &Value) {
+    let id = record["job_id"].as_str().unwrap_or("?");
+    assert_no_leftovers(id);
+    if let Some(name) = record["isolation"]["cgroup_path"]
+        .as_str()
+        .and_then(|path| path.rsplit('/').next())
+        .filter(|name| name.starts_with("toolbox-"))
+    {
+        let found = find_dirs(Path::new("/sys/fs/cgroup"), name, 8);
+        assert!(
+            found.is_empty(),
+            "job {id} left its cgroup behind: {found:?}"
+        );
+    }
 }
 
 /// Nothing of the job is left: no cgroup named after it in any hierarchy (`toolbox-<pid>-<job

@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use toolbox_tests::daemon::{job_body, nix_kill, request, Daemon};
+use toolbox_tests::daemon::{alive, job_body, nix_kill, request, Daemon};
 use toolbox_tests::{
-    assert_no_leftovers, host_pids_named, probe, require_root, token, toolbox, wait_for, workspace,
-    Run, TOOL_UID,
+    assert_no_leftovers, assert_no_leftovers_of, host_pids_named, probe, require_root, token,
+    toolbox, wait_for, workspace, Run, TOOL_UID,
 };
 
 #[test]
@@ -51,7 +51,7 @@ fn fifty_clients_at_once_never_more_than_eight_running() {
         let times: Vec<u128> = out.lines().map(|l| l.parse().expect("ns")).collect();
         assert_eq!(times.len(), 2, "{out:?}");
         spans.push((times[0], times[1]));
-        assert_no_leftovers(exit["job_id"].as_str().expect("id"));
+        assert_no_leftovers_of(&exit);
     }
     let most = max_overlap(&spans);
     assert!(most <= 8, "{most} jobs ran at once");
@@ -574,6 +574,14 @@ fn a_daemon_killed_with_jobs_running_is_cleaned_up_by_the_next_one() {
         job.until("stdout").expect("ready");
         streams.push(job);
     }
+    // Its pool full too: the two jobs' jails and the prepared ones.
+    first.wait_for_warm("isolated");
+    assert!(
+        wait_for(Duration::from_secs(30), || first.shims().len() == 2 + 4),
+        "the pool did not fill: {:?}",
+        first.shims()
+    );
+    let jails = first.shims();
     let old_pid = first.pid();
     nix_kill(old_pid, libc::SIGKILL).expect("kill -9 the daemon");
     first.child.wait().expect("reap");
@@ -590,6 +598,11 @@ fn a_daemon_killed_with_jobs_running_is_cleaned_up_by_the_next_one() {
     for id in &ids {
         assert_no_leftovers(id);
     }
+    let left: Vec<i32> = jails.into_iter().filter(|&pid| alive(pid)).collect();
+    assert!(
+        left.is_empty(),
+        "jails (prepared or running) survived the crash: {left:?}"
+    );
     let prefix = format!("toolbox-{old_pid}-");
     let leftovers = find_named(std::path::Path::new("/sys/fs/cgroup"), &prefix, 8);
     assert!(leftovers.is_empty(), "stale cgroups: {leftovers:?}");

@@ -373,8 +373,11 @@ impl Daemon {
     }
 
     fn start_with(toolbox: &Path, options: &[&str]) -> Daemon {
-        let socket =
-            std::env::temp_dir().join(format!("toolbox-bench-{}.sock", std::process::id()));
+        let socket = std::env::temp_dir().join(format!(
+            "toolbox-bench-{}-{}.sock",
+            std::process::id(),
+            options.join("").replace('/', "")
+        ));
         let _ = std::fs::remove_file(&socket);
         let child = Command::new(toolbox)
             .args(["serve", "--socket"])
@@ -512,31 +515,86 @@ fn daemon(options: &Options) {
         );
     }
 
-    let toolbox = options.toolbox.to_string_lossy().into_owned();
-    let ws_str = ws.to_string_lossy().into_owned();
-    let local: Vec<String> = [&toolbox, "run", "--local", "-C", &ws_str, "--", "/bin/true"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let (mut socket_times, mut local_times) = (Vec::new(), Vec::new());
-    for _ in 0..options.runs.max(100) {
-        socket_times.push(daemon_job(&daemon.socket, &body));
-        local_times.push(run_once(&local));
+    // One job at a time: through the socket with the pool (warm) and without (a second
+    // daemon, `--warm 0`), against bare /bin/true and bubblewrap, interleaved.
+    let cold = Daemon::start_with(&options.toolbox, &["--warm", "0"]);
+    for _ in 0..20 {
+        daemon_job(&cold.socket, &body);
     }
+    let rounds = 3;
+    let runs = options.runs.max(100);
     println!(
-        "\none /bin/true job, {} interleaved runs each:",
-        socket_times.len()
+        "\none /bin/true job through the socket, {rounds} rounds of {runs} interleaved runs each:"
     );
-    println!(
-        "  through the socket:   median {:.2} ms, p99 {:.2} ms",
-        percentile(&socket_times, 0.5),
-        percentile(&socket_times, 0.99)
-    );
-    println!(
-        "  toolbox run --local:  median {:.2} ms, p99 {:.2} ms",
-        percentile(&local_times, 0.5),
-        percentile(&local_times, 0.99)
-    );
+    let bare = ["/bin/true".to_string()];
+    let (mut warm_ratios, mut cold_ratios) = (Vec::new(), Vec::new());
+    let mut all: [Vec<Duration>; 4] = Default::default();
+    for round in 1..=rounds {
+        let mut times: [Vec<Duration>; 4] = Default::default();
+        for i in 0..runs {
+            for k in 0..4 {
+                let which = (i + k) % 4;
+                let took = match which {
+                    0 => run_once(&bare),
+                    1 => daemon_job(&daemon.socket, &body),
+                    2 => daemon_job(&cold.socket, &body),
+                    _ => match &bwrap {
+                        Some(argv) => run_once(argv),
+                        None => continue,
+                    },
+                };
+                times[which].push(took);
+            }
+        }
+        let median: Vec<f64> = times.iter().map(|t| percentile(t, 0.5)).collect();
+        let over = |ms: f64| ms - median[0];
+        let line = if bwrap.is_some() {
+            warm_ratios.push(over(median[1]) / over(median[3]));
+            cold_ratios.push(over(median[2]) / over(median[3]));
+            format!(
+                ", bubblewrap {:.2} ms; overhead vs bubblewrap's: warm {:.2}, cold {:.2}",
+                median[3],
+                over(median[1]) / over(median[3]),
+                over(median[2]) / over(median[3])
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "  round {round}: bare {:.2} ms, warm {:.2} ms, cold {:.2} ms{line}",
+            median[0], median[1], median[2]
+        );
+        for (all, times) in all.iter_mut().zip(times) {
+            all.extend(times);
+        }
+    }
+    let bare_ms = percentile(&all[0], 0.5);
+    for (name, times) in [
+        ("through the socket, warm", &all[1]),
+        ("through the socket, cold", &all[2]),
+        ("bubblewrap", &all[3]),
+    ] {
+        if !times.is_empty() {
+            println!(
+                "  {name:<26} median {:.2} ms (overhead {:.2} ms), p99 {:.2} ms",
+                percentile(times, 0.5),
+                percentile(times, 0.5) - bare_ms,
+                percentile(times, 0.99)
+            );
+        }
+    }
+    if !warm_ratios.is_empty() {
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "  overhead ratio vs bubblewrap's, median of rounds: warm {:.2} (target: at most 0.3), cold {:.2}",
+            median(&mut warm_ratios),
+            median(&mut cold_ratios)
+        );
+    }
+    drop(cold);
 
     let flood = format!(
         r#"{{"argv":["head","-c","1G","/dev/zero"],"cwd":"{}","limits":{{"output":"1M"}}}}"#,

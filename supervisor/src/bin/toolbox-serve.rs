@@ -57,6 +57,14 @@ struct ServeArgs {
     /// How long an ended detached job's record and output are kept.
     #[arg(long, value_name = "DUR", default_value = "10m")]
     keep_for: Dur,
+    /// Jails kept prepared ahead of demand (namespaces made, the root's fixed part built,
+    /// cgroup made), each used by one job and then destroyed; 0: none [default: half of
+    /// --max-jobs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=256))]
+    warm: Option<u16>,
+    /// A prepared jail not used within this long is destroyed (and another prepared).
+    #[arg(long, value_name = "DUR", default_value = "5m")]
+    warm_max_age: Dur,
     /// Log format on stderr.
     #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -92,6 +100,10 @@ fn main() -> ExitCode {
             };
         }
     };
+    if args.warm_max_age.0 < std::time::Duration::from_secs(1) {
+        eprintln!("toolbox serve: --warm-max-age must be at least 1s (a jail is prepared in milliseconds; younger than that, each would be destroyed as soon as it is ready)");
+        return ExitCode::from(2);
+    }
     init_logging(args.log_format == "json");
     ExitCode::from(serve(args) as u8)
 }
@@ -112,6 +124,12 @@ fn serve(args: ServeArgs) -> i32 {
             max_detached: usize::from(args.max_detached),
             keep_ended: args.keep_ended,
             keep_for: args.keep_for.0,
+        },
+        warm: toolbox::daemon::warm::WarmOptions {
+            size: args
+                .warm
+                .map_or(usize::from(args.max_jobs).div_ceil(2), usize::from),
+            max_age: args.warm_max_age.0,
         },
     };
     match toolbox::daemon::serve(options) {

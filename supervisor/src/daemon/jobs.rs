@@ -299,25 +299,10 @@ impl JobTask {
         daemon.metrics.queued_for(self.accepted.elapsed());
         self.set_state(JobState::Running);
         let started = Instant::now();
-        // Started here, before stdin: a detached job's is a pipe already, and a streamed
-        // job's gets a writer thread only once its jail is on its way.
-        let shim = match daemon.engine.prestart(
-            &self.plan.job_id,
-            self.plan.network,
-            Stdin::Fd(match self.stdin_fd() {
-                Ok(fd) => fd,
-                Err(err) => {
-                    let result = daemon
-                        .engine
-                        .not_started(&self.plan, Some(format!("stdin: {err}")));
-                    self.finish(&result, started.elapsed()).await;
-                    return result;
-                }
-            }),
-        ) {
+        let shim = match self.jail(&daemon) {
             Ok(shim) => shim,
-            Err(err) => {
-                let result = daemon.engine.not_started(&self.plan, Some(err.to_string()));
+            Err(message) => {
+                let result = daemon.engine.not_started(&self.plan, Some(message));
                 self.finish(&result, started.elapsed()).await;
                 return result;
             }
@@ -332,6 +317,25 @@ impl JobTask {
         }
         self.launch(Launch::Fresh(Box::new(shim)), started, &mut cancel_all)
             .await
+    }
+
+    /// The job's jail: a prepared one from the pool, handed the tool's stdin, or else one
+    /// started now.
+    fn jail(&self, daemon: &Daemon) -> Result<crate::engine::Prestarted, String> {
+        let network = crate::engine::jail_network(self.plan.network);
+        if let Some(mut jail) = daemon.pool.take(network) {
+            let stdin = self.stdin_fd().map_err(|err| format!("stdin: {err}"))?;
+            jail.pass_stdin(stdin)
+                .map_err(|err| format!("hand the jail its stdin: {err}"))?;
+            return Ok(jail);
+        }
+        // Started here, before stdin: a detached job's is a pipe already, and a streamed
+        // job's gets a writer thread only once its jail is on its way.
+        let stdin = self.stdin_fd().map_err(|err| format!("stdin: {err}"))?;
+        daemon
+            .engine
+            .prestart(&self.plan.job_id, self.plan.network, Stdin::Fd(stdin))
+            .map_err(|err| err.to_string())
     }
 
     /// The tool's stdin, taken (the task keeps /dev/null's place).

@@ -11,6 +11,7 @@ pub mod outlog;
 pub mod policies;
 pub mod queue;
 pub mod routes;
+pub mod warm;
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd};
@@ -55,6 +56,8 @@ pub struct ServeOptions {
     pub placement: crate::cgroup::PlacementOptions,
     /// Bounds on detached jobs, live and ended.
     pub retention: Retention,
+    /// The pool of prepared jails.
+    pub warm: warm::WarmOptions,
 }
 
 pub struct Daemon {
@@ -75,6 +78,7 @@ pub struct Daemon {
     live_connections: AtomicUsize,
     connections_done: Notify,
     retention: Retention,
+    pool: warm::Pool,
 }
 
 impl Daemon {
@@ -199,7 +203,9 @@ async fn serve_async(
         live_connections: AtomicUsize::new(0),
         connections_done: Notify::new(),
         retention: options.retention,
+        pool: warm::Pool::new(options.warm),
     });
+    tokio::spawn(warm::keep_filled(daemon.clone()));
     let router = routes::router(daemon.clone());
     info!(
         socket = %options.socket.display(),
@@ -234,10 +240,13 @@ async fn serve_async(
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the policies");
                 daemon.policies.reload();
+                // Nothing prepared before the reload serves a job after it.
+                daemon.pool.invalidate();
             }
         }
     }
     info!("shutting down: no new connections");
+    daemon.pool.close();
     sd_notify("STOPPING=1");
     drop(listener);
     if !activated {

@@ -181,6 +181,20 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
          # TYPE toolbox_detached_output_bytes gauge\n\
          toolbox_detached_output_bytes {held}\n"
     ));
+    let pool = daemon.pool.counts();
+    text.push_str(&format!(
+        "# HELP toolbox_warm_jails Jails prepared ahead of demand, ready for a job, by network.\n\
+         # TYPE toolbox_warm_jails gauge\n\
+         toolbox_warm_jails{{network=\"isolated\"}} {}\n\
+         toolbox_warm_jails{{network=\"host\"}} {}\n\
+         # HELP toolbox_warm_jails_taken_total Prepared jails a job took.\n\
+         # TYPE toolbox_warm_jails_taken_total counter\n\
+         toolbox_warm_jails_taken_total {}\n\
+         # HELP toolbox_warm_jails_destroyed_total Prepared jails destroyed unused (too old, a policy reload, the daemon stopping).\n\
+         # TYPE toolbox_warm_jails_destroyed_total counter\n\
+         toolbox_warm_jails_destroyed_total {}\n",
+        pool.ready_isolated, pool.ready_host, pool.taken, pool.destroyed
+    ));
     (
         [(
             header::CONTENT_TYPE,

@@ -1,0 +1,334 @@
+//! The daemon's pool of prepared jails: shims started ahead of demand, each in its fresh
+//! namespaces with the root's fixed part built, `lo` up and its cgroup made, waiting for a
+//! spec ([`Engine::prepare`]). A job takes one and the shim completes only what depends on
+//! the request; the pool refills behind it, in the background.
+//!
+//! A pool of fresh jails, not of recycled ones: a jail serves one job and is destroyed
+//! after it, like any. One that waited too long, or was prepared before a policy reload, is
+//! destroyed unused.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use toolbox_spec::Network;
+use tracing::{debug, warn};
+
+use super::Daemon;
+use crate::engine::Prestarted;
+
+/// After a failed preparation, how long the pool waits before trying again.
+const BACKOFF: Duration = Duration::from_secs(5);
+
+/// The pool's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct WarmOptions {
+    /// Prepared jails held at most, of all networks together (0: no pool).
+    pub size: usize,
+    /// A prepared jail older than this is destroyed, not used.
+    pub max_age: Duration,
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    options: WarmOptions,
+    state: Mutex<State>,
+    /// Wakes the refill: a jail was taken, the pool was emptied, or it is closing.
+    refill: Notify,
+    seq: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Oldest first.
+    ready: Vec<Warm>,
+    /// Bumped when what a prepared jail was made under changes (a policy reload): jails of
+    /// an older epoch are destroyed.
+    epoch: u64,
+    /// The networks jobs have asked for (isolated, host): the pool prepares those.
+    wanted: [bool; 2],
+    /// Jails taken by jobs, and jails destroyed unused, since the start.
+    taken: u64,
+    destroyed: u64,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Warm {
+    jail: Prestarted,
+    network: Network,
+    made: Instant,
+    epoch: u64,
+}
+
+fn slot(network: Network) -> usize {
+    match network {
+        Network::Isolated => 0,
+        Network::Host => 1,
+    }
+}
+
+/// What `/metrics` shows of the pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolCounts {
+    pub ready_isolated: usize,
+    pub ready_host: usize,
+    pub taken: u64,
+    pub destroyed: u64,
+}
+
+impl Pool {
+    pub fn new(options: WarmOptions) -> Pool {
+        Pool {
+            options,
+            state: Mutex::new(State {
+                // Jobs have no network unless a policy says otherwise.
+                wanted: [true, false],
+                ..State::default()
+            }),
+            refill: Notify::new(),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A prepared jail for `network`, fresh and alive, if the pool has one: taken out of the
+    /// pool for good, back at the CPU priority jobs have. The pool refills behind it.
+    pub fn take(&self, network: Network) -> Option<Prestarted> {
+        if self.options.size == 0 {
+            return None;
+        }
+        let (taken, stale) = {
+            let mut state = self.state();
+            state.wanted[slot(network)] = true;
+            let stale = self.expire(&mut state);
+            let at = state.ready.iter().position(|warm| warm.network == network);
+            let taken = at.map(|at| state.ready.remove(at));
+            (taken, stale)
+        };
+        destroy(stale);
+        self.refill.notify_one();
+        let mut warm = taken?;
+        if !warm.jail.alive() {
+            warn!("a prepared jail's shim was gone when a job came for it; the job gets a new one");
+            destroy(vec![warm]);
+            return None;
+        }
+        self.state().taken += 1;
+        warm.jail.wake();
+        Some(warm.jail)
+    }
+
+    /// Destroy every prepared jail: what they were prepared under changed (a policy
+    /// reload). The pool refills with new ones.
+    pub fn invalidate(&self) {
+        let gone = {
+            let mut state = self.state();
+            state.epoch += 1;
+            std::mem::take(&mut state.ready)
+        };
+        if !gone.is_empty() {
+            debug!(
+                jails = gone.len(),
+                "destroying the prepared jails of before the reload"
+            );
+        }
+        self.count_destroyed(gone.len());
+        destroy(gone);
+        self.refill.notify_one();
+    }
+
+    /// Destroy every prepared jail and prepare no more (the daemon stops).
+    pub fn close(&self) {
+        let gone = {
+            let mut state = self.state();
+            state.closed = true;
+            std::mem::take(&mut state.ready)
+        };
+        self.count_destroyed(gone.len());
+        // Here, not on another thread: the daemon is about to exit.
+        drop(gone);
+        self.refill.notify_one();
+    }
+
+    pub fn counts(&self) -> PoolCounts {
+        let state = self.state();
+        let ready = |network| {
+            state
+                .ready
+                .iter()
+                .filter(|warm| warm.network == network)
+                .count()
+        };
+        PoolCounts {
+            ready_isolated: ready(Network::Isolated),
+            ready_host: ready(Network::Host),
+            taken: state.taken,
+            destroyed: state.destroyed,
+        }
+    }
+
+    fn count_destroyed(&self, n: usize) {
+        self.state().destroyed += n as u64;
+    }
+
+    /// Take out the jails too old or of an older epoch (for the caller to destroy).
+    fn expire(&self, state: &mut State) -> Vec<Warm> {
+        let now = Instant::now();
+        let epoch = state.epoch;
+        let max_age = self.options.max_age;
+        let (keep, stale): (Vec<Warm>, Vec<Warm>) = std::mem::take(&mut state.ready)
+            .into_iter()
+            .partition(|warm| warm.epoch == epoch && now - warm.made < max_age);
+        state.ready = keep;
+        state.destroyed += stale.len() as u64;
+        stale
+    }
+
+    /// Which network the next jail is for, if the pool is short of one: the wanted network
+    /// with the fewest ready, below its share of the bound (shared evenly among the wanted
+    /// networks). And the epoch it is prepared under. A pool full of one network when
+    /// another is first asked for gives up the oldest of the first's (returned, for the
+    /// caller to destroy) to make room.
+    fn next(&self) -> (Option<(Network, u64)>, Vec<Warm>) {
+        let mut state = self.state();
+        if state.closed || self.options.size == 0 {
+            return (None, Vec::new());
+        }
+        let wanted: Vec<Network> = [Network::Isolated, Network::Host]
+            .into_iter()
+            .filter(|network| state.wanted[slot(*network)])
+            .collect();
+        let share = (self.options.size / wanted.len().max(1)).max(1);
+        let ready = |state: &State, network: Network| {
+            state.ready.iter().filter(|w| w.network == network).count()
+        };
+        let Some(short) = wanted
+            .iter()
+            .map(|&network| (ready(&state, network), network))
+            .filter(|(ready, _)| *ready < share)
+            .min_by_key(|(ready, _)| *ready)
+            .map(|(_, network)| network)
+        else {
+            return (None, Vec::new());
+        };
+        let mut evicted = Vec::new();
+        if state.ready.len() >= self.options.size {
+            let over = [Network::Isolated, Network::Host]
+                .into_iter()
+                .find(|&network| ready(&state, network) > share);
+            let oldest = over.and_then(|over| state.ready.iter().position(|w| w.network == over));
+            match oldest {
+                Some(at) => {
+                    evicted.push(state.ready.remove(at));
+                    state.destroyed += 1;
+                }
+                None => return (None, Vec::new()),
+            }
+        }
+        (Some((short, state.epoch)), evicted)
+    }
+
+    /// When the oldest ready jail expires, if any is ready.
+    fn next_expiry(&self) -> Option<Instant> {
+        let state = self.state();
+        state
+            .ready
+            .iter()
+            .map(|warm| warm.made + self.options.max_age)
+            .min()
+    }
+
+    /// Add a jail prepared under `epoch`; destroyed instead if the epoch has moved on, the
+    /// pool closed or it is full (then false).
+    fn add(&self, jail: Prestarted, network: Network, epoch: u64) -> bool {
+        let rejected = {
+            let mut state = self.state();
+            if state.closed || state.epoch != epoch || state.ready.len() >= self.options.size {
+                state.destroyed += 1;
+                Some(jail)
+            } else {
+                state.ready.push(Warm {
+                    jail,
+                    network,
+                    made: Instant::now(),
+                    epoch,
+                });
+                None
+            }
+        };
+        match rejected {
+            Some(jail) => {
+                destroy(vec![Warm {
+                    jail,
+                    network,
+                    made: Instant::now(),
+                    epoch,
+                }]);
+                false
+            }
+            None => true,
+        }
+    }
+}
+
+/// Destroy jails off the async threads: each drop kills a shim and waits for it, then
+/// removes its cgroup.
+fn destroy(jails: Vec<Warm>) {
+    if !jails.is_empty() {
+        tokio::task::spawn_blocking(move || drop(jails));
+    }
+}
+
+/// Keep the pool filled, one jail at a time, until it closes: the daemon's background task.
+pub async fn keep_filled(daemon: Arc<Daemon>) {
+    let pool = &daemon.pool;
+    if pool.options.size == 0 {
+        return;
+    }
+    loop {
+        let notified = pool.refill.notified();
+        let stale = {
+            let mut state = pool.state();
+            if state.closed {
+                return;
+            }
+            pool.expire(&mut state)
+        };
+        destroy(stale);
+        let (next, evicted) = pool.next();
+        destroy(evicted);
+        let Some((network, epoch)) = next else {
+            // Full: wait for a take, a reload, or the oldest jail's expiry.
+            match pool.next_expiry() {
+                Some(at) => {
+                    let _ = tokio::time::timeout_at(at.into(), notified).await;
+                }
+                None => notified.await,
+            }
+            continue;
+        };
+        let seq = pool.seq.fetch_add(1, Ordering::Relaxed);
+        let preparing = daemon.clone();
+        let prepared =
+            tokio::task::spawn_blocking(move || preparing.engine.prepare(seq, network)).await;
+        let failed = match prepared {
+            Ok(Ok(jail)) if jail.warm() => {
+                pool.add(jail, network, epoch);
+                None
+            }
+            // The cgroup could not be made: a job's record would say why; here, the log.
+            Ok(Ok(jail)) => Some(jail.error().unwrap_or("no jail").to_string()),
+            Ok(Err(err)) => Some(err.to_string()),
+            Err(err) => Some(err.to_string()),
+        };
+        if let Some(why) = failed {
+            warn!("preparing a jail for the pool failed ({why}); jobs start cold meanwhile");
+            tokio::time::sleep(BACKOFF).await;
+        }
+    }
+}

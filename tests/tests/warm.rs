@@ -1,0 +1,162 @@
+//! The daemon's pool of prepared jails (`toolbox serve --warm`): a prepared jail serves one
+//! job and is destroyed after it; one prepared before a policy reload, or too long ago, is
+//! destroyed unused; the pool stays within its bound however many clients come. (The jail
+//! suites run against warm jails too: `Via::Warm`.)
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use toolbox_tests::daemon::{alive, nix_kill, Daemon};
+use toolbox_tests::{assert_no_leftovers_of, require_root, wait_for, workspace};
+
+/// Run `script` under `sh -c` through the daemon; its record and stdout.
+fn run(daemon: &Daemon, workspace: &std::path::Path, script: &str) -> (Value, String) {
+    let stream = daemon.job(&json!({ "argv": ["sh", "-c", script], "cwd": workspace }));
+    let record = stream.exit().clone();
+    assert_no_leftovers_of(&record);
+    let stdout = String::from_utf8_lossy(&stream.output("stdout")).into_owned();
+    (record, stdout)
+}
+
+fn ready(daemon: &Daemon) -> u64 {
+    daemon.metric("toolbox_warm_jails{network=\"isolated\"}")
+        + daemon.metric("toolbox_warm_jails{network=\"host\"}")
+}
+
+#[test]
+fn a_prepared_jail_serves_one_job_and_the_next_job_gets_another() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&["--warm", "2"]);
+    let ws = workspace();
+    let script = "for ns in pid mnt net ipc uts cgroup; do readlink /proc/self/ns/$ns; done; \
+                  ls /tmp; echo left-behind > /tmp/marker";
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        daemon.wait_for_warm("isolated");
+        let (record, stdout) = run(&daemon, ws.path(), script);
+        assert_eq!(record["exit_code"], 0, "{record}\n{stdout}");
+        assert_eq!(record["isolation"]["warm"], true, "{record}");
+        // The marker the first job left in its /tmp is not in the second's.
+        assert!(
+            !stdout.contains("marker"),
+            "a job saw another's /tmp: {stdout}"
+        );
+        let namespaces: Vec<String> = stdout.lines().take(6).map(str::to_string).collect();
+        let cgroup = record["isolation"]["cgroup_path"]
+            .as_str()
+            .map(str::to_string);
+        seen.push((namespaces, cgroup));
+    }
+    let (first, second) = (&seen[0], &seen[1]);
+    for (a, b) in first.0.iter().zip(&second.0) {
+        assert_ne!(a, b, "two jobs shared a namespace");
+    }
+    assert_ne!(first.1, second.1, "two jobs shared a cgroup");
+}
+
+#[test]
+fn a_reload_destroys_the_jails_prepared_before_it() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&["--warm", "2"]);
+    let ws = workspace();
+    assert!(
+        wait_for(Duration::from_secs(30), || ready(&daemon) == 2
+            && daemon.shims().len() == 2),
+        "the pool did not fill"
+    );
+    let before = daemon.shims();
+    nix_kill(daemon.pid(), libc::SIGHUP).expect("SIGHUP");
+    assert!(
+        wait_for(Duration::from_secs(30), || before
+            .iter()
+            .all(|&pid| !alive(pid))),
+        "jails prepared before the reload are still there: {before:?}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || ready(&daemon) == 2),
+        "the pool did not refill after the reload"
+    );
+    let after = daemon.shims();
+    assert!(after.is_disjoint(&before), "{before:?} {after:?}");
+    assert!(daemon.metric("toolbox_warm_jails_destroyed_total") >= 2);
+    // And the next job is served warm, by a jail prepared after the reload.
+    let (record, _) = run(&daemon, ws.path(), "true");
+    assert_eq!(record["isolation"]["warm"], true, "{record}");
+}
+
+#[test]
+fn a_jail_prepared_too_long_ago_is_destroyed_unused() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&["--warm", "1", "--warm-max-age", "1s"]);
+    assert!(
+        wait_for(Duration::from_secs(30), || daemon.shims().len() == 1),
+        "the pool did not fill"
+    );
+    let first = daemon.shims();
+    assert!(
+        wait_for(Duration::from_secs(10), || first
+            .iter()
+            .all(|&pid| !alive(pid))
+            && daemon.shims().len() == 1),
+        "a prepared jail outlived its age: {first:?}"
+    );
+    assert!(daemon.metric("toolbox_warm_jails_destroyed_total") >= 1);
+    assert_eq!(daemon.metric("toolbox_warm_jails_taken_total"), 0);
+}
+
+#[test]
+fn the_pool_stays_within_its_bound_under_fifty_clients() {
+    if !require_root() {
+        return;
+    }
+    let bound = 3;
+    let daemon = Daemon::start(&["--warm", &bound.to_string(), "--max-jobs", "8"]);
+    let ws = workspace();
+    daemon.wait_for_warm("isolated");
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (records, (most_ready, most_shims)) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let (mut ready_max, mut shims_max) = (0, 0);
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                ready_max = ready_max.max(ready(&daemon));
+                shims_max = shims_max.max(daemon.shims().len());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ready_max, shims_max)
+        });
+        let clients: Vec<_> = (0..50)
+            .map(|_| scope.spawn(|| run(&daemon, ws.path(), "true").0))
+            .collect();
+        let records: Vec<Value> = clients
+            .into_iter()
+            .map(|client| client.join().expect("client"))
+            .collect();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (records, watcher.join().expect("watcher"))
+    });
+    for record in &records {
+        assert_eq!(record["exit_code"], 0, "{record}");
+    }
+    let warm = records
+        .iter()
+        .filter(|r| r["isolation"]["warm"] == true)
+        .count();
+    assert!(warm >= 1, "no job of 50 got a prepared jail");
+    assert!(most_ready <= bound, "{most_ready} jails ready at once");
+    // At most 8 running jails and the prepared ones.
+    assert!(
+        most_shims <= 8 + bound as usize,
+        "{most_shims} jails at once"
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), || ready(&daemon) == bound
+            && daemon.shims().len() == bound as usize),
+        "the pool did not settle back at its bound"
+    );
+}
