@@ -91,6 +91,11 @@ fn run() -> Result<i32, SetupError> {
     let prebuilt = std::env::args()
         .nth(2)
         .and_then(|anchor| mounts::prebuild(&anchor).ok());
+    // A jail prepared before its job: while we wait, map in what the spec's arrival will
+    // touch.
+    if !sys::readable_now(fds::SPEC) {
+        sys::prefault();
+    }
     let (spec, go) = read_spec()?;
     if spec.stdin_passed {
         take_stdin(control.as_ref())?;

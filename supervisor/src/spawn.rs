@@ -280,29 +280,38 @@ impl Shim {
     /// shim that prepared a network namespace of its own; waits until they come, or the
     /// helper says why not, or PID 1 is gone.
     pub async fn listeners(&self) -> io::Result<[std::net::TcpListener; 2]> {
-        let control = sys::async_readable(self.exec.control.as_fd().try_clone_to_owned()?)?;
-        loop {
-            let mut ready = control.readable().await?;
-            let received = ready.try_io(|fd| sys::receive_with_fds(fd.as_raw_fd(), 2));
-            let Ok(received) = received else { continue };
-            let (bytes, fds) = received?;
-            if bytes.is_empty() {
-                return Err(io::Error::other(
-                    "the jail's PID 1 left before its network helper made the proxy's sockets",
-                ));
-            }
-            if let Some(why) = bytes.strip_prefix(toolbox_spec::LISTENERS_FAILED) {
-                return Err(io::Error::other(String::from_utf8_lossy(why).into_owned()));
-            }
-            if bytes == toolbox_spec::LISTENERS {
-                if let Ok([http, socks]) = <[OwnedFd; 2]>::try_from(fds) {
-                    return Ok([http.into(), socks.into()]);
+        // Usually queued long since (a prepared jail's, always): taken at once, without
+        // registering the socket with the reactor and waiting for its first turn.
+        let received = match sys::receive_with_fds(self.exec.control.as_raw_fd(), 2) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                let control = sys::async_readable(self.exec.control.as_fd().try_clone_to_owned()?)?;
+                loop {
+                    let mut ready = control.readable().await?;
+                    match ready.try_io(|fd| sys::receive_with_fds(fd.as_raw_fd(), 2)) {
+                        Ok(received) => break received,
+                        Err(_would_block) => continue,
+                    }
                 }
             }
+            received => received,
+        };
+        let (bytes, fds) = received?;
+        if bytes.is_empty() {
             return Err(io::Error::other(
-                "the jail's network helper sent something other than the proxy's sockets",
+                "the jail's PID 1 left before its network helper made the proxy's sockets",
             ));
         }
+        if let Some(why) = bytes.strip_prefix(toolbox_spec::LISTENERS_FAILED) {
+            return Err(io::Error::other(String::from_utf8_lossy(why).into_owned()));
+        }
+        if bytes == toolbox_spec::LISTENERS {
+            if let Ok([http, socks]) = <[OwnedFd; 2]>::try_from(fds) {
+                return Ok([http.into(), socks.into()]);
+            }
+        }
+        Err(io::Error::other(
+            "the jail's network helper sent something other than the proxy's sockets",
+        ))
     }
 
     /// Tell the shim the job's cgroup has its limits: it forks the tool. (Dropping the shim

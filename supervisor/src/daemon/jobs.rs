@@ -260,8 +260,10 @@ impl JobTask {
         let job_id = self.plan.job_id.clone();
         let detached = matches!(self.sink, Sink::Detached(_));
         let result = self.wait_and_run(&mut ticket).await;
-        // The engine has cleaned up the jail; the slot goes to the next in line.
+        // The engine has cleaned up the jail; the slot goes to the next in line, and the
+        // pool prepares the next jail.
         drop(ticket);
+        daemon.pool.job_ended();
         ended(&daemon, &job_id, detached, &result);
     }
 

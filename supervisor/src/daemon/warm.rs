@@ -111,8 +111,11 @@ impl Pool {
             (taken, stale)
         };
         destroy(stale);
-        self.refill.notify_one();
-        let mut warm = taken?;
+        let Some(mut warm) = taken else {
+            // None ready: prepare now (a burst outran the pool).
+            self.refill.notify_one();
+            return None;
+        };
         if !warm.jail.alive() {
             warn!("a prepared jail's shim was gone when a job came for it; the job gets a new one");
             destroy(vec![warm]);
@@ -121,6 +124,13 @@ impl Pool {
         self.state().taken += 1;
         warm.jail.wake();
         Some(warm.jail)
+    }
+
+    /// A job that took a prepared jail has ended: prepare the next one now, not while that
+    /// job was starting (on 2 CPUs a jail prepared beside a starting one takes the CPU and
+    /// the kernel's namespace locks from it).
+    pub fn job_ended(&self) {
+        self.refill.notify_one();
     }
 
     /// Destroy every prepared jail: what they were prepared under changed (a policy
