@@ -317,6 +317,9 @@ pub enum Via {
 
 impl Via {
     pub const ALL: [Via; 3] = [Via::Local, Via::Exec, Via::Warm];
+    /// A jail of the job's own, built for it or prepared before it came: for suites whose
+    /// limits are the job's (a command exec'd into a job runs under that job's).
+    pub const JOBS: [Via; 2] = [Via::Local, Via::Warm];
 }
 
 /// A job to run: `toolbox run [options] --json -C workspace --ro probe -- argv`.
@@ -455,22 +458,20 @@ impl<'a> Run<'a> {
         finish(output)
     }
 
-    /// [`Via::Exec`] and [`Via::Warm`]: a daemon of its own, and this run's options as a
-    /// job request.
+    /// [`Via::Exec`]: a daemon of its own, and this run's options as a job request.
     fn run_daemon(&self) -> Job {
         use crate::daemon::Daemon;
+        if self.via == Via::Warm {
+            return self.run_warm();
+        }
         assert!(
             self.uid.is_none() && !self.disturbed_signals && self.unit.is_none(),
-            "Via::{:?} runs as TOOL_UID through a daemon: as_uid, caller_disturbs_signals and in_unit do not apply",
-            self.via
+            "Via::Exec runs as TOOL_UID through a daemon: as_uid, caller_disturbs_signals and in_unit do not apply"
         );
         let daemon = Daemon::start(&["--allow-uid", &TOOL_UID.to_string()]);
         daemon.open_to_everyone();
         let body = self.request_body();
-        match self.via {
-            Via::Exec => self.run_exec(&daemon, body),
-            _ => self.run_warm(&daemon, body),
-        }
+        self.run_exec(&daemon, body)
     }
 
     /// This run's options as a job request (its argv aside).
@@ -495,6 +496,7 @@ impl<'a> Run<'a> {
                 }
                 "--policy" => body["policy"] = value.as_str().into(),
                 "--net" => body["network"] = value.as_str().into(),
+
                 "--env" => match value.split_once('=') {
                     Some((name, value)) => {
                         env.insert(name.into(), value.into());
@@ -513,50 +515,65 @@ impl<'a> Run<'a> {
         body
     }
 
-    /// [`Via::Warm`]: one job first with this run's options (its network is then one the
-    /// pool prepares), a prepared jail for that network waited for, then the run's command
-    /// in it — whose record must say it was warm.
-    fn run_warm(&self, daemon: &crate::daemon::Daemon, body: Value) -> Job {
-        use crate::daemon::{as_user, JobStream};
-        let stream_as_tool = |body: Value| {
-            let socket = daemon.socket.clone();
-            as_user(TOOL_UID, move || {
-                let mut stream = JobStream::open_at(&socket, "/v1/jobs", &body);
-                stream.read_to_end();
-                stream
-            })
+    /// [`Via::Warm`]: `toolbox run` (not `--local`) with this run's options through a
+    /// daemon of its own — as people run it — as [`TOOL_UID`] unless the run says. One `true` first with the same options (its
+    /// network is then one the pool prepares), a prepared jail for that network waited for,
+    /// then the run's command, whose record must say its jail was warm.
+    fn run_warm(&self) -> Job {
+        let daemon = crate::daemon::Daemon::start(&["--allow-uid", &TOOL_UID.to_string()]);
+        daemon.open_to_everyone();
+        let through = |argv: &[String]| {
+            let command = self.command_line_for(false);
+            // `toolbox run [options] -- argv`: the socket goes before the `--`, the argv
+            // after it replaces the run's.
+            let mut args: Vec<std::ffi::OsString> = command.get_args().map(Into::into).collect();
+            let dashes = args.iter().position(|a| a == "--").expect("--");
+            args.truncate(dashes);
+            let mut fresh = Command::new(command.get_program());
+            fresh
+                .args(&args)
+                .arg("--socket")
+                .arg(&daemon.socket)
+                .arg("--");
+            fresh.args(argv);
+            for (name, value) in command.get_envs() {
+                match value {
+                    Some(value) => fresh.env(name, value),
+                    None => fresh.env_remove(name),
+                };
+            }
+            fresh.stdin(Stdio::null());
+            // As Via::Exec: a user's agent, not root (the daemon runs a peer's job as the
+            // peer, and shows a root peer its own home).
+            std::os::unix::process::CommandExt::uid(&mut fresh, self.uid.unwrap_or(TOOL_UID));
+            if self.disturbed_signals {
+                disturb_signals(&mut fresh);
+            }
+            if let Some(unit) = &self.unit {
+                in_unit(&mut fresh, unit);
+            }
+            finish(fresh.output().expect("run toolbox"))
         };
-        let mut first = body.clone();
-        first["argv"] = serde_json::json!(["true"]);
-        let first = stream_as_tool(first);
-        if let Some(refusal) = &first.refusal {
-            return Job {
-                code: 125,
-                stdout: Vec::new(),
-                stderr: refusal.to_string(),
-                record: None,
-            };
-        }
-        let network = match first.exit()["isolation"]["network"].as_str() {
+        let first = through(&["true".to_string()]);
+        let Some(record) = &first.record else {
+            // Refused before it ran: the run's own command would be too.
+            return first;
+        };
+        let network = match record["isolation"]["network"].as_str() {
             Some("host") => "host",
             _ => "isolated",
         };
         daemon.wait_for_warm(network);
-        let mut body = body;
-        body["argv"] = serde_json::json!(self.argv);
-        let stream = stream_as_tool(body);
-        let record = stream.exit().clone();
+        let job = through(&self.argv);
+        let record = job
+            .record
+            .as_ref()
+            .unwrap_or_else(|| panic!("Via::Warm: no record: {job:?}"));
         assert_eq!(
             record["isolation"]["warm"], true,
             "Via::Warm: the job did not get a prepared jail: {record}"
         );
-        assert_no_leftovers_of(&record);
-        Job {
-            code: record["exit_code"].as_i64().expect("exit_code") as i32,
-            stdout: stream.output("stdout"),
-            stderr: String::from_utf8_lossy(&stream.output("stderr")).into_owned(),
-            record: Some(record),
-        }
+        job
     }
 
     /// [`Via::Exec`]: a job with this run's options, the command exec'd into it; then the

@@ -5,33 +5,36 @@
 
 use std::time::Duration;
 
-use toolbox_tests::{host_pids_named, probe, require_root, token, wait_for, workspace, Run};
+use toolbox_tests::{host_pids_named, probe, require_root, token, wait_for, workspace, Run, Via};
 
 #[test]
 fn memory_over_the_limit_is_an_oom_kill() {
     if !require_root() {
         return;
     }
-    let ws = workspace();
-    let job = Run::probe(ws.path(), &["memhog", "512"])
-        .opts(&["--memory", "64M"])
-        .run();
-    assert_eq!(job.status(), "oom", "{:?}", job.record());
-    assert_eq!(job.code, 137);
-    let record = job.record();
-    assert_eq!(record["signal"], 9);
-    assert!(record["oom_kills"].as_u64().expect("oom_kills") >= 1);
-    let peak = record["memory_peak_bytes"].as_u64().expect("peak");
-    assert!(
-        peak > 32 << 20 && peak <= 65 << 20,
-        "memory peak {peak} is not near the 64M limit"
-    );
-    // Said on stderr, after the output, and in the record: the limit and how to raise it.
-    assert_explained(
-        &job,
-        "out of memory: the OOM killer ended the job at its 64M memory limit (peak ",
-    );
-    assert!(job.stderr.contains("--memory raises it"), "{}", job.stderr);
+    for via in Via::JOBS {
+        let ws = workspace();
+        let job = Run::probe(ws.path(), &["memhog", "512"])
+            .opts(&["--memory", "64M"])
+            .via(via)
+            .run();
+        assert_eq!(job.status(), "oom", "{:?}", job.record());
+        assert_eq!(job.code, 137);
+        let record = job.record();
+        assert_eq!(record["signal"], 9);
+        assert!(record["oom_kills"].as_u64().expect("oom_kills") >= 1);
+        let peak = record["memory_peak_bytes"].as_u64().expect("peak");
+        assert!(
+            peak > 32 << 20 && peak <= 65 << 20,
+            "memory peak {peak} is not near the 64M limit"
+        );
+        // Said on stderr, after the output, and in the record: the limit and how to raise it.
+        assert_explained(
+            &job,
+            "out of memory: the OOM killer ended the job at its 64M memory limit (peak ",
+        );
+        assert!(job.stderr.contains("--memory raises it"), "{}", job.stderr);
+    }
 }
 
 /// The job's ending, explained once on stderr after the output and as the record's
@@ -51,27 +54,30 @@ fn a_process_of_the_job_killed_by_the_oom_killer_is_no_clean_exit() {
     if !require_root() {
         return;
     }
-    let ws = workspace();
-    // The shell's child runs out of memory; the shell goes on and exits 0.
-    let script = format!("{} memhog 512; echo went on", probe().display());
-    let job = Run::command(ws.path(), &["/bin/sh", "-c", &script])
-        .opts(&["--memory", "64M"])
-        .run();
-    assert_eq!(job.stdout_text(), "went on\n", "{job:?}");
-    assert_eq!(job.status(), "oom", "{:?}", job.record());
-    assert_eq!(job.code, 137);
-    assert_eq!(job.record()["signal"], serde_json::Value::Null);
-    assert_explained(
-        &job,
-        "out of memory: the OOM killer ended 1 of the job's processes at its 64M memory \
-         limit (peak ",
-    );
-    assert!(
-        job.stderr
-            .contains("while the main one went on (it exited 0)"),
-        "{}",
-        job.stderr
-    );
+    for via in Via::JOBS {
+        let ws = workspace();
+        // The shell's child runs out of memory; the shell goes on and exits 0.
+        let script = format!("{} memhog 512; echo went on", probe().display());
+        let job = Run::command(ws.path(), &["/bin/sh", "-c", &script])
+            .opts(&["--memory", "64M"])
+            .via(via)
+            .run();
+        assert_eq!(job.stdout_text(), "went on\n", "{job:?}");
+        assert_eq!(job.status(), "oom", "{:?}", job.record());
+        assert_eq!(job.code, 137);
+        assert_eq!(job.record()["signal"], serde_json::Value::Null);
+        assert_explained(
+            &job,
+            "out of memory: the OOM killer ended 1 of the job's processes at its 64M memory \
+             limit (peak ",
+        );
+        assert!(
+            job.stderr
+                .contains("while the main one went on (it exited 0)"),
+            "{}",
+            job.stderr
+        );
+    }
 }
 
 #[test]
@@ -79,34 +85,37 @@ fn a_fork_bomb_stops_at_the_pids_limit_and_leaves_nothing() {
     if !require_root() {
         return;
     }
-    let ws = workspace();
-    let mark = token("bomb");
-    let job = Run::probe(ws.path(), &["forkbomb", &mark])
-        .opts(&["--pids", "32"])
-        .run();
-    assert_eq!(job.code, 0, "{job:?}");
-    let result = job.probe_json();
-    let forked = result["forked"].as_u64().expect("forked");
-    assert!(forked < 32, "forked {forked} processes past a limit of 32");
-    assert_eq!(result["errno"], libc::EAGAIN, "{result}");
-    assert!(
-        result["running"].as_u64().expect("running") >= 10,
-        "the bomb never went off: {result}"
-    );
-    assert!(job.record()["pids_peak"].as_u64().expect("pids_peak") <= 32);
-    // The bomb exits 0 by itself, but the limit it ran into is said.
-    assert_explained(&job, "the pids limit (32) refused ");
-    assert!(job.stderr.contains("--pids raises it"), "{}", job.stderr);
-    assert!(
-        wait_for(Duration::from_secs(10), || host_pids_named(&mark)
-            .is_empty()),
-        "the bomb's processes outlived the job"
-    );
-    // The host can still start processes.
-    assert!(std::process::Command::new("/bin/true")
-        .status()
-        .expect("host fork")
-        .success());
+    for via in Via::JOBS {
+        let ws = workspace();
+        let mark = token("bomb");
+        let job = Run::probe(ws.path(), &["forkbomb", &mark])
+            .opts(&["--pids", "32"])
+            .via(via)
+            .run();
+        assert_eq!(job.code, 0, "{job:?}");
+        let result = job.probe_json();
+        let forked = result["forked"].as_u64().expect("forked");
+        assert!(forked < 32, "forked {forked} processes past a limit of 32");
+        assert_eq!(result["errno"], libc::EAGAIN, "{result}");
+        assert!(
+            result["running"].as_u64().expect("running") >= 10,
+            "the bomb never went off: {result}"
+        );
+        assert!(job.record()["pids_peak"].as_u64().expect("pids_peak") <= 32);
+        // The bomb exits 0 by itself, but the limit it ran into is said.
+        assert_explained(&job, "the pids limit (32) refused ");
+        assert!(job.stderr.contains("--pids raises it"), "{}", job.stderr);
+        assert!(
+            wait_for(Duration::from_secs(10), || host_pids_named(&mark)
+                .is_empty()),
+            "the bomb's processes outlived the job"
+        );
+        // The host can still start processes.
+        assert!(std::process::Command::new("/bin/true")
+            .status()
+            .expect("host fork")
+            .success());
+    }
 }
 
 #[test]
@@ -114,35 +123,38 @@ fn a_tool_that_ignores_sigterm_is_killed_after_the_grace_period() {
     if !require_root() {
         return;
     }
-    let ws = workspace();
-    let mark = token("stubborn");
-    let job = Run::probe(ws.path(), &["ignore-term", &mark])
-        .opts(&["--timeout", "1s", "--grace", "1s"])
-        .run();
-    assert_eq!(job.status(), "timeout", "{:?}", job.record());
-    assert_eq!(job.code, 124);
-    let record = job.record();
-    assert_eq!(
-        record["signal"], 9,
-        "SIGTERM was ignored, so SIGKILL ended it: {record}"
-    );
-    let ms = record["duration_ms"].as_u64().expect("duration");
-    // At least the timeout and the grace; the upper bound only has to tell a kill at the
-    // end of the grace from none at all (the probe sleeps 600 s), however busy the machine.
-    assert!(
-        (1900..15_000).contains(&ms),
-        "timeout 1s + grace 1s took {ms} ms"
-    );
-    assert!(job.stdout_text().starts_with("ready"), "{job:?}");
-    assert!(
-        host_pids_named(&mark).is_empty(),
-        "its SIGTERM-ignoring child survived"
-    );
-    assert_explained(
-        &job,
-        "timed out after 1s: every process got SIGTERM, then SIGKILL after the 1s grace; \
-         --timeout raises it",
-    );
+    for via in Via::JOBS {
+        let ws = workspace();
+        let mark = token("stubborn");
+        let job = Run::probe(ws.path(), &["ignore-term", &mark])
+            .opts(&["--timeout", "1s", "--grace", "1s"])
+            .via(via)
+            .run();
+        assert_eq!(job.status(), "timeout", "{:?}", job.record());
+        assert_eq!(job.code, 124);
+        let record = job.record();
+        assert_eq!(
+            record["signal"], 9,
+            "SIGTERM was ignored, so SIGKILL ended it: {record}"
+        );
+        let ms = record["duration_ms"].as_u64().expect("duration");
+        // At least the timeout and the grace; the upper bound only has to tell a kill at the
+        // end of the grace from none at all (the probe sleeps 600 s), however busy the machine.
+        assert!(
+            (1900..15_000).contains(&ms),
+            "timeout 1s + grace 1s took {ms} ms"
+        );
+        assert!(job.stdout_text().starts_with("ready"), "{job:?}");
+        assert!(
+            host_pids_named(&mark).is_empty(),
+            "its SIGTERM-ignoring child survived"
+        );
+        assert_explained(
+            &job,
+            "timed out after 1s: every process got SIGTERM, then SIGKILL after the 1s grace; \
+             --timeout raises it",
+        );
+    }
 }
 
 #[test]
@@ -150,20 +162,23 @@ fn a_tool_that_honours_sigterm_ends_at_the_timeout() {
     if !require_root() {
         return;
     }
-    let ws = workspace();
-    let job = Run::command(ws.path(), &["/bin/sleep", "30"])
-        .opts(&["--timeout", "500ms", "--grace", "5s"])
-        .run();
-    assert_eq!(job.status(), "timeout");
-    assert_eq!(job.code, 124);
-    assert_eq!(job.record()["signal"], 15);
-    let ms = job.record()["duration_ms"].as_u64().expect("duration");
-    // Ended by the SIGTERM: well before the 5 s grace would have run out.
-    assert!((450..5000).contains(&ms), "took {ms} ms");
-    assert_explained(
-        &job,
-        "timed out after 500ms: every process got SIGTERM and ended within the 5s grace",
-    );
+    for via in Via::JOBS {
+        let ws = workspace();
+        let job = Run::command(ws.path(), &["/bin/sleep", "30"])
+            .opts(&["--timeout", "500ms", "--grace", "5s"])
+            .via(via)
+            .run();
+        assert_eq!(job.status(), "timeout");
+        assert_eq!(job.code, 124);
+        assert_eq!(job.record()["signal"], 15);
+        let ms = job.record()["duration_ms"].as_u64().expect("duration");
+        // Ended by the SIGTERM: well before the 5 s grace would have run out.
+        assert!((450..5000).contains(&ms), "took {ms} ms");
+        assert_explained(
+            &job,
+            "timed out after 500ms: every process got SIGTERM and ended within the 5s grace",
+        );
+    }
 }
 
 #[test]
@@ -171,24 +186,27 @@ fn the_cpu_quota_holds() {
     if !require_root() {
         return;
     }
-    let ws = workspace();
-    let job = Run::probe(ws.path(), &["spin", "2"])
-        .opts(&["--cpus", "0.25"])
-        .run();
-    let result = job.probe_json();
-    let cpu = result["cpu_ms"].as_u64().expect("cpu_ms");
-    // A quarter of a core for two seconds: about 500 ms, far from the 2000 it would use.
-    // (Less when the machine is busy and the tool gets less than its quota.)
-    assert!(
-        (50..=900).contains(&cpu),
-        "used {cpu} ms of CPU in 2 s at 0.25 cpus: {result}"
-    );
-    let recorded = job.record()["cpu_user_ms"].as_u64().expect("cpu")
-        + job.record()["cpu_system_ms"].as_u64().expect("cpu");
-    assert!(
-        recorded >= cpu / 2,
-        "the record's cpu time {recorded} ms is far below what the tool used ({cpu} ms)"
-    );
+    for via in Via::JOBS {
+        let ws = workspace();
+        let job = Run::probe(ws.path(), &["spin", "2"])
+            .opts(&["--cpus", "0.25"])
+            .via(via)
+            .run();
+        let result = job.probe_json();
+        let cpu = result["cpu_ms"].as_u64().expect("cpu_ms");
+        // A quarter of a core for two seconds: about 500 ms, far from the 2000 it would use.
+        // (Less when the machine is busy and the tool gets less than its quota.)
+        assert!(
+            (50..=900).contains(&cpu),
+            "used {cpu} ms of CPU in 2 s at 0.25 cpus: {result}"
+        );
+        let recorded = job.record()["cpu_user_ms"].as_u64().expect("cpu")
+            + job.record()["cpu_system_ms"].as_u64().expect("cpu");
+        assert!(
+            recorded >= cpu / 2,
+            "the record's cpu time {recorded} ms is far below what the tool used ({cpu} ms)"
+        );
+    }
 }
 
 #[test]
@@ -243,38 +261,42 @@ fn runtimes_see_the_jobs_cpus_and_memory() {
     if !require_root() {
         return;
     }
-    let ws = workspace();
-    // The job's cgroup, read-only, at /sys/fs/cgroup (v2: its files at the top; v1: one
-    // directory per hierarchy), and nproc counting the CPUs the quota rounds up to.
-    let script = "nproc; \
-        cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
-        cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us; \
-        cat /proc/self/cgroup; \
-        echo 1 > /sys/fs/cgroup/pids.max 2>/dev/null || echo 1 > /sys/fs/cgroup/pids/pids.max 2>/dev/null || echo read-only";
-    let job = Run::command(ws.path(), &["sh", "-c", script])
-        .without_probe()
-        .opts(&["--cpus", "1", "--memory", "512M"])
-        .run();
-    assert_eq!(job.code, 0, "{job:?}");
-    let out = job.stdout_text();
-    let lines: Vec<&str> = out.lines().collect();
-    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert_eq!(
-        lines[0], "1",
-        "nproc under --cpus 1 on {host_cpus} CPUs: {out}"
-    );
-    assert_eq!(lines[1], "536870912", "{out}");
-    assert!(lines[2] == "100000 100000" || lines[2] == "100000", "{out}");
-    // At the root of its cgroup namespace, in every hierarchy.
-    assert!(
-        lines[3..lines.len() - 1].iter().all(|l| l.ends_with(":/")),
-        "{out}"
-    );
-    assert_eq!(lines.last(), Some(&"read-only"), "{out}");
-    // Past the host's CPUs there is nothing to pin: nproc counts them all.
-    let job = Run::command(ws.path(), &["nproc"])
-        .without_probe()
-        .opts(&["--cpus", &host_cpus.to_string()])
-        .run();
-    assert_eq!(job.stdout_text().trim(), host_cpus.to_string(), "{job:?}");
+    for via in Via::JOBS {
+        let ws = workspace();
+        // The job's cgroup, read-only, at /sys/fs/cgroup (v2: its files at the top; v1: one
+        // directory per hierarchy), and nproc counting the CPUs the quota rounds up to.
+        let script = "nproc; \
+            cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+            cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us; \
+            cat /proc/self/cgroup; \
+            echo 1 > /sys/fs/cgroup/pids.max 2>/dev/null || echo 1 > /sys/fs/cgroup/pids/pids.max 2>/dev/null || echo read-only";
+        let job = Run::command(ws.path(), &["sh", "-c", script])
+            .without_probe()
+            .opts(&["--cpus", "1", "--memory", "512M"])
+            .via(via)
+            .run();
+        assert_eq!(job.code, 0, "{job:?}");
+        let out = job.stdout_text();
+        let lines: Vec<&str> = out.lines().collect();
+        let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(
+            lines[0], "1",
+            "nproc under --cpus 1 on {host_cpus} CPUs: {out}"
+        );
+        assert_eq!(lines[1], "536870912", "{out}");
+        assert!(lines[2] == "100000 100000" || lines[2] == "100000", "{out}");
+        // At the root of its cgroup namespace, in every hierarchy.
+        assert!(
+            lines[3..lines.len() - 1].iter().all(|l| l.ends_with(":/")),
+            "{out}"
+        );
+        assert_eq!(lines.last(), Some(&"read-only"), "{out}");
+        // Past the host's CPUs there is nothing to pin: nproc counts them all.
+        let job = Run::command(ws.path(), &["nproc"])
+            .without_probe()
+            .opts(&["--cpus", &host_cpus.to_string()])
+            .via(via)
+            .run();
+        assert_eq!(job.stdout_text().trim(), host_cpus.to_string(), "{job:?}");
+    }
 }

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use toolbox_tests::{
-    host_pids_named, host_probe_pids, require_root, token, wait_for, workspace, Run, TOOL_UID,
+    host_pids_named, host_probe_pids, require_root, token, wait_for, workspace, Run, Via, TOOL_UID,
 };
 
 #[test]
@@ -13,30 +13,34 @@ fn host_processes_are_invisible() {
     if !require_root() {
         return;
     }
-    let ws = workspace();
-    let job = Run::probe(ws.path(), &["status"]).run();
-    let status = job.probe_json();
-    // The shim (PID 1) and the probe: nothing of the host, and no helper of the shim's.
-    assert_eq!(status["pids"], 2, "{status}");
-    // Also when the shim prepared a network namespace the policy then did not want (the
-    // host's network: `toolbox run` starts its shim before it reads the policy).
-    let host = Run::probe(ws.path(), &["status"])
-        .opts(&["--policy", "network"])
-        .run()
-        .probe_json();
-    assert_eq!(host["pids"], 2, "{host}");
-    // Numbered in the jail's own pid namespace (PID 1 is the shim).
-    assert!(status["pid"].as_u64().expect("pid") <= 4, "{status}");
-    let init = Run::probe(ws.path(), &["read", "/proc/1/cmdline"])
-        .run()
-        .probe_json();
-    assert!(
-        init["/proc/1/cmdline"]["detail"]
-            .as_str()
-            .expect("cmdline")
-            .starts_with("toolbox-shim"),
-        "{init}"
-    );
+    for via in Via::JOBS {
+        let ws = workspace();
+        let job = Run::probe(ws.path(), &["status"]).via(via).run();
+        let status = job.probe_json();
+        // The shim (PID 1) and the probe: nothing of the host, and no helper of the shim's.
+        assert_eq!(status["pids"], 2, "{status}");
+        // Also when the shim prepared a network namespace the policy then did not want (the
+        // host's network: `toolbox run` starts its shim before it reads the policy).
+        let host = Run::probe(ws.path(), &["status"])
+            .opts(&["--policy", "network"])
+            .via(via)
+            .run()
+            .probe_json();
+        assert_eq!(host["pids"], 2, "{host}");
+        // Numbered in the jail's own pid namespace (PID 1 is the shim).
+        assert!(status["pid"].as_u64().expect("pid") <= 4, "{status}");
+        let init = Run::probe(ws.path(), &["read", "/proc/1/cmdline"])
+            .via(via)
+            .run()
+            .probe_json();
+        assert!(
+            init["/proc/1/cmdline"]["detail"]
+                .as_str()
+                .expect("cmdline")
+                .starts_with("toolbox-shim"),
+            "{init}"
+        );
+    }
 }
 
 #[test]
@@ -44,23 +48,27 @@ fn the_jails_pid_1_lives_in_the_jobs_cgroup_and_the_tool_gets_the_pids() {
     if !require_root() {
         return;
     }
-    let ws = workspace();
-    let job = Run::probe(ws.path(), &["read", "/proc/1/cgroup", "/proc/self/cgroup"]).run();
-    let read = job.probe_json();
-    let cgroups = |path: &str| {
-        read[path]["detail"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{path}: {read}"))
-            .to_string()
-    };
-    let (init, tool) = (cgroups("/proc/1/cgroup"), cgroups("/proc/self/cgroup"));
-    // The tool's cgroup namespace is rooted at the job's cgroup: the tool sits at its root in
-    // every hierarchy, and so does PID 1 — from anywhere else (the supervisor's cgroup) it
-    // would show as "/..".
-    assert!(tool.lines().all(|line| line.ends_with(":/")), "{tool}");
-    assert_eq!(init, tool, "PID 1 is not in the job's cgroup");
-    // PID 1 is counted there, but not against the tool: one process, a peak of one.
-    assert_eq!(job.record()["pids_peak"], 1, "{}", job.record());
+    for via in Via::JOBS {
+        let ws = workspace();
+        let job = Run::probe(ws.path(), &["read", "/proc/1/cgroup", "/proc/self/cgroup"])
+            .via(via)
+            .run();
+        let read = job.probe_json();
+        let cgroups = |path: &str| {
+            read[path]["detail"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{path}: {read}"))
+                .to_string()
+        };
+        let (init, tool) = (cgroups("/proc/1/cgroup"), cgroups("/proc/self/cgroup"));
+        // The tool's cgroup namespace is rooted at the job's cgroup: the tool sits at its root in
+        // every hierarchy, and so does PID 1 — from anywhere else (the supervisor's cgroup) it
+        // would show as "/..".
+        assert!(tool.lines().all(|line| line.ends_with(":/")), "{tool}");
+        assert_eq!(init, tool, "PID 1 is not in the job's cgroup");
+        // PID 1 is counted there, but not against the tool: one process, a peak of one.
+        assert_eq!(job.record()["pids_peak"], 1, "{}", job.record());
+    }
 }
 
 #[test]
@@ -68,31 +76,33 @@ fn kill_minus_one_harms_no_host_process() {
     if !require_root() {
         return;
     }
-    let ws = workspace();
-    let mark = token("victim");
-    // A host process of the very uid the tool runs as: without a pid namespace, kill(-1)
-    // from the tool would reach it.
-    let mut victim = Command::new("/bin/sleep");
-    std::os::unix::process::CommandExt::arg0(&mut victim, &mark);
-    let mut victim = victim.arg("60").stdin(Stdio::null()).spawn_as(TOOL_UID);
-    assert!(
-        wait_for(Duration::from_secs(20), || !host_pids_named(&mark)
-            .is_empty()),
-        "victim did not start"
-    );
-    let job = Run::probe(ws.path(), &["kill-all"]).run();
-    let alive = victim.try_wait().expect("try_wait").is_none();
-    let _ = victim.kill();
-    let _ = victim.wait();
-    assert!(alive, "kill(-1) from the jail killed a host process");
-    // kill(-1) spares the caller and PID 1: in the jail it finds nothing to signal (ESRCH).
-    assert_eq!(job.code, 0, "{job:?}");
-    assert_eq!(
-        job.probe_json()["errno"],
-        libc::ESRCH,
-        "{}",
-        job.probe_json()
-    );
+    for via in Via::JOBS {
+        let ws = workspace();
+        let mark = token("victim");
+        // A host process of the very uid the tool runs as: without a pid namespace, kill(-1)
+        // from the tool would reach it.
+        let mut victim = Command::new("/bin/sleep");
+        std::os::unix::process::CommandExt::arg0(&mut victim, &mark);
+        let mut victim = victim.arg("60").stdin(Stdio::null()).spawn_as(TOOL_UID);
+        assert!(
+            wait_for(Duration::from_secs(20), || !host_pids_named(&mark)
+                .is_empty()),
+            "victim did not start"
+        );
+        let job = Run::probe(ws.path(), &["kill-all"]).via(via).run();
+        let alive = victim.try_wait().expect("try_wait").is_none();
+        let _ = victim.kill();
+        let _ = victim.wait();
+        assert!(alive, "kill(-1) from the jail killed a host process");
+        // kill(-1) spares the caller and PID 1: in the jail it finds nothing to signal (ESRCH).
+        assert_eq!(job.code, 0, "{job:?}");
+        assert_eq!(
+            job.probe_json()["errno"],
+            libc::ESRCH,
+            "{}",
+            job.probe_json()
+        );
+    }
 }
 
 #[test]
@@ -126,23 +136,25 @@ fn background_processes_die_with_the_main_process() {
     if !require_root() {
         return;
     }
-    let ws = workspace();
-    let mark = token("daemon");
-    let job = Run::probe(ws.path(), &["daemonize", &mark]).run();
-    assert_eq!(job.code, 0, "{job:?}");
-    let result = job.probe_json();
-    assert_eq!(result["nohup"], true, "{result}");
-    // They were really running when the main process exited (seen from inside)...
-    assert!(
-        result["running"].as_u64().expect("running") >= 2,
-        "the daemons never started: {result}"
-    );
-    // ... and none survived the job.
-    assert!(
-        host_pids_named(&mark).is_empty(),
-        "daemons survived the job: {:?}",
-        host_pids_named(&mark)
-    );
+    for via in Via::JOBS {
+        let ws = workspace();
+        let mark = token("daemon");
+        let job = Run::probe(ws.path(), &["daemonize", &mark]).via(via).run();
+        assert_eq!(job.code, 0, "{job:?}");
+        let result = job.probe_json();
+        assert_eq!(result["nohup"], true, "{result}");
+        // They were really running when the main process exited (seen from inside)...
+        assert!(
+            result["running"].as_u64().expect("running") >= 2,
+            "the daemons never started: {result}"
+        );
+        // ... and none survived the job.
+        assert!(
+            host_pids_named(&mark).is_empty(),
+            "daemons survived the job: {:?}",
+            host_pids_named(&mark)
+        );
+    }
 }
 
 #[test]
@@ -190,22 +202,25 @@ fn orphans_are_reaped() {
     if !require_root() {
         return;
     }
-    let ws = workspace();
-    let job = Run::command(
-        ws.path(),
-        &[
-            "/bin/sh",
-            "-c",
-            "for i in 1 2 3; do (sleep 0.05 &); done; sleep 0.5; ps -eo stat= | tr -d ' '",
-        ],
-    )
-    .run();
-    assert_eq!(job.code, 0, "{job:?}");
-    assert!(
-        !job.stdout_text().contains('Z'),
-        "zombies in the jail: {}",
-        job.stdout_text()
-    );
+    for via in Via::JOBS {
+        let ws = workspace();
+        let job = Run::command(
+            ws.path(),
+            &[
+                "/bin/sh",
+                "-c",
+                "for i in 1 2 3; do (sleep 0.05 &); done; sleep 0.5; ps -eo stat= | tr -d ' '",
+            ],
+        )
+        .via(via)
+        .run();
+        assert_eq!(job.code, 0, "{job:?}");
+        assert!(
+            !job.stdout_text().contains('Z'),
+            "zombies in the jail: {}",
+            job.stdout_text()
+        );
+    }
 }
 
 trait SpawnAs {
