@@ -80,6 +80,7 @@ pub fn run(
     network: Option<NetHelper>,
     discarded: Option<Pid>,
     prebuilt: Option<mounts::Prebuilt>,
+    joined: &[String],
 ) -> Result<i32, SetupError> {
     // Leave the caller's session and process group: a Ctrl-C on the caller's terminal goes
     // to the supervisor alone, which decides what the job gets.
@@ -91,7 +92,12 @@ pub fn run(
     // cgroup v1: where the job's cgroup will be, opened while the host's view is ours; the
     // supervisor makes the cgroup while we build the root, says so (MADE) before we bind it
     // into the root, and gives the go once it has its limits.
-    let parents = open_cgroup_parents(&spec.cgroup_tasks)?;
+    // (A prepared jail whose cgroup was made before it started may have joined already.)
+    let parents = if joined == spec.cgroup_tasks.as_slice() {
+        Vec::new()
+    } else {
+        open_cgroup_parents(&spec.cgroup_tasks)?
+    };
     // Our own OOM-killer score, opened while the host's /proc is in view: once the tool is
     // forked, PID 1 is the one process of the job's cgroup the OOM killer must never pick
     // (the job would end with no one to report it).
@@ -232,6 +238,15 @@ fn build(
             _ => Err(SetupError::Abandoned),
         }
     })
+}
+
+/// cgroup v1: join the job's cgroup now, before the go — a prepared jail's, made before it
+/// started, named in its draft (`cgroup_tasks`); the tasks joined, or none if it could not.
+pub fn join_early(tasks: &[String]) -> Vec<String> {
+    match open_cgroup_parents(tasks).and_then(|parents| join_cgroup(&parents)) {
+        Ok(()) => tasks.to_vec(),
+        Err(_) => Vec::new(),
+    }
 }
 
 /// Where the job's cgroup goes in one v1 hierarchy: the directory the supervisor makes it

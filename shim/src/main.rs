@@ -88,7 +88,7 @@ fn run() -> Result<i32, SetupError> {
     let mut network_helper = init::enter_namespaces(network)?;
     // What of the root needs no spec, built while we would only wait for it (argv[2]: where;
     // without it, or if that fails, the whole root is built once the spec is here).
-    let prebuilt = std::env::args()
+    let mut prebuilt = std::env::args()
         .nth(2)
         .and_then(|anchor| mounts::prebuild(&anchor).ok());
     // A jail prepared before its job: while we wait, map in what the spec's arrival will
@@ -96,7 +96,25 @@ fn run() -> Result<i32, SetupError> {
     if !sys::readable_now(fds::SPEC) {
         sys::prefault();
     }
-    let (spec, go) = read_spec()?;
+    let (mut spec, mut go) = read_spec()?;
+    let mut joined = Vec::new();
+    if spec.draft {
+        // A prepared jail's draft of its job's mounts; the job's spec follows. Its cgroup
+        // exists already: joined now rather than on the go (v1; on v2 we were born there).
+        prebuilt = prebuilt.and_then(|prebuilt| prebuilt.draft(&spec));
+        if !spec.cgroup_tasks.is_empty() {
+            joined = init::join_early(&spec.cgroup_tasks);
+        }
+        if !sys::readable_now(fds::SPEC) {
+            sys::prefault();
+        }
+        spec = JailSpec::read_from(&mut go).map_err(|e| SetupError::Spec(e.to_string()))?;
+        if spec.draft {
+            return Err(SetupError::Spec(
+                "a second draft where the job's spec was due".into(),
+            ));
+        }
+    }
     if spec.stdin_passed {
         take_stdin(control.as_ref())?;
     }
@@ -118,12 +136,14 @@ fn run() -> Result<i32, SetupError> {
         network_helper,
         discarded,
         prebuilt,
+        &joined,
     )
 }
 
 /// Wait for the spec: the supervisor writes it once it has planned the job. The pipe stays
 /// open for the go ([`toolbox_spec::GO`]).
 fn read_spec() -> Result<(JailSpec, std::fs::File), SetupError> {
+    // (A prepared jail may get a draft first: see `JailSpec::draft`.)
     let fd = sys::inherited_fd(fds::SPEC).map_err(|e| SetupError::Spec(e.to_string()))?;
     // Unbuffered: the go may already be in the pipe behind the spec, and is read later.
     let mut pipe = std::fs::File::from(fd);

@@ -69,6 +69,19 @@ pub struct Prebuilt {
     tree: Tree,
     anchor: String,
     umask: Mode,
+    /// The rest of a draft's mounts, laid out too ([`Prebuilt::draft`]).
+    drafted: Option<Drafted>,
+}
+
+/// What a draft laid out, to tell whether the job's spec wants exactly that.
+struct Drafted {
+    mounts: Vec<Mount>,
+    /// The jail's own cgroup, made before the shim started: laid out too.
+    cgroup_view: Vec<Mount>,
+    tool: (u32, u32),
+    idmap: Option<IdMap>,
+    /// Each bind's source as it was bound: its path, device and inode.
+    sources: Vec<(String, u64, u64)>,
 }
 
 /// The mounts [`prebuild`] makes, as a spec lists them.
@@ -117,6 +130,7 @@ pub fn prebuild(anchor: &str) -> Result<Prebuilt, SetupError> {
             tree,
             anchor: anchor.to_string(),
             umask,
+            drafted: None,
         }),
         Err(err) => {
             // Whatever was attached goes; the spec's root is built from scratch.
@@ -133,6 +147,78 @@ impl Prebuilt {
     /// covered by them, as built in order), and no source lies in the anchor or binds it.
     fn fits(&self, spec: &JailSpec) -> bool {
         fits(&spec.mounts, &spec.cgroup_view, &self.anchor)
+    }
+
+    /// Lay out a draft's mounts too — a spec like the job's to come (a daemon sends a jail
+    /// it prepares the last job's) — from the host's view as it is now, as `build_root`
+    /// would. The job's spec then uses them only if its mounts, ids and idmap are the
+    /// draft's and every bind's source is still the same directory or file ([`Prebuilt::
+    /// drafted_for`]); otherwise the whole root is discarded and built for the spec. A
+    /// draft that does not fit, or fails, leaves nothing of it: without a prebuilt root
+    /// (None) the spec's is built from scratch.
+    pub fn draft(mut self, draft: &JailSpec) -> Option<Prebuilt> {
+        let copies = draft.mounts.iter().any(|m| matches!(m, Mount::Copy { .. }));
+        if copies || !self.fits(draft) {
+            return Some(self);
+        }
+        match self.lay_out(draft) {
+            Ok(drafted) => {
+                self.drafted = Some(drafted);
+                Some(self)
+            }
+            Err(_) => {
+                self.discard();
+                None
+            }
+        }
+    }
+
+    fn lay_out(&mut self, draft: &JailSpec) -> Result<Drafted, SetupError> {
+        let sources = open_sources(&draft.mounts, draft.idmap.as_ref())?;
+        let mut identities = Vec::new();
+        for (mount, source) in draft.mounts.iter().zip(&sources) {
+            if let (Mount::Bind { src, dst, .. }, Some(Source::Tree(tree))) = (mount, source) {
+                let stat =
+                    nix::sys::stat::fstat(tree).map_err(|errno| mount_error(src, dst, errno))?;
+                identities.push((src.clone(), stat.st_dev, stat.st_ino));
+            }
+        }
+        self.tree.writable = writable_of(&draft.mounts);
+        self.tree.tool = (draft.uid, draft.gid);
+        let skip = prebuilt_mounts();
+        for (mount, source) in draft.mounts.iter().zip(sources) {
+            if !skip.contains(mount) {
+                self.tree.apply(mount, source)?;
+            }
+        }
+        let sources = open_sources(&draft.cgroup_view, None)?;
+        for (mount, source) in draft.cgroup_view.iter().zip(sources) {
+            self.tree.apply(mount, source)?;
+        }
+        Ok(Drafted {
+            mounts: draft.mounts.clone(),
+            cgroup_view: draft.cgroup_view.clone(),
+            tool: (draft.uid, draft.gid),
+            idmap: draft.idmap.clone(),
+            sources: identities,
+        })
+    }
+
+    /// Whether the draft laid out exactly the spec's mounts: the same list, ids and idmap,
+    /// and every bind's source still the directory or file that was bound (not one made
+    /// since at the same path: a workspace removed and cloned again).
+    fn drafted_for(&self, spec: &JailSpec) -> bool {
+        let Some(drafted) = &self.drafted else {
+            return false;
+        };
+        drafted.mounts == spec.mounts
+            && drafted.cgroup_view == spec.cgroup_view
+            && drafted.tool == (spec.uid, spec.gid)
+            && drafted.idmap == spec.idmap
+            && drafted.sources.iter().all(|(src, dev, ino)| {
+                nix::sys::stat::stat(src.as_str())
+                    .is_ok_and(|now| now.st_dev == *dev && now.st_ino == *ino)
+            })
     }
 
     /// Detach it: the spec's root is built from scratch.
@@ -170,15 +256,18 @@ fn fits(mounts: &[Mount], cgroup_view: &[Mount], anchor: &str) -> bool {
 }
 
 /// The root: `spec.mounts` (on `prebuilt`, when given and it fits the spec), then — once
-/// `cgroup_made` has waited for the supervisor to make the job's cgroup — `spec.cgroup_view`;
-/// then read-only, and `pivot_root` into it.
+/// `cgroup_made` has waited for the supervisor to make the job's cgroup — `spec.cgroup_view`
+/// (a draft that fits laid out both already); then read-only, and `pivot_root` into it.
 pub fn build_root(
     spec: &JailSpec,
     prebuilt: Option<Prebuilt>,
     cgroup_made: impl FnOnce() -> Result<(), SetupError>,
 ) -> Result<(), SetupError> {
     let prebuilt = match prebuilt {
-        Some(prebuilt) if prebuilt.fits(spec) => Some(prebuilt),
+        Some(prebuilt) if prebuilt.drafted.is_some() && prebuilt.drafted_for(spec) => {
+            Some(prebuilt)
+        }
+        Some(prebuilt) if prebuilt.drafted.is_none() && prebuilt.fits(spec) => Some(prebuilt),
         Some(prebuilt) => {
             prebuilt.discard();
             None
@@ -188,16 +277,16 @@ pub fn build_root(
     if prebuilt.is_none() {
         make_private()?;
     }
-    let sources = open_sources(&spec.mounts, spec.idmap.as_ref())?;
-    let writable = spec
-        .mounts
-        .iter()
-        .filter_map(|mount| match mount {
-            Mount::Tmpfs { dst, mode, .. } if mode & 0o002 != 0 => Some(normalize(dst)),
-            _ => None,
-        })
-        .collect();
+    // A draft laid out every mount of the spec already: nothing to open or attach.
+    let drafted = prebuilt.as_ref().is_some_and(|p| p.drafted.is_some());
+    let sources = if drafted {
+        spec.mounts.iter().map(|_| None).collect()
+    } else {
+        open_sources(&spec.mounts, spec.idmap.as_ref())?
+    };
+    let writable = writable_of(&spec.mounts);
     let (mut tree, umask, skip) = match prebuilt {
+        Some(Prebuilt { tree, umask, .. }) if drafted => (tree, umask, spec.mounts.clone()),
         Some(Prebuilt { tree, umask, .. }) => (tree, umask, prebuilt_mounts().to_vec()),
         None => {
             // Files and nodes get exactly the modes we ask for.
@@ -219,9 +308,11 @@ pub fn build_root(
         }
     }
     cgroup_made()?;
-    let sources = open_sources(&spec.cgroup_view, None)?;
-    for (mount, source) in spec.cgroup_view.iter().zip(sources) {
-        tree.apply(mount, source)?;
+    if !drafted {
+        let sources = open_sources(&spec.cgroup_view, None)?;
+        for (mount, source) in spec.cgroup_view.iter().zip(sources) {
+            tree.apply(mount, source)?;
+        }
     }
 
     sys::mount_setattr(
@@ -238,6 +329,17 @@ pub fn build_root(
     nix::unistd::chdir("/").map_err(SetupError::PivotRoot)?;
     nix::sys::stat::umask(umask);
     Ok(())
+}
+
+/// The jail's writable tmpfs mounts (see [`Tree::writable`]).
+fn writable_of(mounts: &[Mount]) -> Vec<String> {
+    mounts
+        .iter()
+        .filter_map(|mount| match mount {
+            Mount::Tmpfs { dst, mode, .. } if mode & 0o002 != 0 => Some(normalize(dst)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Nothing we mount from here on may propagate back to the host.

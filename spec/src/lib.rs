@@ -93,6 +93,12 @@ pub struct JailSpec {
     /// reads it right after the spec and puts it in place of its own fd 0.
     #[serde(default)]
     pub stdin_passed: bool,
+    /// Not a job's spec but a draft of the next one's (a daemon sends a jail it prepares
+    /// the last job's): PID 1 lays out its mounts ahead, then reads the job's own spec,
+    /// which follows on the same pipe, and keeps what it laid out only if that spec wants
+    /// exactly the same.
+    #[serde(default)]
+    pub draft: bool,
 }
 
 /// The idmapping of one bind (see [`JailSpec::idmap`]): `owner` on disk is `tool` in the
@@ -545,6 +551,7 @@ mod tests {
             }),
             cpus: vec![1],
             stdin_passed: true,
+            draft: false,
         };
         let mut pipe = spec.encode();
         pipe.extend([MADE, GO]);

@@ -211,6 +211,9 @@ pub struct Engine {
     /// (a daemon calls [`Engine::cgroups`] at start).
     cgroups: std::sync::OnceLock<Result<(Cgroups, Placement), String>>,
     pins: CpuPins,
+    /// The last job's spec per network (isolated, host), framed as a draft for the jails
+    /// [`Engine::prepare`] makes — kept once [`Engine::keep_drafts`] asks.
+    drafts: std::sync::Mutex<Option<[Option<std::sync::Arc<JailSpec>>; 2]>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -240,6 +243,7 @@ impl Engine {
             placement,
             cgroups: std::sync::OnceLock::new(),
             pins: CpuPins::new(),
+            drafts: std::sync::Mutex::new(None),
         })
     }
 
@@ -288,8 +292,55 @@ impl Engine {
         if let Ok(started) = &mut prepared.0 {
             started.warm = true;
             started.shim.process.set_nice(19);
+            // What the last job's root looked like: the shim lays it out while it waits,
+            // and keeps it if the job's spec wants the same.
+            if let Some(draft) = self.draft(network, &started.name) {
+                if let Err(err) = started.shim.send_draft(&draft) {
+                    return Err(EngineError::Spawn {
+                        path: self.shim.clone(),
+                        source: std::io::Error::other(format!(
+                            "send a prepared jail its draft: {err}"
+                        )),
+                    });
+                }
+            }
         }
         Ok(prepared)
+    }
+
+    /// Keep each job's spec as the draft for the jails [`Engine::prepare`] makes next (a
+    /// daemon with a pool).
+    pub fn keep_drafts(&self) {
+        let mut drafts = self.drafts.lock().unwrap_or_else(|e| e.into_inner());
+        drafts.get_or_insert([None, None]);
+    }
+
+    /// The draft for a jail prepared for `network` with the cgroup `name`: the last job's
+    /// spec, with this jail's cgroup (made already, so its view is laid out and joined with
+    /// the rest), framed; None if there is none or it is too large.
+    fn draft(&self, network: Network, name: &str) -> Option<Vec<u8>> {
+        let last = {
+            let drafts = self.drafts.lock().unwrap_or_else(|e| e.into_inner());
+            drafts.as_ref()?[draft_slot(network)].clone()?
+        };
+        let cgroups = self.cgroups().ok()?;
+        let frame = JailSpec {
+            draft: true,
+            stdin_passed: false,
+            cgroup_view: cgroup_view(cgroups, name),
+            cgroup_tasks: cgroups.tasks_for(name),
+            ..(*last).clone()
+        }
+        .encode();
+        (frame.len() <= spawn::DRAFT_MAX).then_some(frame)
+    }
+
+    fn remember_draft(&self, spec: &JailSpec) {
+        let mut drafts = self.drafts.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(drafts) = drafts.as_mut() else {
+            return;
+        };
+        drafts[draft_slot(spec.network)] = Some(std::sync::Arc::new(spec.clone()));
     }
 
     fn start_shim(
@@ -459,13 +510,18 @@ impl Engine {
         // The tool's CPUs: as many as its quota rounds up to, the least busy of ours.
         let pinned = self.pins.take(plan.limits.cpus);
         let sent = match self.spec(&plan, cgroups, &name, &pinned.cpus) {
-            Ok(spec) => shim
-                .send_spec(&JailSpec {
+            Ok(spec) => {
+                let spec = JailSpec {
                     stdin_passed,
                     ..spec
-                })
-                .await
-                .map_err(|e| format!("send the shim its spec: {e}")),
+                };
+                let sent = shim
+                    .send_spec(&spec)
+                    .await
+                    .map_err(|e| format!("send the shim its spec: {e}"));
+                self.remember_draft(&spec);
+                sent
+            }
             Err(message) => Err(message),
         };
         if let Err(message) = sent {
@@ -560,28 +616,15 @@ impl Engine {
         // The job's cgroup, read-only, at /sys/fs/cgroup (bound once the shim hears it is made):
         // runtimes size heaps and thread pools by it. Its cgroup namespace makes each bind
         // read as a whole hierarchy.
-        let (binds, links) = cgroups.view(name);
+        let cgroup_view = cgroup_view(cgroups, name);
         let mut rules = plan.view.rules.clone();
-        if !binds.is_empty() {
+        if !cgroup_view.is_empty() {
             rules.push(LandlockRule {
                 path: "/sys/fs/cgroup".into(),
                 access: FsAccess::Read,
                 dir: true,
             });
         }
-        let cgroup_view = binds
-            .into_iter()
-            .map(|(src, dst)| Mount::Bind {
-                src: src.to_string_lossy().into_owned(),
-                dst,
-                writable: false,
-            })
-            .chain(
-                links
-                    .into_iter()
-                    .map(|(target, dst)| Mount::Symlink { target, dst }),
-            )
-            .collect();
         Ok(JailSpec {
             job_id: plan.job_id.clone(),
             argv: plan.argv.clone(),
@@ -626,6 +669,7 @@ impl Engine {
             idmap: plan.idmap.clone(),
             cpus: cpus.to_vec(),
             stdin_passed: false,
+            draft: false,
         })
     }
 
@@ -818,6 +862,32 @@ fn egress_refusal(egress: &Egress) -> Option<String> {
         "egress: {refused} connection{plural} through the job's proxy did not go through; \
          the first: {first}"
     ))
+}
+
+/// The job's cgroup `name` as the jail shows it at /sys/fs/cgroup: read-only binds (and a
+/// v1 layout's symlinks).
+fn cgroup_view(cgroups: &Cgroups, name: &str) -> Vec<Mount> {
+    let (binds, links) = cgroups.view(name);
+    binds
+        .into_iter()
+        .map(|(src, dst)| Mount::Bind {
+            src: src.to_string_lossy().into_owned(),
+            dst,
+            writable: false,
+        })
+        .chain(
+            links
+                .into_iter()
+                .map(|(target, dst)| Mount::Symlink { target, dst }),
+        )
+        .collect()
+}
+
+fn draft_slot(network: Network) -> usize {
+    match network {
+        Network::Isolated => 0,
+        Network::Host => 1,
+    }
 }
 
 pub fn jail_network(mode: NetworkMode) -> Network {

@@ -27,6 +27,8 @@ use crate::sys;
 
 /// Pipe capacity for the tool's output: fewer wake-ups for chatty tools.
 const PIPE_SIZE: i32 = 1 << 20;
+/// The largest draft written into a new spec pipe (whose capacity is 64 KiB).
+pub const DRAFT_MAX: usize = 32 << 10;
 
 /// A running shim and the supervisor's ends of its pipes.
 #[derive(Debug)]
@@ -253,6 +255,28 @@ impl Shim {
             socket::MsgFlags::MSG_DONTWAIT | socket::MsgFlags::MSG_NOSIGNAL,
             None,
         )?;
+        Ok(())
+    }
+
+    /// Hand a shim started before its job a draft of the job's spec (`JailSpec::draft`),
+    /// written at once: its pipe is new and empty, and a frame of up to [`DRAFT_MAX`] fits
+    /// whole. Anything short of the whole frame fails (what was written would be read as
+    /// the start of the spec: the caller then drops the shim).
+    pub fn send_draft(&mut self, frame: &[u8]) -> io::Result<()> {
+        let pipe = self
+            .spec
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the go was already sent"))?;
+        if frame.len() > DRAFT_MAX {
+            return Err(io::Error::other(format!(
+                "a draft of {} bytes (at most {DRAFT_MAX})",
+                frame.len()
+            )));
+        }
+        let written = nix::unistd::write(pipe, frame)?;
+        if written != frame.len() {
+            return Err(io::Error::other("the draft went only partly into the pipe"));
+        }
         Ok(())
     }
 

@@ -516,12 +516,18 @@ impl<'a> Run<'a> {
     }
 
     /// [`Via::Warm`]: `toolbox run` (not `--local`) with this run's options through a
-    /// daemon of its own — as people run it — as [`TOOL_UID`] unless the run says. One `true` first with the same options (its
-    /// network is then one the pool prepares), a prepared jail for that network waited for,
-    /// then the run's command, whose record must say its jail was warm.
+    /// daemon of its own — as people run it — as [`TOOL_UID`] unless the run says. One `true`
+    /// first with the same options (its network is then one the pool prepares, laid out as
+    /// that run's jail), a prepared jail for that network waited for, then the run's command,
+    /// whose record must say its jail was warm.
     fn run_warm(&self) -> Job {
-        let daemon = crate::daemon::Daemon::start(&["--allow-uid", &TOOL_UID.to_string()]);
+        // One prepared jail: the first run takes the one prepared at the start, and the one
+        // after it is laid out as that run's jail was (its draft) — the path jobs in a loop
+        // take.
+        let daemon =
+            crate::daemon::Daemon::start(&["--allow-uid", &TOOL_UID.to_string(), "--warm", "1"]);
         daemon.open_to_everyone();
+        daemon.wait_for_warm("isolated");
         let through = |argv: &[String]| {
             let command = self.command_line_for(false);
             // `toolbox run [options] -- argv`: the socket goes before the `--`, the argv

@@ -160,3 +160,40 @@ fn the_pool_stays_within_its_bound_under_fifty_clients() {
         "the pool did not settle back at its bound"
     );
 }
+
+#[test]
+fn a_prepared_jail_never_binds_a_workspace_replaced_since() {
+    if !require_root() {
+        return;
+    }
+    // One prepared jail: after the first job it is laid out like that job's, workspace
+    // bind included.
+    let daemon = Daemon::start(&["--warm", "1"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ws = dir.path().join("checkout");
+    std::fs::create_dir(&ws).expect("mkdir");
+    std::fs::write(ws.join("old"), "old").expect("write");
+    // The first job takes the jail prepared at the start (no draft yet); the next one is
+    // prepared after it, laid out as it was.
+    daemon.wait_for_warm("isolated");
+    let (first, listing) = run(&daemon, &ws, "ls");
+    assert_eq!(first["exit_code"], 0, "{first}");
+    assert_eq!(first["isolation"]["warm"], true, "{first}");
+    assert_eq!(listing, "old\n");
+    daemon.wait_for_warm("isolated");
+    // The checkout removed and made again at the same path, as `rm -rf && git clone` does.
+    std::fs::remove_dir_all(&ws).expect("rm");
+    std::fs::create_dir(&ws).expect("mkdir");
+    std::fs::write(ws.join("new"), "new").expect("write");
+    let (second, listing) = run(&daemon, &ws, "ls; echo more > written");
+    assert_eq!(second["exit_code"], 0, "{second}");
+    assert_eq!(second["isolation"]["warm"], true, "{second}");
+    assert_eq!(
+        listing, "new\n",
+        "the job saw the workspace that was removed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("written")).expect("written"),
+        "more\n"
+    );
+}

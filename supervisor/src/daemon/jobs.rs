@@ -326,6 +326,13 @@ impl JobTask {
     fn jail(&self, daemon: &Daemon) -> Result<crate::engine::Prestarted, String> {
         let network = crate::engine::jail_network(self.plan.network);
         if let Some(mut jail) = daemon.pool.take(network) {
+            // The pool prepares the next jail once this job is over (see `run`), or has run
+            // a while: not beside its start.
+            let pool = self.daemon.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(super::warm::REFILL_AFTER).await;
+                pool.pool.job_ended();
+            });
             let stdin = self.stdin_fd().map_err(|err| format!("stdin: {err}"))?;
             jail.pass_stdin(stdin)
                 .map_err(|err| format!("hand the jail its stdin: {err}"))?;

@@ -205,7 +205,10 @@ async fn serve_async(
         retention: options.retention,
         pool: warm::Pool::new(options.warm),
     });
-    tokio::spawn(warm::keep_filled(daemon.clone()));
+    if options.warm.size > 0 {
+        daemon.engine.keep_drafts();
+    }
+    warm::start(daemon.clone()).context("start the pool of prepared jails")?;
     let router = routes::router(daemon.clone());
     info!(
         socket = %options.socket.display(),

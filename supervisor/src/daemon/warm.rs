@@ -18,6 +18,9 @@ use tracing::{debug, warn};
 use super::Daemon;
 use crate::engine::Prestarted;
 
+/// A job that took a prepared jail and is still running this long after has started: the
+/// pool prepares the next one even though it has not ended.
+pub const REFILL_AFTER: Duration = Duration::from_millis(50);
 /// After a failed preparation, how long the pool waits before trying again.
 const BACKOFF: Duration = Duration::from_secs(5);
 
@@ -126,9 +129,9 @@ impl Pool {
         Some(warm.jail)
     }
 
-    /// A job that took a prepared jail has ended: prepare the next one now, not while that
-    /// job was starting (on 2 CPUs a jail prepared beside a starting one takes the CPU and
-    /// the kernel's namespace locks from it).
+    /// A job that took a prepared jail has ended, or has run for [`REFILL_AFTER`]: prepare
+    /// the next one now, not while that job was starting (on 2 CPUs a jail prepared beside
+    /// a starting one takes the CPU and the kernel's namespace locks from it).
     pub fn job_ended(&self) {
         self.refill.notify_one();
     }
@@ -294,8 +297,31 @@ fn destroy(jails: Vec<Warm>) {
     }
 }
 
-/// Keep the pool filled, one jail at a time, until it closes: the daemon's background task.
-pub async fn keep_filled(daemon: Arc<Daemon>) {
+/// Keep the pool filled, one jail at a time, until it closes, on a thread of its own that
+/// lives as long as the daemon: a jail's PID 1 is killed when the thread that started it
+/// ends (`PR_SET_PDEATHSIG`, which follows the thread, not the process), so prepared jails
+/// must not be started on the runtime's blocking threads, which end when idle.
+pub fn start(daemon: Arc<Daemon>) -> std::io::Result<()> {
+    if daemon.pool.options.size == 0 {
+        return Ok(());
+    }
+    // Driven by the daemon's runtime (its timers, and the reactor the shims' pipes are
+    // registered with), polled on this thread.
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("toolbox-pool".into())
+        .spawn(move || {
+            runtime.block_on(keep_filled(daemon));
+            // Closed (the daemon stops), but jobs in jails started here may still be
+            // draining: this thread ends only with the process.
+            loop {
+                std::thread::park();
+            }
+        })
+        .map(drop)
+}
+
+async fn keep_filled(daemon: Arc<Daemon>) {
     let pool = &daemon.pool;
     if pool.options.size == 0 {
         return;
@@ -323,17 +349,14 @@ pub async fn keep_filled(daemon: Arc<Daemon>) {
             continue;
         };
         let seq = pool.seq.fetch_add(1, Ordering::Relaxed);
-        let preparing = daemon.clone();
-        let prepared =
-            tokio::task::spawn_blocking(move || preparing.engine.prepare(seq, network)).await;
-        let failed = match prepared {
-            Ok(Ok(jail)) if jail.warm() => {
+        // Here, on this thread (see `start`): it blocks only the pool.
+        let failed = match daemon.engine.prepare(seq, network) {
+            Ok(jail) if jail.warm() => {
                 pool.add(jail, network, epoch);
                 None
             }
             // The cgroup could not be made: a job's record would say why; here, the log.
-            Ok(Ok(jail)) => Some(jail.error().unwrap_or("no jail").to_string()),
-            Ok(Err(err)) => Some(err.to_string()),
+            Ok(jail) => Some(jail.error().unwrap_or("no jail").to_string()),
             Err(err) => Some(err.to_string()),
         };
         if let Some(why) = failed {
