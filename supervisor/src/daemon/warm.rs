@@ -51,6 +51,8 @@ struct State {
     epoch: u64,
     /// The networks jobs have asked for (isolated, host): the pool prepares those.
     wanted: [bool; 2],
+    /// The network the last job asked for: the one a full pool makes room for.
+    last: Option<Network>,
     /// Jails taken by jobs, and jails destroyed unused, since the start.
     taken: u64,
     destroyed: u64,
@@ -100,7 +102,8 @@ impl Pool {
     }
 
     /// A prepared jail for `network`, fresh and alive, if the pool has one: taken out of the
-    /// pool for good, back at the CPU priority jobs have. The pool refills behind it.
+    /// pool for good, back at the CPU priority jobs have. The pool prepares the next once the
+    /// job is under way ([`Pool::job_ended`]), or at once if it had none to give.
     pub fn take(&self, network: Network) -> Option<Prestarted> {
         if self.options.size == 0 {
             return None;
@@ -108,6 +111,7 @@ impl Pool {
         let (taken, stale) = {
             let mut state = self.state();
             state.wanted[slot(network)] = true;
+            state.last = Some(network);
             let stale = self.expire(&mut state);
             let at = state.ready.iter().position(|warm| warm.network == network);
             let taken = at.map(|at| state.ready.remove(at));
@@ -122,6 +126,7 @@ impl Pool {
         if !warm.jail.alive() {
             warn!("a prepared jail's shim was gone when a job came for it; the job gets a new one");
             destroy(vec![warm]);
+            self.refill.notify_one();
             return None;
         }
         self.state().taken += 1;
@@ -204,8 +209,8 @@ impl Pool {
 
     /// Which network the next jail is for, if the pool is short of one: the wanted network
     /// with the fewest ready, below its share of the bound (shared evenly among the wanted
-    /// networks). And the epoch it is prepared under. A pool full of one network when
-    /// another is first asked for gives up the oldest of the first's (returned, for the
+    /// networks). And the epoch it is prepared under. A pool full of one network when the
+    /// last job asked for another gives up the oldest of the first's (returned, for the
     /// caller to destroy) to make room.
     fn next(&self) -> (Option<(Network, u64)>, Vec<Warm>) {
         let mut state = self.state();
@@ -231,9 +236,15 @@ impl Pool {
         };
         let mut evicted = Vec::new();
         if state.ready.len() >= self.options.size {
+            // Full: room is made only for the network the last job asked for, from one at or
+            // past its share (with a bound of 1, the one there) — so a pool too small for
+            // both follows the jobs rather than trading one for the other on every wake.
+            if state.last != Some(short) {
+                return (None, Vec::new());
+            }
             let over = [Network::Isolated, Network::Host]
                 .into_iter()
-                .find(|&network| ready(&state, network) > share);
+                .find(|&network| network != short && ready(&state, network) >= share);
             let oldest = over.and_then(|over| state.ready.iter().position(|w| w.network == over));
             match oldest {
                 Some(at) => {
