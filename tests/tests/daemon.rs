@@ -51,7 +51,7 @@ fn fifty_clients_at_once_never_more_than_eight_running() {
         let times: Vec<u128> = out.lines().map(|l| l.parse().expect("ns")).collect();
         assert_eq!(times.len(), 2, "{out:?}");
         spans.push((times[0], times[1]));
-        assert_no_leftovers_of(&exit);
+        assert_no_leftovers_of(exit);
     }
     let most = max_overlap(&spans);
     assert!(most <= 8, "{most} jobs ran at once");
