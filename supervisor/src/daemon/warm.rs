@@ -37,6 +37,8 @@ pub struct WarmOptions {
 pub struct Pool {
     options: WarmOptions,
     state: Mutex<State>,
+    /// Signalled when a preparation ends (for [`Pool::close`]).
+    prepared: std::sync::Condvar,
     /// Wakes the refill: a jail was taken, the pool was emptied, or it is closing.
     refill: Notify,
     seq: AtomicU64,
@@ -57,6 +59,8 @@ struct State {
     taken: u64,
     destroyed: u64,
     closed: bool,
+    /// The pool's thread is making a jail: [`Pool::close`] waits for it to be done.
+    preparing: bool,
 }
 
 #[derive(Debug)]
@@ -92,6 +96,7 @@ impl Pool {
                 wanted: [true, false],
                 ..State::default()
             }),
+            prepared: std::sync::Condvar::new(),
             refill: Notify::new(),
             seq: AtomicU64::new(0),
         }
@@ -161,6 +166,9 @@ impl Pool {
     }
 
     /// Destroy every prepared jail and prepare no more (the daemon stops).
+    /// A jail the pool's thread is making as the daemon stops is destroyed by that thread
+    /// ([`Pool::add`]): this waits for it (a few milliseconds), so that the daemon does not
+    /// exit between the making of its cgroup and its removal.
     pub fn close(&self) {
         let gone = {
             let mut state = self.state();
@@ -171,6 +179,13 @@ impl Pool {
         // Here, not on another thread: the daemon is about to exit.
         drop(gone);
         self.refill.notify_one();
+        let state = self.state();
+        let waited = self
+            .prepared
+            .wait_timeout_while(state, Duration::from_secs(10), |state| state.preparing);
+        if waited.is_ok_and(|(_, timeout)| timeout.timed_out()) {
+            warn!("a jail being prepared as the daemon stopped did not finish in 10 s");
+        }
     }
 
     pub fn counts(&self) -> PoolCounts {
@@ -287,12 +302,10 @@ impl Pool {
         };
         match rejected {
             Some(jail) => {
-                destroy(vec![Warm {
-                    jail,
-                    network,
-                    made: Instant::now(),
-                    epoch,
-                }]);
+                // Here, on the pool's own thread (it may block): when the pool is closing
+                // the daemon is about to exit, and a task left to another thread might
+                // never run.
+                drop(jail);
                 false
             }
             None => true,
@@ -360,6 +373,13 @@ async fn keep_filled(daemon: Arc<Daemon>) {
             continue;
         };
         let seq = pool.seq.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut state = pool.state();
+            if state.closed {
+                return;
+            }
+            state.preparing = true;
+        }
         // Here, on this thread (see `start`): it blocks only the pool.
         let failed = match daemon.engine.prepare(seq, network) {
             Ok(jail) if jail.warm() => {
@@ -370,6 +390,8 @@ async fn keep_filled(daemon: Arc<Daemon>) {
             Ok(jail) => Some(jail.error().unwrap_or("no jail").to_string()),
             Err(err) => Some(err.to_string()),
         };
+        pool.state().preparing = false;
+        pool.prepared.notify_all();
         if let Some(why) = failed {
             warn!("preparing a jail for the pool failed ({why}); jobs start cold meanwhile");
             tokio::time::sleep(BACKOFF).await;
