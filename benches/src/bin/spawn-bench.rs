@@ -351,7 +351,7 @@ fn flood(options: &Options) {
         toolbox_rate
     );
     println!(
-        "  ratio toolbox / bare pipe = {:.2}  (target: at least 0.5)",
+        "  ratio toolbox / bare pipe = {:.2}  (target: at least 0.8)",
         toolbox_rate / bare_rate
     );
     println!(
