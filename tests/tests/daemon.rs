@@ -551,7 +551,7 @@ fn a_daemon_killed_with_jobs_running_is_cleaned_up_by_the_next_one() {
     if !require_root() {
         return;
     }
-    let mut first = Daemon::start(&[]);
+    let mut first = Daemon::start(&["--warm", "4"]);
     let ws = workspace();
     let token = token("crash");
     let mut ids = Vec::new();

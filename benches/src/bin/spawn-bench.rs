@@ -368,10 +368,6 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(toolbox: &Path) -> Daemon {
-        Daemon::start_with(toolbox, &[])
-    }
-
     fn start_with(toolbox: &Path, options: &[&str]) -> Daemon {
         let socket = std::env::temp_dir().join(format!(
             "toolbox-bench-{}-{}.sock",
@@ -471,7 +467,8 @@ fn throughput(count: usize, parallel: usize, job: impl Fn() + Sync) -> f64 {
 
 fn daemon(options: &Options) {
     let ws = workspace();
-    let daemon = Daemon::start(&options.toolbox);
+    // With a pool of prepared jails, as for 8 slots on 2 CPUs.
+    let daemon = Daemon::start_with(&options.toolbox, &["--warm", "4"]);
     std::thread::sleep(Duration::from_millis(200));
     let idle_kib = daemon.status_kib("VmRSS:");
     let body = format!(r#"{{"argv":["/bin/true"],"cwd":"{}"}}"#, ws.display());
