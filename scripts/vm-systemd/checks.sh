@@ -36,9 +36,50 @@ as() {
     shift
     timeout 120 su -l "$user" -c "$*"
 }
+unit_cg=/sys/fs/cgroup/system.slice/toolbox.service
 job_cgroups() { find /sys/fs/cgroup -type d -name 'toolbox-*-*' ! -name '*.scope' 2>/dev/null; }
-unit_jobs() { find /sys/fs/cgroup/system.slice/toolbox.service -type d -name 'toolbox-*' 2>/dev/null; }
-has_unit_job() { [ -n "$(unit_jobs)" ]; }
+# The service keeps jails prepared ahead of jobs (`toolbox serve --warm`, by default half of
+# --max-jobs: 4): each is a cgroup named toolbox-PID-warmN holding the jail's PID 1 (a shim)
+# waiting for a job, and until its root is built the shim's helper that made its network
+# namespace. A job that takes one runs in that cgroup, which is removed when the job ends,
+# like any job's.
+pool_size=4
+# Whether cgroup $1 is a prepared jail of daemon $2 waiting for a job: so named, and holding
+# one or two processes, both shims (a job's tool has exec'd).
+waiting_jail() {
+    case "${1##*/}" in "toolbox-$2-warm"[0-9]*) ;; *) return 1 ;; esac
+    set -- $(cat "$1/cgroup.procs" 2>/dev/null)
+    [ "$#" -ge 1 ] && [ "$#" -le 2 ] || return 1
+    for p; do tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q '^toolbox-shim ' || return 1; done
+}
+# The job cgroups under $1 other than daemon $2's waiting jails (at most $pool_size of
+# those, or every one is listed): what a daemon with no job running must not have.
+left_under() {
+    n=0
+    for d in $(find "$1" -type d -name 'toolbox-*-*' ! -name '*.scope' 2>/dev/null); do
+        if waiting_jail "$d" "$2"; then n=$((n + 1)); else echo "$d"; fi
+    done
+    [ "$n" -le "$pool_size" ] || find "$1" -type d -name "toolbox-$2-warm*"
+}
+# The processes of the unit's cgroup but the daemon and its waiting jails' shims.
+unit_others() {
+    for p in $(cat $(find "$unit_cg" -name cgroup.procs) | sort -u); do
+        [ "$p" = "$1" ] && continue
+        cg=$(sed -n 's/^0:://p' "/proc/$p/cgroup" 2>/dev/null)
+        waiting_jail "/sys/fs/cgroup$cg" "$1" || echo "$p $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)"
+    done
+}
+# Waiting jails of daemon $1 (how many).
+pool_of() { n=0; for d in $(find "$unit_cg" -maxdepth 1 -type d -name "toolbox-$1-warm*"); do waiting_jail "$d" "$1" && n=$((n + 1)); done; echo "$n"; }
+# Shims but those of the service's waiting jails (of daemon $1).
+other_shims() {
+    for p in $(shims); do
+        cg=$(sed -n 's/^0:://p' "/proc/$p/cgroup" 2>/dev/null)
+        waiting_jail "/sys/fs/cgroup$cg" "$1" || echo "$p"
+    done
+}
+# A job of the probe's is running.
+has_probe() { [ -n "$(running /usr/local/bin/toolbox-probe)" ]; }
 # Processes by the first word of their command line (the jail's PID 1 calls itself
 # toolbox-shim; the probe runs as /usr/local/bin/toolbox-probe).
 running() {
@@ -98,11 +139,23 @@ rec=$(record /tmp/rec)
 say "exit $code, status $(field "$rec" status), $(field "$rec" duration_ms) ms"
 check "a SIGTERM-ignoring job ends at timeout + grace (124)" sh -c '[ "$1" = 124 ] && [ "$2" = timeout ] &&
     [ "$3" -ge 3000 ] && [ "$3" -lt 8000 ]' - "$code" "$(field "$rec" status)" "$(field "$rec" duration_ms)"
-unit_cg=/sys/fs/cgroup/system.slice/toolbox.service
-procs=$(cat $(find "$unit_cg" -name cgroup.procs) | sort -u | tr '\n' ' ')
-left=$(find "$unit_cg" -mindepth 1 -type d ! -name supervisor)
-say "unit cgroup processes: $procs" "unit cgroup children: $(ls "$unit_cg" | grep -c '^toolbox-')"
-check "nothing of any job is left in the unit's cgroup" sh -c '[ -z "$1" ] && [ "$2" = "$3 " ]' - "$left" "$procs" "$main"
+# Every job has ended: the unit's cgroup holds the daemon's leaf and the pool's waiting jails,
+# nothing else. (A jail being prepared as the last job ended is waiting within moments.)
+settled() { [ -z "$(left_under "$unit_cg" "$main")" ] && [ -z "$(unit_others "$main")" ] &&
+    [ -z "$(find "$unit_cg" -mindepth 1 -type d ! -name supervisor ! -name 'toolbox-*')" ]; }
+wait_for 10 settled
+say "unit cgroup: $(ls "$unit_cg" | grep -e supervisor -e '^toolbox-' | tr '\n' ' ')" \
+    "left of jobs: $(left_under "$unit_cg" "$main" | tr '\n' ' ')" "other processes: $(unit_others "$main" | tr '\n' ' ')"
+check "nothing of any job is left in the unit's cgroup (only the daemon and its prepared jails)" settled
+rec=$(as tester 'toolbox run --json -- true' 2>&1 | grep '^{"job_id"' | tail -1)
+say "$rec"
+check "a job through the installed service runs in a prepared jail (isolation.warm), in the unit's cgroup" sh -c '
+    [ "$1" = true ] && case "$2" in /system.slice/toolbox.service/toolbox-"$3"-warm*) true ;; *) false ;; esac' - \
+    "$(field "$rec" warm)" "$(field "$rec" cgroup_path)" "$main"
+pool_full() { [ "$(pool_of "$main")" = "$pool_size" ]; }
+wait_for 10 pool_full
+say "waiting jails: $(pool_of "$main")"
+check "the pool refills to its size, $pool_size" pool_full
 
 echo "== toolbox mcp, as an MCP client starts it, through the installed service"
 install -m 0755 "$P/mcp-smoke.sh" /usr/local/bin/toolbox-mcp-smoke
@@ -139,11 +192,15 @@ wall=$(field "$rec" duration_ms)
 say "--cpus 0.2: $(field "$rec" status), $cpu ms of CPU in $wall ms"
 check "cpu is enforced there (0.2 CPUs: under 0.35 of the wall time)" sh -c '[ "$1" = exited ] && [ "$3" -ge 2000 ] &&
     [ $(($2 * 100)) -lt $(($3 * 35)) ]' - "$(field "$rec" status)" "$cpu" "$wall"
-# The scopes go when their toolbox exits; systemd collects them at its own pace.
-gone() { [ -z "$(systemctl list-units --all --plain --no-legend 'toolbox-run-*' 2>/dev/null)" ] && [ -z "$(job_cgroups)" ]; }
+# The scopes go when their toolbox exits; systemd collects them at its own pace. (The
+# service, still running, keeps its prepared jails.)
+main=$(systemctl show -P MainPID toolbox.service)
+gone() { [ -z "$(systemctl list-units --all --plain --no-legend 'toolbox-run-*' 2>/dev/null)" ] &&
+    [ -z "$(left_under /sys/fs/cgroup "$main")" ] && [ -z "$(other_shims "$main")" ]; }
 wait_for 10 gone
-check "nothing is left behind: no scope, no job cgroup, no shim" sh -c '[ -z "$1" ] && [ -z "$2" ] && [ -z "$3" ]' - \
-    "$(systemctl list-units --all --plain --no-legend 'toolbox-run-*')" "$(job_cgroups)" "$(shims)"
+say "scopes: $(systemctl list-units --all --plain --no-legend 'toolbox-run-*' | tr '\n' ' ')" \
+    "job cgroups: $(left_under /sys/fs/cgroup "$main" | tr '\n' ' ')" "shims: $(other_shims "$main" | tr '\n' ' ')"
+check "nothing is left behind: no scope, no job cgroup, no shim (the service's prepared jails aside)" gone
 # No dbus-daemon: the session opened first (logind needs the bus), then the bus goes.
 as root "systemctl mask -q --now dbus.socket dbus.service; toolbox run --local --json $ws --memory 64M -- /usr/local/bin/toolbox-probe memhog 512" >/dev/null 2>/tmp/rec
 code=$?
@@ -203,8 +260,12 @@ timeout 120 toolbox run --socket /srv/share/c1.sock --json -C /srv/share/work --
 check "its jobs' limits hold (oom)" [ "$(field "$(record /tmp/rec)" status)" = oom ]
 c1_cg=/sys/fs/cgroup/machine.slice/toolbox-test-c1.scope
 say "container cgroup: $(find "$c1_cg" -mindepth 1 -type d | sed "s|$c1_cg/||" | tr '\n' ' ')"
-check "it manages its own cgroup: a supervisor leaf, every job's cgroup removed" sh -c '[ -n "$(find "$1" -maxdepth 2 -type d -name supervisor)" ] &&
-    [ -z "$(find "$1" -mindepth 1 -type d -name "toolbox-*")" ]' - "$c1_cg"
+# (The daemon is the container's PID 1: its prepared jails are toolbox-1-warmN.)
+c1_left() { [ -z "$(left_under "$c1_cg" 1)" ]; }
+wait_for 10 c1_left
+say "jobs' cgroups left: $(left_under "$c1_cg" 1 | sed "s|$c1_cg/||" | tr '\n' ' ')"
+c1_own() { [ -n "$(find "$c1_cg" -maxdepth 2 -type d -name supervisor)" ] && c1_left; }
+check "it manages its own cgroup: a supervisor leaf, every job's cgroup removed (its prepared jails aside)" c1_own
 crun_ kill c1 TERM
 wait_for 20 sh -c '! crun state c1 2>/dev/null | grep -q running'
 crun_ delete -f c1 >/dev/null 2>&1
@@ -241,7 +302,7 @@ crun_ delete -f c3 >/dev/null 2>&1
 echo "== the service: kill -9, restart, stop"
 as tester 'toolbox run -- /usr/local/bin/toolbox-probe sleep 120' >/dev/null 2>&1 &
 client=$!
-wait_for 30 has_unit_job
+wait_for 30 has_probe
 old=$(systemctl show -P MainPID toolbox.service)
 kill -9 "$old"
 restarted() {
@@ -260,14 +321,17 @@ out=$(as tester 'toolbox run -- echo again')
 check "jobs run again" [ "$out" = again ]
 as tester 'toolbox run -- /usr/local/bin/toolbox-probe ignore-term tbstop' >/dev/null 2>&1 &
 client=$!
-wait_for 30 has_unit_job
+wait_for 30 has_probe
 timeout 90 systemctl stop toolbox.service 2>/dev/null
 wait_for 30 gone_pid "$client"
 wait "$client" 2>/dev/null
 say "the running job's client exited $?"
-check "systemctl stop cancels running jobs and leaves no job cgroup or process" sh -c '[ -z "$1" ] && [ -z "$2" ] &&
-    [ -z "$3" ] && [ ! -d /sys/fs/cgroup/system.slice/toolbox.service ]' - "$(job_cgroups)" "$(shims)" \
-    "$(running /usr/local/bin/toolbox-probe)"
+stopped() { [ -z "$(job_cgroups)" ] && [ -z "$(shims)" ] && ! has_probe && [ ! -d "$unit_cg" ]; }
+wait_for 10 stopped
+say "job cgroups: $(job_cgroups | tr '\n' ' ')" "shims: $(shims | tr '\n' ' ')" \
+    "probes: $(running /usr/local/bin/toolbox-probe | tr '\n' ' ')" "unit cgroup: $(find "$unit_cg" 2>/dev/null | tr '\n' ' ')"
+stopped || journalctl -q -u toolbox.service --no-pager | tail -15 | sed 's/^/    /'
+check "systemctl stop cancels running jobs and leaves no job cgroup or process, prepared jails included" stopped
 
 echo "== measure: toolbox run --local -- true from a login session (scope request included) and from a delegated cgroup"
 runs=${MEASURE_RUNS:-20}

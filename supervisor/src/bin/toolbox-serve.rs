@@ -58,11 +58,10 @@ struct ServeArgs {
     #[arg(long, value_name = "DUR", default_value = "10m")]
     keep_for: Dur,
     /// Jails kept prepared ahead of demand (namespaces made, the root laid out like the last
-    /// job's, cgroup made), each used by one job and then destroyed; 0: none (for now the
-    /// default: the systemd tier's leftover checks cannot yet tell prepared jails from
-    /// leaked ones; 4 suits 8 slots on 2 CPUs).
-    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=256))]
-    warm: u16,
+    /// job's, cgroup made), each used by one job and then destroyed; 0: none [default: half
+    /// of --max-jobs, 4 for 8 slots].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=256))]
+    warm: Option<u16>,
     /// A prepared jail not used within this long is destroyed (and another prepared).
     #[arg(long, value_name = "DUR", default_value = "5m")]
     warm_max_age: Dur,
@@ -127,7 +126,9 @@ fn serve(args: ServeArgs) -> i32 {
             keep_for: args.keep_for.0,
         },
         warm: toolbox::daemon::warm::WarmOptions {
-            size: usize::from(args.warm),
+            size: args
+                .warm
+                .map_or(usize::from(args.max_jobs).div_ceil(2), usize::from),
             max_age: args.warm_max_age.0,
         },
     };
