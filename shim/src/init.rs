@@ -109,6 +109,12 @@ pub fn run(
     // read through a descriptor of its own: the one above is for the write alone.
     let tool_score = std::fs::read("/proc/self/oom_score_adj").unwrap_or_default();
     build(spec, &mut go, prebuilt)?;
+    // (The jail's own: its /dev is part of the root's fixed part.)
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .ok();
 
     // What is left before the tool can start, done while the supervisor still sets the
     // cgroup's limits. Signals: we came with every one blocked (see `sys::unblock_signals`).
@@ -171,10 +177,18 @@ pub fn run(
     let tool = match sys::fork().map_err(SetupError::Fork)? {
         Some(pid) => pid,
         None => {
-            drop((signals, lines, oom_score));
+            drop((signals, lines, oom_score, null));
             tool::run(spec, network.as_ref())
         }
     };
+    // The tool's stdio is its own: ours goes to /dev/null, so that the output pipes close
+    // once the tool and whatever it started are gone, not with our exit after.
+    if let Some(null) = &null {
+        for fd in 0..=2 {
+            let _ = sys::dup_onto(null.as_fd(), fd);
+        }
+    }
+    drop(null);
     // Set after the fork, so the tool keeps the score it inherited. Best effort: without
     // CAP_SYS_RESOURCE we stay as killable as the tool.
     if let Some(mut file) = oom_score {
@@ -372,6 +386,26 @@ fn supervise(
     }
 }
 
+/// The tool has ended, and the job with it: SIGKILL to every other process of the jail and
+/// reap them all, before its end is reported. The supervisor then has the job's whole end
+/// (its output pipes at EOF, nothing of it alive) without waiting for our own exit and the
+/// namespaces' teardown after it. Exec'd commands killed so report no end of their own:
+/// their status pipes close with the job, as they say ([`Control::Exec`]).
+fn end_the_rest(running: &mut Vec<exec::Running>) {
+    // From PID 1, -1 is every process of our pid namespace but us.
+    loop {
+        // Again before each wait: nothing is left that could start another, but a wait
+        // for one that escaped the last round would never end.
+        let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            // ECHILD: no child left, and every process of the namespace descends from us.
+            Err(_) => break,
+        }
+    }
+    running.clear();
+}
+
 /// What the job tried of the network and was refused, counted by its namespace: the
 /// supervisor says so when the policy is why.
 fn report_network(network: Option<&Netns>) {
@@ -395,11 +429,13 @@ fn reap(
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) if pid == tool => {
+                end_the_rest(running);
                 report_network(network);
                 report::send(&Status::ToolExited { code });
                 return Ok(Some(code));
             }
             Ok(WaitStatus::Signaled(pid, signal, _)) if pid == tool => {
+                end_the_rest(running);
                 report_network(network);
                 report::send(&Status::ToolSignaled {
                     signal: signal as i32,

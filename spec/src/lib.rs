@@ -350,9 +350,11 @@ pub enum Status {
     /// `udp_no_ports`: datagrams to a port of `lo` no one listened on (a resolver at
     /// 127.0.0.53 that is not in the jail).
     Network { no_route: u64, udp_no_ports: u64 },
-    /// The tool (the jail's main process) exited.
+    /// The tool (the jail's main process) exited. Sent once PID 1 has killed and reaped
+    /// every other process of the jail and holds none of the job's output pipes: the job is
+    /// over, and PID 1 exits next.
     ToolExited { code: i32 },
-    /// The tool was killed by a signal.
+    /// The tool was killed by a signal (sent as [`Status::ToolExited`] is).
     ToolSignaled { signal: i32 },
 }
 

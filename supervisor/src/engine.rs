@@ -29,7 +29,7 @@ use crate::output::Capper;
 use crate::policy::NetworkMode;
 use crate::record::{self, exit, Isolation, JobResult, JobStatus};
 use crate::seccomp::{self, SeccompError};
-use crate::spawn::{self, Shim, Stdin};
+use crate::spawn::{self, Shim, ShimProcess, Stdin};
 use crate::sys::SpawnCgroup;
 
 mod exec;
@@ -448,14 +448,30 @@ impl Engine {
         events: UnboundedSender<Event>,
         cancel: impl Future<Output = Cancel> + Send,
     ) -> JobResult {
+        let (result, cleanup) = self.run_until_ended(plan, shim, events, cancel).await;
+        cleanup.finish().await;
+        result
+    }
+
+    /// [`Engine::run`], returning as soon as the job's record is known: every process of
+    /// the job is gone then, and its output read to the end. What is left — the jail's
+    /// PID 1 on its way out and the cgroup — goes with [`Cleanup::finish`]: after the
+    /// record is sent, before the job's slot is given back.
+    pub async fn run_until_ended(
+        &self,
+        plan: JobPlan,
+        shim: Prestarted,
+        events: UnboundedSender<Event>,
+        cancel: impl Future<Output = Cancel> + Send,
+    ) -> (JobResult, Cleanup) {
         let span = info_span!("job", id = %plan.job_id, policy = %plan.policy);
         let sha256 = plan.policy_sha256.clone();
-        let mut result = self
+        let (mut result, cleanup) = self
             .run_inner(plan, shim, events, cancel)
             .instrument(span)
             .await;
         result.policy.sha256 = sha256.get().to_string();
-        result
+        (result, cleanup)
     }
 
     async fn run_inner(
@@ -464,9 +480,12 @@ impl Engine {
         prestarted: Prestarted,
         events: UnboundedSender<Event>,
         cancel: impl Future<Output = Cancel> + Send,
-    ) -> JobResult {
+    ) -> (JobResult, Cleanup) {
         let started = Instant::now();
         let mut result = self.blank_result(&plan);
+        // Before the job runs, what was started is dropped on the way out (the shim, then
+        // its cgroup): nothing of the tool ever ran there.
+        let failed = |result, started, message| (fail(result, started, message), Cleanup::none());
         // PID 1 is in the cgroup too: the tool itself gets exactly `pids` (see `fill`; the
         // network helper is gone before the tool is forked).
         let limits = CgroupLimits {
@@ -483,7 +502,7 @@ impl Engine {
             stdin_passed,
         } = match prestarted.0 {
             Ok(started) => started,
-            Err(message) => return fail(result, started, message),
+            Err(message) => return failed(result, started, message),
         };
         // Declared before the shim, so dropped after it: on a failure before the go the
         // shim dies with its handle, having run nothing, and then its cgroup is removed.
@@ -501,7 +520,7 @@ impl Engine {
         }
         let cgroups = match self.cgroups() {
             Ok(cgroups) => cgroups,
-            Err(err) => return fail(result, started, format!("create the job's cgroup: {err}")),
+            Err(err) => return failed(result, started, format!("create the job's cgroup: {err}")),
         };
         result.isolation.warm = warm;
         // The spec first: the shim builds the jail's root while we make the job's cgroup
@@ -525,13 +544,13 @@ impl Engine {
             Err(message) => Err(message),
         };
         if let Err(message) = sent {
-            return fail(result, started, message);
+            return failed(result, started, message);
         }
         if guard.0.is_none() {
             match cgroups.make(&name) {
                 Ok(made) => guard.0 = Some(made),
                 Err(err) => {
-                    return fail(result, started, format!("create the job's cgroup: {err}"))
+                    return failed(result, started, format!("create the job's cgroup: {err}"))
                 }
             }
         }
@@ -544,7 +563,7 @@ impl Engine {
         };
         debug_assert!(cgroup.path().ends_with(&name));
         if let Err(err) = cgroup.set_limits(&limits) {
-            return fail(result, started, format!("limit the job's cgroup: {err}"));
+            return failed(result, started, format!("limit the job's cgroup: {err}"));
         }
         // The proxy's listeners, before the go: served where the mode has it (and the job
         // does not start in `allowlist` without it), else closed, so their ports are free.
@@ -552,7 +571,7 @@ impl Engine {
             match serve_proxy(&plan, &shim).await {
                 Ok(proxy) => proxy,
                 // The shim leaves without its go, then the guard removes the cgroup.
-                Err(message) => return fail(result, started, message),
+                Err(message) => return failed(result, started, message),
             }
         } else {
             None
@@ -573,13 +592,15 @@ impl Engine {
 
         // Once the tool runs, clear what dead supervisors left (once): then it takes no CPU
         // from the jail's set-up.
-        let run = supervise(shim, &plan, &cgroup, &events, cancel, || self.sweep_once()).await;
+        let (run, process) =
+            supervise(shim, &plan, &cgroup, &events, cancel, || self.sweep_once()).await;
 
         let egress = proxy.map(Proxy::finish);
         let stats = run.tool_stats.unwrap_or_else(|| cgroup.stats());
-        if let Err(err) = cgroup.remove() {
-            warn!("clean up the job's cgroup: {err}");
-        }
+        let cleanup = Cleanup {
+            process: Some(process),
+            cgroup: Some(cgroup),
+        };
         result.duration_ms = started.elapsed().as_millis() as u64;
         fill(&mut result, &run, &stats);
         if matches!(run.exec_error, Some((errno, _)) if errno == libc::ENOENT) {
@@ -601,7 +622,7 @@ impl Engine {
                 result.egress = Some(egress);
             }
         }
-        result
+        (result, cleanup)
     }
 
     fn spec(
@@ -956,7 +977,7 @@ async fn supervise(
     events: &UnboundedSender<Event>,
     cancel: impl Future<Output = Cancel> + Send,
     on_running: impl FnOnce(),
-) -> Run {
+) -> (Run, ShimProcess) {
     let mut run = Run::default();
     let mut on_running = Some(on_running);
     let [mut out_cap, mut err_cap] = cappers(plan);
@@ -994,6 +1015,13 @@ async fn supervise(
 
     loop {
         if run.shim_exit.is_some() && out.is_none() && err.is_none() && status.is_none() {
+            break;
+        }
+        // PID 1 reports the tool's end once it has killed and reaped every other process
+        // of the jail, with the job's output pipes no longer open in it: the job is over
+        // when its output is read to the end. PID 1's own exit and the namespaces' teardown
+        // are left to the cleanup, after the record.
+        if run.tool.is_some() && out.is_none() && err.is_none() {
             break;
         }
         let running = run.shim_exit.is_none();
@@ -1082,10 +1110,57 @@ async fn supervise(
             }
         }
     }
-    drop(process);
     run.stdout = finish(events, Stream::Stdout, out_cap, plan.output_whole);
     run.stderr = finish(events, Stream::Stderr, err_cap, plan.output_whole);
-    run
+    (run, process)
+}
+
+/// What is left of a job once its record is known: its jail's PID 1, which has reported
+/// the job's end and is exiting, and the job's cgroup. Dropped unfinished, it is cleaned
+/// up on the spot, blocking.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    process: Option<ShimProcess>,
+    cgroup: Option<JobCgroup>,
+}
+
+impl Cleanup {
+    fn none() -> Cleanup {
+        Cleanup::default()
+    }
+
+    /// Wait for PID 1's exit (SIGKILL if it has not in [`KILL_WAIT`]), then remove the
+    /// cgroup.
+    pub async fn finish(mut self) {
+        if let Some(mut process) = self.process.take() {
+            if tokio::time::timeout(KILL_WAIT, process.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    "the jail's PID 1 did not exit {KILL_WAIT:?} after the job's end; killing it"
+                );
+            }
+            // (Kills and reaps it if it has not exited.)
+            drop(process);
+        }
+        self.remove_cgroup();
+    }
+
+    fn remove_cgroup(&mut self) {
+        if let Some(cgroup) = self.cgroup.take() {
+            if let Err(err) = cgroup.remove() {
+                warn!("clean up the job's cgroup: {err}");
+            }
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        drop(self.process.take());
+        self.remove_cgroup();
+    }
 }
 
 /// The caps of a job's two streams; a caller that keeps every byte

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::{probe, toolbox, wait_for};
 
 /// A daemon of our own. Dropping it stops it with SIGTERM (SIGKILL if it lingers).
+#[derive(Debug)]
 pub struct Daemon {
     pub child: Child,
     pub socket: PathBuf,
@@ -152,6 +153,18 @@ impl Daemon {
         assert!(
             crate::wait_for(Duration::from_secs(30), || self.metric(&gauge) > 0),
             "the pool prepared no {network} jail; the daemon's log:\n{}",
+            self.log()
+        );
+    }
+
+    /// Wait (up to 30 s) until the pool holds `count` prepared jails for `network`: a full
+    /// pool, for a count of what the daemon holds that does not depend on where its refill
+    /// is.
+    pub fn wait_for_pool(&self, network: &str, count: u64) {
+        let gauge = format!("toolbox_warm_jails{{network=\"{network}\"}}");
+        assert!(
+            crate::wait_for(Duration::from_secs(30), || self.metric(&gauge) == count),
+            "the pool did not hold {count} {network} jails; the daemon's log:\n{}",
             self.log()
         );
     }

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -265,6 +265,9 @@ pub struct Job {
     pub stderr: String,
     /// The result record (`--json`), when toolbox got far enough to print one.
     pub record: Option<Value>,
+    /// [`Via::Warm`]: the daemon that ran the job, stopped only with the job, so that what
+    /// a test checks after the job it checks while the daemon still runs.
+    pub daemon: Option<crate::daemon::Daemon>,
 }
 
 impl Job {
@@ -570,7 +573,7 @@ impl<'a> Run<'a> {
             _ => "isolated",
         };
         daemon.wait_for_warm(network);
-        let job = through(&self.argv);
+        let mut job = through(&self.argv);
         let record = job
             .record
             .as_ref()
@@ -579,6 +582,7 @@ impl<'a> Run<'a> {
             record["isolation"]["warm"], true,
             "Via::Warm: the job did not get a prepared jail: {record}"
         );
+        job.daemon = Some(daemon);
         job
     }
 
@@ -599,6 +603,7 @@ impl<'a> Run<'a> {
                 stdout: Vec::new(),
                 stderr: String::from_utf8_lossy(&started.body).into_owned(),
                 record: None,
+                daemon: None,
             };
         }
         let id = started.json()["job_id"]
@@ -621,6 +626,7 @@ impl<'a> Run<'a> {
                 stdout: Vec::new(),
                 stderr: refusal.to_string(),
                 record: None,
+                daemon: None,
             },
             None => {
                 let record = stream.exit().clone();
@@ -629,6 +635,7 @@ impl<'a> Run<'a> {
                     stdout: stream.output("stdout"),
                     stderr: String::from_utf8_lossy(&stream.output("stderr")).into_owned(),
                     record: Some(record),
+                    daemon: None,
                 }
             }
         };
@@ -759,6 +766,7 @@ pub fn finish(output: Output) -> Job {
         stdout: output.stdout,
         stderr: rest.join("\n"),
         record,
+        daemon: None,
     };
     if let Some(record) = &job.record {
         assert_no_leftovers_of(record);
@@ -776,7 +784,7 @@ pub fn assert_no_leftovers_of(record: &Value) {
         .and_then(|path| path.rsplit('/').next())
         .filter(|name| name.starts_with("toolbox-"))
     {
-        let found = find_dirs(Path::new("/sys/fs/cgroup"), name, 8);
+        let found = cgroups_named(name);
         assert!(
             found.is_empty(),
             "job {id} left its cgroup behind: {found:?}"
@@ -784,11 +792,30 @@ pub fn assert_no_leftovers_of(record: &Value) {
     }
 }
 
+/// How long after a job's record its jail's cgroup may still be there: the daemon sends
+/// the record once every process of the job is gone, then waits for the jail's PID 1 to
+/// exit and removes the cgroup (milliseconds). A cgroup still there after this is left
+/// behind.
+pub const CLEANUP_WITHIN: Duration = Duration::from_secs(5);
+
+/// The cgroups (in every hierarchy) whose names end with `name`, once the cleanup after a
+/// record has had [`CLEANUP_WITHIN`].
+fn cgroups_named(name: &str) -> Vec<PathBuf> {
+    let deadline = Instant::now() + CLEANUP_WITHIN;
+    loop {
+        let found = find_dirs(Path::new("/sys/fs/cgroup"), name, 8);
+        if found.is_empty() || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Nothing of the job is left: no cgroup named after it in any hierarchy (`toolbox-<pid>-<job
 /// id>`), no mount that mentions it in the host's mount table.
 pub fn assert_no_leftovers(job_id: &str) {
     let name = format!("-{job_id}");
-    let found = find_dirs(Path::new("/sys/fs/cgroup"), &name, 8);
+    let found = cgroups_named(&name);
     assert!(
         found.is_empty(),
         "job {job_id} left cgroups behind: {found:?}"

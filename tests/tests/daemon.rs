@@ -524,10 +524,14 @@ fn a_thousand_jobs_leave_fds_and_memory_flat() {
     for _ in 0..50 {
         assert_eq!(daemon.job(&body).exit()["exit_code"], 0);
     }
+    // Counted with the pool full (4, the default for 8 slots) both times: each prepared jail
+    // holds a few descriptors, and the record comes before the pool refills.
+    daemon.wait_for_pool("isolated", 4);
     let (fds, rss) = (fd_count(daemon.pid()), rss_kib(daemon.pid()));
     for _ in 0..1000 {
         assert_eq!(daemon.job(&body).exit()["exit_code"], 0);
     }
+    daemon.wait_for_pool("isolated", 4);
     // Let the last connection close on the daemon's side (a busy machine can take a while).
     wait_for(Duration::from_secs(20), || fd_count(daemon.pid()) <= fds);
     let (fds_after, rss_after) = (fd_count(daemon.pid()), rss_kib(daemon.pid()));

@@ -1,11 +1,14 @@
 //! Guarantee 3 (processes): a job cannot see or signal host processes, and when its main
 //! process exits every process it started is gone — daemons and double-forks included.
 
+use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use toolbox_tests::daemon::{job_body, Daemon};
 use toolbox_tests::{
-    host_pids_named, host_probe_pids, require_root, token, wait_for, workspace, Run, Via, TOOL_UID,
+    assert_no_leftovers_of, host_pids_named, host_probe_pids, probe, require_root, token, wait_for,
+    workspace, Run, Via, TOOL_UID,
 };
 
 #[test]
@@ -155,6 +158,58 @@ fn background_processes_die_with_the_main_process() {
             host_pids_named(&mark)
         );
     }
+}
+
+/// A process left behind that holds none of the job's output pipes does not keep the job
+/// open, and is gone when the record comes. The daemon sends the record before the jail's
+/// teardown (PID 1's exit, the namespaces, the cgroup's removal), once PID 1 has reported the
+/// tool's end — which it does only after killing and reaping every other process. The process
+/// holds a lock and memory: were it killed only as PID 1 exits, its lock would still be held,
+/// while its memory is freed, when the record is read. Checked as the record arrives, before
+/// anything else could wait for the teardown; cold and warm jails alike.
+#[test]
+fn a_detached_process_is_gone_when_the_record_comes() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let ws = workspace();
+    let mut warm = Vec::new();
+    for run in 0..3 {
+        let lock = ws.path().join(format!("held-{run}.lock"));
+        std::fs::write(&lock, b"").expect("the lock file");
+        // (The workspace is at the same path in the jail.)
+        let argv = [
+            &probe().to_string_lossy(),
+            "detach",
+            &lock.to_string_lossy(),
+            "256",
+        ];
+        let mut stream = daemon.submit(&job_body(ws.path(), &argv));
+        let exit = stream.until("exit").expect("an exit event");
+        let file = std::fs::File::open(&lock);
+        // SAFETY: flock on a descriptor we own.
+        let free = file.as_ref().is_ok_and(|file| unsafe {
+            libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0
+        });
+        stream.read_to_end();
+        file.unwrap_or_else(|err| {
+            panic!(
+                "the lock file: {err}; {exit}; {:?}",
+                stream.output("stderr")
+            )
+        });
+        assert_eq!(exit["exit_code"], 0, "{exit}");
+        let said = String::from_utf8_lossy(&stream.output("stdout")).into_owned();
+        assert!(said.contains(r#""holding":true"#), "{said:?}");
+        assert!(
+            free,
+            "the detached process still held its lock when the record came: {exit}"
+        );
+        assert_no_leftovers_of(&exit);
+        warm.push(exit["isolation"]["warm"] == true);
+    }
+    assert!(warm.contains(&true), "no run was warm: {warm:?}");
 }
 
 #[test]

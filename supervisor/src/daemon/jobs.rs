@@ -19,7 +19,7 @@ use super::api::{self, Peer};
 use super::outlog::OutputLog;
 use super::queue::{Place, Ticket};
 use super::Daemon;
-use crate::engine::{Cancel, Event, Stream};
+use crate::engine::{Cancel, Cleanup, Event, Stream};
 use crate::job::JobPlan;
 use crate::record::JobResult;
 use crate::spawn::{ExecPort, Stdin};
@@ -259,9 +259,13 @@ impl JobTask {
         let daemon = self.daemon.clone();
         let job_id = self.plan.job_id.clone();
         let detached = matches!(self.sink, Sink::Detached(_));
-        let result = self.wait_and_run(&mut ticket).await;
-        // The engine has cleaned up the jail; the slot goes to the next in line, and the
-        // pool prepares the next jail.
+        let (result, cleanup) = self.wait_and_run(&mut ticket).await;
+        // The client has the record (and its stream has ended with the task); the jail's
+        // PID 1 and cgroup go, then the slot goes to the next in line, and the pool prepares
+        // the next jail.
+        if let Some(cleanup) = cleanup {
+            cleanup.finish().await;
+        }
         drop(ticket);
         daemon.pool.job_ended();
         ended(&daemon, &job_id, detached, &result);
@@ -274,14 +278,14 @@ impl JobTask {
         let job_id = self.plan.job_id.clone();
         let detached = matches!(self.sink, Sink::Detached(_));
         let mut cancel_all = daemon.cancel_all.subscribe();
-        let result = self
+        let (result, _) = self
             .launch(Launch::Exec(port), Instant::now(), &mut cancel_all)
             .await;
         ended(&daemon, &job_id, detached, &result);
     }
 
     /// Wait for a slot (telling the client its place), run, and report.
-    async fn wait_and_run(self, ticket: &mut Ticket) -> JobResult {
+    async fn wait_and_run(self, ticket: &mut Ticket) -> (JobResult, Option<Cleanup>) {
         let daemon = self.daemon.clone();
         let mut cancel_all = daemon.cancel_all.subscribe();
         while let Place::Waiting(position) = ticket.place() {
@@ -294,7 +298,7 @@ impl JobTask {
                     info!("cancelled while queued");
                     let result = daemon.engine.not_started(&self.plan, None);
                     self.finish(&result, Duration::ZERO).await;
-                    return result;
+                    return (result, None);
                 }
             }
         }
@@ -306,7 +310,7 @@ impl JobTask {
             Err(message) => {
                 let result = daemon.engine.not_started(&self.plan, Some(message));
                 self.finish(&result, started.elapsed()).await;
-                return result;
+                return (result, None);
             }
         };
         if let Some(port) = shim.exec_port() {
@@ -362,7 +366,7 @@ impl JobTask {
         launch: Launch,
         started: Instant,
         cancel_all: &mut watch::Receiver<bool>,
-    ) -> JobResult {
+    ) -> (JobResult, Option<Cleanup>) {
         let daemon = &self.daemon;
         let (events, mut received) = mpsc::unbounded_channel::<Event>();
         let forward = match &self.sink {
@@ -406,12 +410,15 @@ impl JobTask {
                 grace: (why == Why::HungUp).then_some(HANGUP_GRACE),
             }
         };
+        let mut cleanup = None;
         let mut result = match launch {
             Launch::Fresh(shim) => {
-                daemon
+                let (result, left) = daemon
                     .engine
-                    .run(self.plan.clone(), *shim, events, cancel)
-                    .await
+                    .run_until_ended(self.plan.clone(), *shim, events, cancel)
+                    .await;
+                cleanup = Some(left);
+                result
             }
             Launch::Exec(port) => match self.stdin_fd() {
                 Ok(stdin) => {
@@ -431,7 +438,7 @@ impl JobTask {
         result.exec_of = self.exec_of.clone();
         let _ = forward.await;
         self.finish(&result, started.elapsed()).await;
-        result
+        (result, cleanup)
     }
 
     fn set_state(&self, state: JobState) {

@@ -31,6 +31,7 @@ fn main() {
         "tcp-self" => tcp_self(),
         "kill-all" => kill_all(),
         "daemonize" => daemonize(rest[0]),
+        "detach" => detach(rest[0], rest[1].parse().expect("MiB")),
         "memhog" => memhog(rest[0].parse().expect("MiB")),
         "forkbomb" => forkbomb(rest[0]),
         "ignore-term" => ignore_term(rest[0]),
@@ -680,6 +681,52 @@ fn daemonize(token: &str) -> Value {
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
     json!({"nohup": nohup, "running": count_named(token)})
+}
+
+/// Leave one process behind that holds none of the job's output: a double fork into a new
+/// session, its stdio on /dev/null. It holds an exclusive `flock` on `lock` (a file that
+/// exists, which it may read) and `mib` MiB of
+/// memory it has touched (whose freeing makes its death take a while), and waits. The report
+/// says whether it got that far.
+fn detach(lock: &str, mib: usize) -> Value {
+    let mut ready = [0 as libc::c_int; 2];
+    // SAFETY: a pipe into a valid array of two descriptors.
+    assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0, "pipe");
+    let lock = CString::new(lock).expect("cstring");
+    // SAFETY: fork in a single-threaded program; the grandchild allocates and sleeps, which
+    // is safe in a single-threaded child.
+    unsafe {
+        if libc::fork() == 0 {
+            libc::setsid();
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            for fd in 0..=2 {
+                libc::dup2(null, fd);
+            }
+            libc::close(null);
+            libc::close(ready[0]);
+            if libc::fork() == 0 {
+                let fd = libc::open(lock.as_ptr(), libc::O_RDONLY);
+                if fd < 0 || libc::flock(fd, libc::LOCK_EX) != 0 {
+                    libc::_exit(1);
+                }
+                let mut held = vec![0u8; mib << 20];
+                for page in held.chunks_mut(4096) {
+                    page[0] = 1;
+                }
+                libc::write(ready[1], [1u8].as_ptr().cast(), 1);
+                loop {
+                    libc::pause();
+                    std::hint::black_box(&held);
+                }
+            }
+            libc::_exit(0);
+        }
+        libc::close(ready[1]);
+    }
+    let mut byte = [0u8; 1];
+    // SAFETY: a read into a valid one-byte buffer; EOF (0) if the grandchild failed.
+    let got = unsafe { libc::read(ready[0], byte.as_mut_ptr().cast(), 1) };
+    json!({"holding": got == 1})
 }
 
 fn memhog(mib: usize) -> Value {
