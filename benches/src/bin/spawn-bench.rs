@@ -315,7 +315,22 @@ fn flood(options: &Options) {
     let ws = workspace();
     let ws_str = ws.to_string_lossy().into_owned();
     let toolbox = options.toolbox.to_string_lossy().into_owned();
-    let bare: [&str; 3] = ["/bin/sh", "-c", "head -c 1G /dev/zero | cat >/dev/null"];
+    // The bare pipe's rate depends on where the scheduler puts its two ends: on two CPUs it
+    // ran at ~5 GB/s here, on one ~2 GB/s, and left free it lands on either from run to
+    // run — which is why a ratio against it alone swung (0.6 to 1.4 the same day). So it is
+    // also measured pinned both ways (with taskset, on two of the CPUs we may use).
+    let cpus = allowed_cpus();
+    let pinned = |a: usize, b: usize| {
+        format!("taskset -c {a} head -c 1G /dev/zero | taskset -c {b} cat >/dev/null")
+    };
+    let mut bares: Vec<(&str, String)> = vec![(
+        "bare pipe, placed freely:",
+        "head -c 1G /dev/zero | cat >/dev/null".into(),
+    )];
+    if cpus.len() >= 2 && Command::new("taskset").arg("-V").output().is_ok() {
+        bares.push(("bare pipe, two CPUs:", pinned(cpus[0], cpus[1])));
+        bares.push(("bare pipe, one CPU:", pinned(cpus[0], cpus[0])));
+    }
     let jailed = [
         toolbox.as_str(),
         "run",
@@ -331,34 +346,49 @@ fn flood(options: &Options) {
         "/dev/zero",
     ];
     let rounds = 5;
-    let (mut bare_times, mut toolbox_times, mut peak) = (Vec::new(), Vec::new(), 0);
+    let mut bare_times = vec![Vec::new(); bares.len()];
+    let (mut toolbox_times, mut peak) = (Vec::new(), 0);
     for _ in 0..rounds {
-        bare_times.push(timed_with_rss(&bare).0);
+        for ((_, script), times) in bares.iter().zip(&mut bare_times) {
+            times.push(timed_with_rss(&["/bin/sh", "-c", script]).0);
+        }
         let (time, rss) = timed_with_rss(&jailed);
         toolbox_times.push(time);
         peak = peak.max(rss);
     }
-    let mb_per_s = |median_ms: f64| GIB / (median_ms / 1000.0) / 1e6;
-    let bare_rate = mb_per_s(percentile(&bare_times, 0.5));
-    let toolbox_rate = mb_per_s(percentile(&toolbox_times, 0.5));
+    let mb_per_s = |times: &[Duration]| GIB / (percentile(times, 0.5) / 1000.0) / 1e6;
+    let toolbox_rate = mb_per_s(&toolbox_times);
     println!("\n1 GiB output flood, {rounds} interleaved runs each (median):");
-    println!(
-        "  bare pipe (head | cat):             {:>7.0} MB/s",
-        bare_rate
-    );
     println!(
         "  toolbox run --output-limit 1M:      {:>7.0} MB/s",
         toolbox_rate
     );
-    println!(
-        "  ratio toolbox / bare pipe = {:.2}  (target: at least 0.8)",
-        toolbox_rate / bare_rate
-    );
+    for ((label, _), times) in bares.iter().zip(&bare_times) {
+        let rate = mb_per_s(times);
+        println!(
+            "  {label:<34} {rate:>7.0} MB/s; toolbox / this = {:.2}  (target: at least 0.8)",
+            toolbox_rate / rate
+        );
+    }
     println!(
         "  toolbox peak RSS: {:.1} MiB  (target: under 32 MiB)",
         peak as f64 / 1024.0
     );
     let _ = std::fs::remove_dir(&ws);
+}
+
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills a cpu_set_t we own, of the size we pass.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
 }
 
 /// A `toolbox serve` of the benchmark's own, on a temporary socket.
