@@ -264,9 +264,7 @@ pub fn build_root(
     cgroup_made: impl FnOnce() -> Result<(), SetupError>,
 ) -> Result<(), SetupError> {
     let prebuilt = match prebuilt {
-        Some(prebuilt) if prebuilt.drafted.is_some() && prebuilt.drafted_for(spec) => {
-            Some(prebuilt)
-        }
+        Some(prebuilt) if prebuilt.drafted_for(spec) => Some(prebuilt),
         Some(prebuilt) if prebuilt.drafted.is_none() && prebuilt.fits(spec) => Some(prebuilt),
         Some(prebuilt) => {
             prebuilt.discard();

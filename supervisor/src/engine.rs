@@ -181,8 +181,8 @@ struct Started {
 }
 
 /// The job's cgroup once made, removed when dropped: for the paths on which a job never
-/// starts.
-#[derive(Debug)]
+/// starts, and for the [`Cleanup`] after a job.
+#[derive(Debug, Default)]
 struct CgroupGuard(Option<JobCgroup>);
 
 impl CgroupGuard {
@@ -321,7 +321,7 @@ impl Engine {
     fn draft(&self, network: Network, name: &str) -> Option<Vec<u8>> {
         let last = {
             let drafts = self.drafts.lock().unwrap_or_else(|e| e.into_inner());
-            drafts.as_ref()?[draft_slot(network)].clone()?
+            drafts.as_ref()?[network_slot(network)].clone()?
         };
         let cgroups = self.cgroups().ok()?;
         let frame = JailSpec {
@@ -340,7 +340,7 @@ impl Engine {
         let Some(drafts) = drafts.as_mut() else {
             return;
         };
-        drafts[draft_slot(spec.network)] = Some(std::sync::Arc::new(spec.clone()));
+        drafts[network_slot(spec.network)] = Some(std::sync::Arc::new(spec.clone()));
     }
 
     fn start_shim(
@@ -485,7 +485,8 @@ impl Engine {
         let mut result = self.blank_result(&plan);
         // Before the job runs, what was started is dropped on the way out (the shim, then
         // its cgroup): nothing of the tool ever ran there.
-        let failed = |result, started, message| (fail(result, started, message), Cleanup::none());
+        let failed =
+            |result, started, message| (fail(result, started, message), Cleanup::default());
         // PID 1 is in the cgroup too: the tool itself gets exactly `pids` (see `fill`; the
         // network helper is gone before the tool is forked).
         let limits = CgroupLimits {
@@ -599,7 +600,7 @@ impl Engine {
         let stats = run.tool_stats.unwrap_or_else(|| cgroup.stats());
         let cleanup = Cleanup {
             process: Some(process),
-            cgroup: Some(cgroup),
+            _cgroup: CgroupGuard(Some(cgroup)),
         };
         result.duration_ms = started.elapsed().as_millis() as u64;
         fill(&mut result, &run, &stats);
@@ -904,7 +905,8 @@ fn cgroup_view(cgroups: &Cgroups, name: &str) -> Vec<Mount> {
         .collect()
 }
 
-fn draft_slot(network: Network) -> usize {
+/// A network's index in per-network tables (isolated, host).
+pub fn network_slot(network: Network) -> usize {
     match network {
         Network::Isolated => 0,
         Network::Host => 1,
@@ -1117,22 +1119,20 @@ async fn supervise(
 
 /// What is left of a job once its record is known: its jail's PID 1, which has reported
 /// the job's end and is exiting, and the job's cgroup. Dropped unfinished, it is cleaned
-/// up on the spot, blocking.
+/// up on the spot, blocking: PID 1 killed and reaped, then the cgroup removed (the
+/// fields' order).
 #[derive(Debug, Default)]
 pub struct Cleanup {
     process: Option<ShimProcess>,
-    cgroup: Option<JobCgroup>,
+    /// Removed when dropped.
+    _cgroup: CgroupGuard,
 }
 
 impl Cleanup {
-    fn none() -> Cleanup {
-        Cleanup::default()
-    }
-
     /// Wait for PID 1's exit (SIGKILL if it has not in [`KILL_WAIT`]), then remove the
     /// cgroup.
     pub async fn finish(mut self) {
-        if let Some(mut process) = self.process.take() {
+        if let Some(process) = &mut self.process {
             if tokio::time::timeout(KILL_WAIT, process.wait())
                 .await
                 .is_err()
@@ -1141,25 +1141,7 @@ impl Cleanup {
                     "the jail's PID 1 did not exit {KILL_WAIT:?} after the job's end; killing it"
                 );
             }
-            // (Kills and reaps it if it has not exited.)
-            drop(process);
         }
-        self.remove_cgroup();
-    }
-
-    fn remove_cgroup(&mut self) {
-        if let Some(cgroup) = self.cgroup.take() {
-            if let Err(err) = cgroup.remove() {
-                warn!("clean up the job's cgroup: {err}");
-            }
-        }
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        drop(self.process.take());
-        self.remove_cgroup();
     }
 }
 

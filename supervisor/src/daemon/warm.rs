@@ -16,7 +16,7 @@ use toolbox_spec::Network;
 use tracing::{debug, warn};
 
 use super::Daemon;
-use crate::engine::Prestarted;
+use crate::engine::{network_slot, Prestarted};
 
 /// A job that took a prepared jail and is still running this long after has started: the
 /// pool prepares the next one even though it has not ended.
@@ -71,13 +71,6 @@ struct Warm {
     epoch: u64,
 }
 
-fn slot(network: Network) -> usize {
-    match network {
-        Network::Isolated => 0,
-        Network::Host => 1,
-    }
-}
-
 /// What `/metrics` shows of the pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolCounts {
@@ -115,7 +108,7 @@ impl Pool {
         }
         let (taken, stale) = {
             let mut state = self.state();
-            state.wanted[slot(network)] = true;
+            state.wanted[network_slot(network)] = true;
             state.last = Some(network);
             let stale = self.expire(&mut state);
             let at = state.ready.iter().position(|warm| warm.network == network);
@@ -234,7 +227,7 @@ impl Pool {
         }
         let wanted: Vec<Network> = [Network::Isolated, Network::Host]
             .into_iter()
-            .filter(|network| state.wanted[slot(*network)])
+            .filter(|network| state.wanted[network_slot(*network)])
             .collect();
         let share = (self.options.size / wanted.len().max(1)).max(1);
         let ready = |state: &State, network: Network| {
