@@ -61,22 +61,27 @@ left_under() {
     done
     [ "$n" -le "$pool_size" ] || find "$1" -type d -name "toolbox-$2-warm*"
 }
+# Whether process $1 is in a waiting jail of daemon $2.
+in_waiting_jail() { waiting_jail "/sys/fs/cgroup$(sed -n 's/^0:://p' "/proc/$1/cgroup" 2>/dev/null)" "$2"; }
 # The processes of the unit's cgroup but the daemon and its waiting jails' shims.
 unit_others() {
     for p in $(cat $(find "$unit_cg" -name cgroup.procs) | sort -u); do
-        [ "$p" = "$1" ] && continue
-        cg=$(sed -n 's/^0:://p' "/proc/$p/cgroup" 2>/dev/null)
-        waiting_jail "/sys/fs/cgroup$cg" "$1" || echo "$p $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)"
+        [ "$p" = "$1" ] || in_waiting_jail "$p" "$1" || echo "$p $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)"
     done
 }
-# Waiting jails of daemon $1 (how many).
-pool_of() { n=0; for d in $(find "$unit_cg" -maxdepth 1 -type d -name "toolbox-$1-warm*"); do waiting_jail "$d" "$1" && n=$((n + 1)); done; echo "$n"; }
 # Shims but those of the service's waiting jails (of daemon $1).
 other_shims() {
     for p in $(shims); do
-        cg=$(sed -n 's/^0:://p' "/proc/$p/cgroup" 2>/dev/null)
-        waiting_jail "/sys/fs/cgroup$cg" "$1" || echo "$p"
+        in_waiting_jail "$p" "$1" || echo "$p"
     done
+}
+# How many waiting jails daemon $1 has.
+pool_of() {
+    n=0
+    for d in $(find "$unit_cg" -maxdepth 1 -type d -name "toolbox-$1-warm*"); do
+        waiting_jail "$d" "$1" && n=$((n + 1))
+    done
+    echo "$n"
 }
 # A job of the probe's is running.
 has_probe() { [ -n "$(running /usr/local/bin/toolbox-probe)" ]; }

@@ -149,22 +149,21 @@ impl Daemon {
     /// Wait (up to 30 s) until the pool holds a prepared jail for `network` (`isolated` or
     /// `host`).
     pub fn wait_for_warm(&self, network: &str) {
-        let gauge = format!("toolbox_warm_jails{{network=\"{network}\"}}");
-        assert!(
-            crate::wait_for(Duration::from_secs(30), || self.metric(&gauge) > 0),
-            "the pool prepared no {network} jail; the daemon's log:\n{}",
-            self.log()
-        );
+        self.wait_for_jails(network, "at least 1", |ready| ready > 0);
     }
 
     /// Wait (up to 30 s) until the pool holds `count` prepared jails for `network`: a full
     /// pool, for a count of what the daemon holds that does not depend on where its refill
     /// is.
     pub fn wait_for_pool(&self, network: &str, count: u64) {
+        self.wait_for_jails(network, &count.to_string(), |ready| ready == count);
+    }
+
+    fn wait_for_jails(&self, network: &str, what: &str, enough: impl Fn(u64) -> bool) {
         let gauge = format!("toolbox_warm_jails{{network=\"{network}\"}}");
         assert!(
-            crate::wait_for(Duration::from_secs(30), || self.metric(&gauge) == count),
-            "the pool did not hold {count} {network} jails; the daemon's log:\n{}",
+            crate::wait_for(Duration::from_secs(30), || enough(self.metric(&gauge))),
+            "the pool did not hold {what} {network} jails; the daemon's log:\n{}",
             self.log()
         );
     }
