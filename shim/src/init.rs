@@ -73,31 +73,31 @@ pub struct Lines {
     pub control: Option<OwnedFd>,
 }
 
-pub fn run(
-    spec: &JailSpec,
-    mut go: std::fs::File,
-    lines: Lines,
-    network: Option<NetHelper>,
-    discarded: Option<Pid>,
-    prebuilt: Option<mounts::Prebuilt>,
-    joined: &[String],
-) -> Result<i32, SetupError> {
+/// What PID 1 makes ready of itself that no job's spec changes: its session, its signals,
+/// its OOM score, the empty bounding set, and the job's network namespace taken from its
+/// helper, the helpers reaped. A cold job does this once its root is built (the helper
+/// makes the namespace on another CPU meanwhile); a prepared jail before its job's spec
+/// comes, off the job's path.
+pub struct Readied {
+    signals: SignalFd,
+    oom_score: Option<std::fs::File>,
+    tool_score: Vec<u8>,
+    /// The namespace a helper made (`None`: it had none to make).
+    network: Option<Result<Netns, SetupError>>,
+}
+
+/// PID 1's own, before the root is built: its session and its death signal, first thing.
+fn own_session() -> Result<(), SetupError> {
     // Leave the caller's session and process group: a Ctrl-C on the caller's terminal goes
     // to the supervisor alone, which decides what the job gets.
     nix::unistd::setsid().map_err(SetupError::Setsid)?;
     // If the supervisor dies, so does the jail (the lifeline below covers a supervisor
     // that is multi-threaded, where this fires only when the spawning thread ends).
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(SetupError::Signals)?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(SetupError::Signals)
+}
 
-    // cgroup v1: where the job's cgroup will be, opened while the host's view is ours; the
-    // supervisor makes the cgroup while we build the root, says so (MADE) before we bind it
-    // into the root, and gives the go once it has its limits.
-    // (A prepared jail whose cgroup was made before it started may have joined already.)
-    let parents = if joined == spec.cgroup_tasks.as_slice() {
-        Vec::new()
-    } else {
-        open_cgroup_parents(&spec.cgroup_tasks)?
-    };
+/// See [`Readied`]. `discarded`: a helper whose namespace the job will not use, to reap.
+pub fn ready(network: Option<NetHelper>, discarded: Option<Pid>) -> Result<Readied, SetupError> {
     // Our own OOM-killer score, opened while the host's /proc is in view: once the tool is
     // forked, PID 1 is the one process of the job's cgroup the OOM killer must never pick
     // (the job would end with no one to report it).
@@ -108,16 +108,7 @@ pub fn run(
     // What the tool gets (and each command exec'd beside it, forked after we lowered ours),
     // read through a descriptor of its own: the one above is for the write alone.
     let tool_score = std::fs::read("/proc/self/oom_score_adj").unwrap_or_default();
-    build(spec, &mut go, prebuilt)?;
-    // (The jail's own: its /dev is part of the root's fixed part.)
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .ok();
-
-    // What is left before the tool can start, done while the supervisor still sets the
-    // cgroup's limits. Signals: we came with every one blocked (see `sys::unblock_signals`).
+    // Signals: we came with every one blocked (see `sys::unblock_signals`).
     sys::unblock_signals().map_err(SetupError::Signals)?;
     // Signals from the supervisor's namespace reach PID 1 only where it has a handler; the
     // handlers never run (the signals stay blocked and are read from the signalfd).
@@ -135,9 +126,9 @@ pub fn run(
     // The bounding set, emptied: the tool inherits it so. (The effective capabilities we
     // build the jail with are not touched; the tool gives those up when it leaves uid 0.)
     sys::empty_bounding_set().map_err(SetupError::Capabilities)?;
-
-    // The network namespace, taken from its helper, which then leaves; it is reaped below,
-    // while we wait for the go.
+    // The network namespace, taken from its helper, which then leaves. Every helper is gone
+    // before the tool starts: the tool's pid namespace holds PID 1 and the tool's own
+    // processes, nothing else for it to see or signal, and its cgroup counts only those.
     let (network, helper) = match network {
         Some(helper) => {
             let (taken, pid) = helper.take();
@@ -145,31 +136,108 @@ pub fn run(
         }
         None => (None, None),
     };
+    for pid in [helper, discarded].into_iter().flatten() {
+        wait_gone(pid);
+    }
+    Ok(Readied {
+        signals,
+        oom_score,
+        tool_score,
+        network,
+    })
+}
+
+/// A prepared jail before its job's spec: all of PID 1's own set-up, done now.
+pub fn ready_now(network: Option<NetHelper>) -> Result<Readied, SetupError> {
+    own_session()?;
+    ready(network, None)
+}
+
+impl Readied {
+    /// Whether a helper made a network namespace for the job (or tried to).
+    pub fn has_network(&self) -> bool {
+        self.network.is_some()
+    }
+}
+
+/// What PID 1 has when its spec comes: a helper still at work (a cold job), or its own
+/// set-up done before ([`ready_now`]; a prepared jail), with a helper started late for a job
+/// that wants a network namespace the jail was not prepared with.
+pub enum Prepared {
+    Helper {
+        helper: Option<NetHelper>,
+        discarded: Option<Pid>,
+    },
+    Ready {
+        readied: Readied,
+        late: Option<NetHelper>,
+    },
+}
+
+pub fn run(
+    spec: &JailSpec,
+    mut go: std::fs::File,
+    lines: Lines,
+    prepared: Prepared,
+    prebuilt: Option<mounts::Prebuilt>,
+    joined: &[String],
+) -> Result<i32, SetupError> {
+    if let Prepared::Helper { .. } = prepared {
+        own_session()?;
+    }
+    // cgroup v1: where the job's cgroup will be, opened while the host's view is ours; the
+    // supervisor makes the cgroup while we build the root, says so (MADE) before we bind it
+    // into the root, and gives the go once it has its limits.
+    // (A prepared jail whose cgroup was made before it started may have joined already.)
+    let parents = if joined == spec.cgroup_tasks.as_slice() {
+        Vec::new()
+    } else {
+        open_cgroup_parents(&spec.cgroup_tasks)?
+    };
+    build(spec, &mut go, prebuilt)?;
+    // (The jail's own: its /dev is part of the root's fixed part.)
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .ok();
+    // What is left before the tool can start, done while the supervisor still sets the
+    // cgroup's limits.
+    let (readied, late) = match prepared {
+        Prepared::Helper { helper, discarded } => (ready(helper, discarded)?, None),
+        Prepared::Ready { readied, late } => (readied, late),
+    };
+    let Readied {
+        signals,
+        oom_score,
+        tool_score,
+        mut network,
+    } = readied;
+    if let Some(helper) = late {
+        let (taken, pid) = helper.take();
+        wait_gone(pid);
+        network = Some(taken);
+    }
 
     let mut byte = [0u8; 1];
     let go = std::io::Read::read_exact(&mut go, &mut byte).is_ok() && byte[0] == toolbox_spec::GO;
     if go {
-        // Into the job's cgroup (v1; on v2 we were born there), and the tool is born there;
-        // meanwhile the helpers, told to go, exit (where they run on another CPU). They were
-        // forked before we joined, so the cgroup never counts them.
+        // Into the job's cgroup (v1; on v2 we were born there), and the tool is born there.
+        // The helpers were forked before we joined, so the cgroup never counts them.
         join_cgroup(&parents)?;
     }
     drop(parents);
-    // Every helper gone before the tool starts: the tool's pid namespace holds PID 1 and the
-    // tool's own processes, nothing else for it to see or signal, and its cgroup counts
-    // only those.
-    for pid in [helper, discarded].into_iter().flatten() {
-        wait_gone(pid);
-    }
     if !go {
         // The supervisor gave up on the job (and knows why), or is gone.
         return Ok(crate::SHIM_FAILED);
     }
-    let network = match network.transpose() {
-        Ok(network) => network,
+    // A job with the host's network drops a namespace made ready for it.
+    let network = match network.filter(|_| spec.network == Network::Isolated) {
+        None => None,
+        Some(Ok(network)) => Some(network),
         // The helper failed, and has said why.
-        Err(SetupError::NetworkNotReady) => return Ok(crate::SHIM_FAILED),
-        Err(err) => return Err(err),
+        Some(Err(SetupError::NetworkNotReady)) => return Ok(crate::SHIM_FAILED),
+        Some(Err(err)) => return Err(err),
     };
     // A cgroup namespace rooted at the job's cgroup, which we are in now: the tool, and
     // every command exec'd beside it, sees itself at "/" — one namespace for all of them.

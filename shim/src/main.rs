@@ -90,9 +90,18 @@ fn run() -> Result<i32, SetupError> {
     // without it, or if that fails, the whole root is built once the spec is here).
     let mut prebuilt = std::env::args()
         .nth(2)
+        .filter(|anchor| !anchor.is_empty())
         .and_then(|anchor| mounts::prebuild(&anchor).ok());
-    // A jail prepared before its job: while we wait, map in what the spec's arrival will
-    // touch.
+    // A jail prepared before its job (argv[3]), with no draft of it to lay out first: all of
+    // PID 1's own set-up that needs no spec, the network namespace taken and its helper
+    // reaped, now, so that none of it is left for the job's path. (`toolbox run` waits for
+    // its spec too, but briefly: its root is built first, beside the helper's work.)
+    let prepared_jail = std::env::args().nth(3).as_deref() == Some("prepared");
+    let mut readied = None;
+    if prepared_jail && !sys::readable_now(fds::SPEC) {
+        readied = Some(init::ready_now(network_helper.take())?);
+    }
+    // While we wait, map in what the spec's arrival will touch.
     if !sys::readable_now(fds::SPEC) {
         sys::prefault();
     }
@@ -104,6 +113,10 @@ fn run() -> Result<i32, SetupError> {
         prebuilt = prebuilt.and_then(|prebuilt| prebuilt.draft(&spec));
         if !spec.cgroup_tasks.is_empty() {
             joined = init::join_early(&spec.cgroup_tasks);
+        }
+        // And all of PID 1's own set-up that needs no spec, as above.
+        if readied.is_none() {
+            readied = Some(init::ready_now(network_helper.take())?);
         }
         if !sys::readable_now(fds::SPEC) {
             sys::prefault();
@@ -119,22 +132,36 @@ fn run() -> Result<i32, SetupError> {
         take_stdin(control.as_ref())?;
     }
     // The spec settles the network; argv[1] only said which to prepare (`toolbox run`
-    // starts us before it has read the policy).
-    let mut discarded = None;
-    match (spec.network, network_helper.take()) {
+    // starts us before it has read the policy; a prepared jail may get a job of the other
+    // mode, which then has a namespace made now, or drops the one it has).
+    let prepared = match (readied, spec.network, network_helper) {
+        (Some(readied), Network::Isolated, _) if !readied.has_network() => init::Prepared::Ready {
+            readied,
+            late: Some(netns::start(init::Placement::Elsewhere)?),
+        },
+        (Some(readied), _, _) => init::Prepared::Ready {
+            readied,
+            late: None,
+        },
         // Made now, while we build the root: on another CPU.
-        (Network::Isolated, None) => {
-            network_helper = Some(netns::start(init::Placement::Elsewhere)?)
-        }
-        (Network::Host, Some(helper)) => discarded = Some(helper.discard()),
-        (_, helper) => network_helper = helper,
-    }
+        (None, Network::Isolated, None) => init::Prepared::Helper {
+            helper: Some(netns::start(init::Placement::Elsewhere)?),
+            discarded: None,
+        },
+        (None, Network::Host, Some(helper)) => init::Prepared::Helper {
+            helper: None,
+            discarded: Some(helper.discard()),
+        },
+        (None, _, helper) => init::Prepared::Helper {
+            helper,
+            discarded: None,
+        },
+    };
     init::run(
         &spec,
         go,
         init::Lines { lifeline, control },
-        network_helper,
-        discarded,
+        prepared,
         prebuilt,
         &joined,
     )

@@ -4,9 +4,10 @@
 //! on our hosts) and needs nothing from the spec. PID 1 forks this helper first thing, on
 //! its own CPU or another (see `init::enter_namespaces`); the helper makes the namespace,
 //! brings up `lo`, opens it, and says so.
-//! Once the root is built, PID 1 takes that descriptor from it (`pidfd_getfd`), lets it go
-//! and reaps it: the helper is gone before the tool is forked, so the job's cgroup never
-//! counts it against the tool's pids, and the tool joins with `setns` on the descriptor.
+//! Once the root is built (a prepared jail: before its job's spec comes), PID 1 takes that
+//! descriptor from it (`pidfd_getfd`), lets it go and reaps it: the helper is gone before the
+//! tool is forked, so the job's cgroup never counts it against the tool's pids, and the tool
+//! joins with `setns` on the descriptor.
 //! The helper also opens the namespace's counters (`/proc/self/net/snmp`, `snmp6`), so PID 1
 //! reads them at the job's end without joining the namespace or opening anything then.
 

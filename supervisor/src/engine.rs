@@ -269,6 +269,7 @@ impl Engine {
             jail_network(network),
             stdin,
             Cgroups::unified_host(),
+            false,
         )
     }
 
@@ -287,6 +288,7 @@ impl Engine {
             job_name(&format!("warm{seq}")),
             network,
             Stdin::Fd(null.into()),
+            true,
             true,
         )?;
         if let Ok(started) = &mut prepared.0 {
@@ -349,6 +351,7 @@ impl Engine {
         network: Network,
         stdin: Stdin,
         make_cgroup: bool,
+        prepared: bool,
     ) -> Result<Prestarted, EngineError> {
         let mut cgroup = CgroupGuard(None);
         if make_cgroup {
@@ -378,7 +381,8 @@ impl Engine {
         let into = target.as_ref().map_or(SpawnCgroup::Inherit, |dir| {
             SpawnCgroup::Into(dir.as_raw_fd())
         });
-        let shim = spawn::spawn(&self.shim, network, self.anchor.as_deref(), stdin, into)
+        let anchor = self.anchor.as_deref();
+        let shim = spawn::spawn(&self.shim, network, anchor, prepared, stdin, into)
             .map_err(spawn_error)?;
         Ok(Prestarted(Ok(Started {
             shim,

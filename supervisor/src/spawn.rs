@@ -67,11 +67,13 @@ pub enum Stdin {
 /// Start the shim as PID 1 of a new pid namespace, in `cgroup`, preparing this network (the
 /// spec settles it). It waits for its
 /// spec ([`Shim::send_spec`]): starting it before the job is planned lets its start-up
-/// (exec, runtime set-up) overlap the planning.
+/// (exec, runtime set-up) overlap the planning. `prepared`: a jail prepared before any job
+/// for it is known (a daemon's pool), which readies all it can before its spec comes.
 pub fn spawn(
     shim: &Path,
     network: Network,
     anchor: Option<&std::ffi::CStr>,
+    prepared: bool,
     stdin: Stdin,
     cgroup: sys::SpawnCgroup,
 ) -> io::Result<Shim> {
@@ -106,8 +108,11 @@ pub fn spawn(
         Network::Isolated => c"isolated",
         Network::Host => c"host",
     };
-    let mut argv = vec![c"toolbox-shim", mode];
-    argv.extend(anchor);
+    // argv[2]: the anchor, or "" for none; argv[3]: "prepared", for a prepared jail.
+    let mut argv = vec![c"toolbox-shim", mode, anchor.unwrap_or(c"")];
+    if prepared {
+        argv.push(c"prepared");
+    }
     let (pid, pidfd) = sys::spawn(
         &program,
         // The jail's PID 1 shows this in ps: the name, not the host path.

@@ -34,7 +34,7 @@ pub enum SpawnCgroup {
 #[repr(C)]
 struct ChildContext {
     program: *const libc::c_char,
-    argv: [*const libc::c_char; 4],
+    argv: [*const libc::c_char; 5],
     envp: [*const libc::c_char; 1],
     /// (from, to) pairs for dup2; every `from` is above every `to`.
     moves: [(RawFd, RawFd); 24],
@@ -229,7 +229,7 @@ pub fn spawn(
     }
     let mut ctx = ChildContext {
         program: program.as_ptr(),
-        argv: [std::ptr::null(); 4],
+        argv: [std::ptr::null(); 5],
         envp: [std::ptr::null()],
         moves: [(-1, -1); 24],
         count: lifted.len(),

@@ -113,27 +113,7 @@ impl Daemon {
 
     /// Its children that are jails' shims (PID 1 of each jail, prepared or running).
     pub fn shims(&self) -> std::collections::BTreeSet<i32> {
-        let parent = self.pid().to_string();
-        let mut found = std::collections::BTreeSet::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            // pid (comm) state ppid ...
-            let Some((comm, rest)) = stat
-                .split_once(" (")
-                .and_then(|(_, rest)| rest.rsplit_once(") "))
-            else {
-                continue;
-            };
-            if comm == "toolbox-shim" && rest.split_whitespace().nth(1) == Some(parent.as_str()) {
-                found.insert(pid);
-            }
-        }
-        found
+        children(self.pid(), Some("toolbox-shim"))
     }
 
     /// One sample's value from `/metrics` (`name` with its labels, as the line starts), or
@@ -322,6 +302,33 @@ impl Drop for Daemon {
 }
 
 /// Whether process `pid` is there and has not exited.
+/// The children of `parent` (only those named `comm`, if given), from `/proc`.
+pub fn children(parent: i32, comm: Option<&str>) -> std::collections::BTreeSet<i32> {
+    let parent = parent.to_string();
+    let mut found = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((name, rest)) = stat
+            .split_once(" (")
+            .and_then(|(_, rest)| rest.rsplit_once(") "))
+        else {
+            continue;
+        };
+        if comm.is_none_or(|comm| comm == name)
+            && rest.split_whitespace().nth(1) == Some(parent.as_str())
+        {
+            found.insert(pid);
+        }
+    }
+    found
+}
+
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|stat| !stat.contains(") Z ") && !stat.contains(") X "))

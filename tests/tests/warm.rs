@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use toolbox_tests::daemon::{alive, nix_kill, Daemon};
+use toolbox_tests::daemon::{alive, children, nix_kill, Daemon};
 use toolbox_tests::{assert_no_leftovers_of, require_root, wait_for, workspace, TOOL_UID};
 
 /// Run `script` under `sh -c` through the daemon; its record and stdout.
@@ -54,6 +54,51 @@ fn a_prepared_jail_serves_one_job_and_the_next_job_gets_another() {
         assert_ne!(a, b, "two jobs shared a namespace");
     }
     assert_ne!(first.1, second.1, "two jobs shared a cgroup");
+}
+
+/// Everything of a prepared jail that no job changes is done before its job comes: PID 1
+/// waits alone, its network namespace taken from the helper that made it, which is gone
+/// (reaped) — none of that is left for the job's path. The job then runs in that namespace.
+#[test]
+fn a_prepared_jail_waits_as_pid_1_alone_its_network_made() {
+    if !require_root() {
+        return;
+    }
+    let daemon = Daemon::start(&["--warm", "2"]);
+    let ws = workspace();
+    daemon.wait_for_pool("isolated", 2);
+    let alone = || {
+        let shims = daemon.shims();
+        shims.len() == 2 && shims.iter().all(|&pid| children(pid, None).is_empty())
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), alone),
+        "prepared jails still have children (their network helpers): {:?}",
+        daemon
+            .shims()
+            .iter()
+            .map(|&pid| (pid, children(pid, None)))
+            .collect::<Vec<_>>()
+    );
+    let (record, stdout) = run(
+        &daemon,
+        ws.path(),
+        "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+    );
+    assert_eq!(record["exit_code"], 0, "{record}\n{stdout}");
+    assert_eq!(record["isolation"]["warm"], true, "{record}");
+    let host_net = std::fs::read_link("/proc/self/ns/net").expect("readlink");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_ne!(
+        lines.first().copied(),
+        Some(host_net.to_string_lossy().as_ref()),
+        "the job ran in the host's network namespace: {stdout}"
+    );
+    assert_eq!(
+        lines[1..],
+        ["lo"],
+        "only lo in the job's namespace: {stdout}"
+    );
 }
 
 #[test]
