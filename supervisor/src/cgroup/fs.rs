@@ -134,20 +134,42 @@ pub fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
         value: value.to_string(),
         source,
     };
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(err)?;
+    let mut file = std::fs::File::from(open_plain(path, nix::fcntl::OFlag::O_WRONLY).map_err(err)?);
     file.write_all(value.as_bytes()).map_err(err)
+}
+
+/// `openat(2)` itself, close-on-exec: musl's `open(3)` follows each O_CLOEXEC open with an
+/// fcntl(F_SETFD) of its own, one call more for every cgroup file a job reads or writes.
+fn open_plain(path: &Path, flags: nix::fcntl::OFlag) -> std::io::Result<std::os::fd::OwnedFd> {
+    Ok(nix::fcntl::open(
+        path,
+        flags | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?)
 }
 
 /// A whole kernel-generated text file (procfs, cgroupfs) in as few reads as it takes. Such
 /// files claim a size of 0, so `std::fs::read_to_string` starts with small probing reads
 /// (seven of them for our mountinfo, each generating the text anew); room for the whole
-/// text up front reads it in one go.
+/// text up front reads it in one go. Plain reads until the end: `File::read_to_end` would
+/// first fstat and lseek to size its buffer, two calls more for each of the half dozen
+/// files read at every job's end.
 pub fn read_text(path: &Path) -> std::io::Result<String> {
-    let mut buf = Vec::with_capacity(16 * 1024);
-    std::fs::File::open(path)?.read_to_end(&mut buf)?;
+    let mut file = std::fs::File::from(open_plain(path, nix::fcntl::OFlag::O_RDONLY)?);
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    buf.truncate(len);
     String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 

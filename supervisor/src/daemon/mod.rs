@@ -125,7 +125,14 @@ pub fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .thread_name("toolbox-serve")
         .build()
         .context("start the async runtime")?;
-    runtime.block_on(serve_async(options, inherited))
+    // On a worker rather than this thread: a connection's task, spawned by the accept loop,
+    // then starts on the worker that accepted it, without a wake-up of another thread
+    // (~60 µs of a job's latency on our VMs).
+    runtime.block_on(async move {
+        tokio::spawn(serve_async(options, inherited))
+            .await
+            .context("the daemon's main task")?
+    })
 }
 
 /// The soft limit on open descriptors, raised to the hard one (systemd's default soft limit
