@@ -239,18 +239,17 @@ impl JobCgroup {
 
     pub fn stats(&self) -> CgroupStats {
         let number = |name: &str| fs::read_u64(&self.dir.join(name));
-        let keyed = |name: &str, key: &str| {
-            fs::read_text(&self.dir.join(name))
-                .ok()
-                .and_then(|text| fs::keyed(&text, key))
-        };
+        let text = |name: &str| fs::read_text(&self.dir.join(name)).unwrap_or_default();
+        let keyed = |name: &str, key: &str| fs::keyed(&text(name), key);
+        // Read once for both: it is generated anew at each read.
+        let cpu = text("cpu.stat");
         CgroupStats {
             memory_peak: number("memory.peak").unwrap_or(0),
             oom_kills: keyed("memory.events", "oom_kill").unwrap_or(0),
             pids_peak: number("pids.peak").unwrap_or(0),
             pids_refused: keyed("pids.events", "max").unwrap_or(0),
-            cpu_user_us: keyed("cpu.stat", "user_usec").unwrap_or(0),
-            cpu_system_us: keyed("cpu.stat", "system_usec").unwrap_or(0),
+            cpu_user_us: fs::keyed(&cpu, "user_usec").unwrap_or(0),
+            cpu_system_us: fs::keyed(&cpu, "system_usec").unwrap_or(0),
         }
     }
     pub fn remove(self) -> Result<(), CgroupError> {
