@@ -9,7 +9,7 @@
 //! PID 1 itself stays in the host's network namespace: it holds no socket, and the tool
 //! can neither signal nor trace it.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -160,6 +160,87 @@ impl Readied {
     }
 }
 
+/// The tool's process, forked ahead in a prepared jail (see [`tool::ahead`]): its pid, and
+/// PID 1's end of the line that brings it its spec, its stdin and the word to start.
+pub struct Ahead {
+    pid: Pid,
+    line: std::os::unix::net::UnixStream,
+    /// What it readied itself for (see [`tool::ready_for`]).
+    draft: JailSpec,
+    /// The job's spec, framed as it came on the spec pipe.
+    frame: Vec<u8>,
+}
+
+/// A prepared jail whose cgroup is final (born in it on v2; on v1 joined before its job):
+/// the cgroup namespace made, rooted there, and the tool's process forked now, to ready
+/// itself for a job like `draft` and wait for its spec — the fork and all of the tool's
+/// set-up that needs no root leave the job's path.
+pub fn fork_ahead(readied: &Readied, draft: &JailSpec) -> Result<Ahead, SetupError> {
+    // As before any tool (see `run`): the tool, and every command exec'd beside it later,
+    // sees itself at "/" — one namespace for all of them.
+    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(SetupError::CgroupNamespace)?;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|err| {
+        SetupError::Fork(nix::errno::Errno::from_raw(err.raw_os_error().unwrap_or(0)))
+    })?;
+    match sys::fork().map_err(SetupError::Fork)? {
+        None => {
+            drop(ours);
+            let network = readied
+                .network
+                .as_ref()
+                .and_then(|taken| taken.as_ref().ok());
+            tool::ahead(theirs, network, draft)
+        }
+        Some(pid) => Ok(Ahead {
+            pid,
+            line: ours,
+            draft: draft.clone(),
+            frame: Vec::new(),
+        }),
+    }
+}
+
+impl Ahead {
+    /// The job's spec, framed as it came, to hand on.
+    pub fn with_spec(self, frame: Vec<u8>) -> Ahead {
+        Ahead { frame, ..self }
+    }
+
+    /// Hand it the job's spec, with our stdin (the job's, passed before the spec), and our
+    /// CPU priority (see [`sys::share_priority`]).
+    fn send_spec(&self) -> bool {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+        let frame = &self.frame;
+        if frame.is_empty() || sys::share_priority(self.pid).is_err() {
+            return false;
+        }
+        let stdin = [0];
+        let rights = [ControlMessage::ScmRights(&stdin)];
+        let Ok(sent) = sendmsg::<()>(
+            self.line.as_raw_fd(),
+            &[std::io::IoSlice::new(frame)],
+            &rights,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) else {
+            return false;
+        };
+        sent == frame.len() || std::io::Write::write_all(&mut &self.line, &frame[sent..]).is_ok()
+    }
+
+    /// The job may start: the root is built and the cgroup has its limits.
+    fn start(&self) {
+        let _ = std::io::Write::write_all(&mut &self.line, &[toolbox_spec::GO]);
+    }
+
+    /// Not for this job (another network, cgroup, ids, limits or filter than it readied
+    /// itself for): killed and reaped, having run nothing.
+    fn discard(self) {
+        let _ = kill(self.pid, Signal::SIGKILL);
+        wait_gone(self.pid);
+    }
+}
+
 /// What PID 1 has when its spec comes: a helper still at work (a cold job), or its own
 /// set-up done before ([`ready_now`]; a prepared jail), with a helper started late for a job
 /// that wants a network namespace the jail was not prepared with.
@@ -181,10 +262,31 @@ pub fn run(
     prepared: Prepared,
     prebuilt: Option<mounts::Prebuilt>,
     joined: &[String],
+    ahead: Option<Ahead>,
 ) -> Result<i32, SetupError> {
     if let Prepared::Helper { .. } = prepared {
         own_session()?;
     }
+    // A tool forked ahead serves only a job in the cgroup it was born in, with the network
+    // namespace it joined and what else it readied itself for; it gets the job's spec and
+    // stdin now, before we build the root. Any other job gets a tool forked on the go.
+    let network_ready = match &prepared {
+        Prepared::Ready { readied, late } => {
+            late.is_none() && readied.network.as_ref().is_none_or(Result::is_ok)
+        }
+        Prepared::Helper { .. } => false,
+    };
+    let ahead = ahead.and_then(|ahead| {
+        let serves = network_ready
+            && joined == spec.cgroup_tasks.as_slice()
+            && tool::ready_for(&ahead.draft, spec);
+        if serves && ahead.send_spec() {
+            Some(ahead)
+        } else {
+            ahead.discard();
+            None
+        }
+    });
     // cgroup v1: where the job's cgroup will be, opened while the host's view is ours; the
     // supervisor makes the cgroup while we build the root, says so (MADE) before we bind it
     // into the root, and gives the go once it has its limits.
@@ -239,14 +341,25 @@ pub fn run(
         Some(Err(SetupError::NetworkNotReady)) => return Ok(crate::SHIM_FAILED),
         Some(Err(err)) => return Err(err),
     };
-    // A cgroup namespace rooted at the job's cgroup, which we are in now: the tool, and
-    // every command exec'd beside it, sees itself at "/" — one namespace for all of them.
-    nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(SetupError::CgroupNamespace)?;
-    let tool = match sys::fork().map_err(SetupError::Fork)? {
-        Some(pid) => pid,
+    let tool = match ahead {
+        // Made already, before it was forked (see `fork_ahead`).
+        Some(ahead) => {
+            ahead.start();
+            ahead.pid
+        }
         None => {
-            drop((signals, lines, oom_score, null));
-            tool::run(spec, network.as_ref())
+            // A cgroup namespace rooted at the job's cgroup, which we are in now: the tool,
+            // and every command exec'd beside it, sees itself at "/" — one namespace for
+            // all of them.
+            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+                .map_err(SetupError::CgroupNamespace)?;
+            match sys::fork().map_err(SetupError::Fork)? {
+                Some(pid) => pid,
+                None => {
+                    drop((signals, lines, oom_score, null));
+                    tool::run(spec, network.as_ref())
+                }
+            }
         }
     };
     // The tool's stdio is its own: ours goes to /dev/null, so that the output pipes close

@@ -107,6 +107,7 @@ fn run() -> Result<i32, SetupError> {
     }
     let (mut spec, mut go) = read_spec()?;
     let mut joined = Vec::new();
+    let mut ahead = None;
     if spec.draft {
         // A prepared jail's draft of its job's mounts; the job's spec follows. Its cgroup
         // exists already: joined now rather than on the go (v1; on v2 we were born there).
@@ -118,10 +119,21 @@ fn run() -> Result<i32, SetupError> {
         if readied.is_none() {
             readied = Some(init::ready_now(network_helper.take())?);
         }
+        // With the cgroup final (born in it on v2, whose drafts name no tasks; joined on
+        // v1), the tool's process too, forked now to ready itself for a job like the draft
+        // and wait for its spec (see `tool::ahead`). Best effort: without it the tool is
+        // forked on the go, as in any jail.
+        if let Some(readied) = readied.as_ref().filter(|_| joined == spec.cgroup_tasks) {
+            ahead = init::fork_ahead(readied, &spec).ok();
+        }
         if !sys::readable_now(fds::SPEC) {
             sys::prefault();
         }
-        spec = JailSpec::read_from(&mut go).map_err(|e| SetupError::Spec(e.to_string()))?;
+        let (job, frame) =
+            JailSpec::read_framed(&mut go).map_err(|e| SetupError::Spec(e.to_string()))?;
+        spec = job;
+        // The tool forked ahead gets the spec as it came.
+        ahead = ahead.map(|ahead: init::Ahead| ahead.with_spec(frame));
         if spec.draft {
             return Err(SetupError::Spec(
                 "a second draft where the job's spec was due".into(),
@@ -164,6 +176,7 @@ fn run() -> Result<i32, SetupError> {
         prepared,
         prebuilt,
         &joined,
+        ahead,
     )
 }
 

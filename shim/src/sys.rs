@@ -445,6 +445,22 @@ pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> Result<(), Errno> {
 /// One packet from a `SOCK_SEQPACKET` socket, without waiting: its bytes (in `buf`) and
 /// the descriptors it carried (close-on-exec). `(0, [])` is the peer's close.
 pub fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), Errno> {
+    receive(fd, buf, nix::sys::socket::MsgFlags::MSG_DONTWAIT)
+}
+
+/// As [`recv_with_fds`], waiting for the bytes (from a stream socket: at most `buf.len()`).
+pub fn recv_with_fds_wait(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> Result<(usize, Vec<OwnedFd>), Errno> {
+    receive(fd, buf, nix::sys::socket::MsgFlags::empty())
+}
+
+fn receive(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: nix::sys::socket::MsgFlags,
+) -> Result<(usize, Vec<OwnedFd>), Errno> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut space = nix::cmsg_space!([RawFd; 8]);
     let mut iov = [std::io::IoSliceMut::new(buf)];
@@ -452,7 +468,7 @@ pub fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<(usize, Vec<O
         fd.as_raw_fd(),
         &mut iov,
         Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        MsgFlags::MSG_CMSG_CLOEXEC | flags,
     )?;
     let mut fds = Vec::new();
     for cmsg in msg.cmsgs()? {
@@ -510,5 +526,26 @@ pub fn prefault() {
             // populating neither moves nor changes what is mapped there.
             unsafe { libc::madvise(start as *mut libc::c_void, end - start, advice) };
         }
+    }
+}
+
+/// Give our child `pid` our own CPU priority (a tool forked while its prepared jail waited at
+/// the lowest, which the supervisor has restored for us since; the tool, no longer root by
+/// then, could not raise its own).
+pub fn share_priority(pid: Pid) -> Result<(), Errno> {
+    // SAFETY: getpriority and setpriority take integers and touch no memory of ours.
+    // getpriority may return -1 as a value: errno, cleared first, tells it from a failure.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
+        if nice == -1 && *libc::__errno_location() != 0 {
+            return Err(Errno::last());
+        }
+        Errno::result(libc::setpriority(
+            libc::PRIO_PROCESS,
+            pid.as_raw() as libc::id_t,
+            nice,
+        ))
+        .map(drop)
     }
 }

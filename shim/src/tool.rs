@@ -27,7 +27,71 @@ const NOT_FOUND: i32 = 127;
 const NOT_EXECUTABLE: i32 = 126;
 
 pub fn run(spec: &JailSpec, network: Option<&Netns>) -> ! {
-    let enforced = match prepare(spec, network) {
+    let ready = pin(spec).and_then(|()| before_root(spec, network));
+    start(spec, ready.and_then(|ruleset| in_root(spec, ruleset)))
+}
+
+/// The tool's process forked ahead of its job, in a prepared jail whose cgroup is final.
+/// While the jail waits, it does all of the recipe that needs no root for a job like the
+/// `draft` (the jail's layout, from the last job): the network namespace joined, ids and
+/// capabilities dropped, seccomp, the Landlock ruleset. PID 1 passes it the job's spec and
+/// stdin on `line` only if the job wants the same of all that ([`ready_for`]); then, once the
+/// root is built and the job may start, the word to go: Landlock's rules and the exec are
+/// all that is left on the job's path. PID 1 gone or giving up (EOF): it leaves, having run
+/// nothing.
+pub fn ahead(
+    mut line: std::os::unix::net::UnixStream,
+    network: Option<&Netns>,
+    draft: &JailSpec,
+) -> ! {
+    let network = network.filter(|_| draft.network == Network::Isolated);
+    let ready = before_root(draft, network);
+    let Some((spec, stdin)) = take_spec(&line) else {
+        sys::exit_now(crate::SHIM_FAILED)
+    };
+    let ready = ready.and_then(|ruleset| {
+        sys::dup_onto(std::os::fd::AsFd::as_fd(&stdin), 0)
+            .map_err(|errno| SetupError::Spec(format!("the tool's stdin: {errno}")))?;
+        pin(&spec)?;
+        Ok(ruleset)
+    });
+    drop(stdin);
+    let mut byte = [0u8; 1];
+    if std::io::Read::read_exact(&mut line, &mut byte).is_err() || byte[0] != toolbox_spec::GO {
+        sys::exit_now(crate::SHIM_FAILED);
+    }
+    drop(line);
+    start(&spec, ready.and_then(|ruleset| in_root(&spec, ruleset)))
+}
+
+/// Whether a tool readied for `draft` ([`ahead`]) serves a job with `spec`: each field
+/// [`before_root`] reads is the same.
+pub fn ready_for(draft: &JailSpec, spec: &JailSpec) -> bool {
+    draft.network == spec.network
+        && draft.uid == spec.uid
+        && draft.gid == spec.gid
+        && draft.rlimits == spec.rlimits
+        && draft.seccomp == spec.seccomp
+        && draft.landlock.min_abi == spec.landlock.min_abi
+        && draft.landlock.deny_tcp == spec.landlock.deny_tcp
+        && draft.landlock.scoped == spec.landlock.scoped
+}
+
+/// The spec PID 1 passes a tool forked ahead (framed as on the spec pipe), and the stdin
+/// that comes with its first byte.
+fn take_spec(line: &std::os::unix::net::UnixStream) -> Option<(JailSpec, std::os::fd::OwnedFd)> {
+    use std::os::fd::AsFd;
+    let mut first = [0u8; 8];
+    let (got, mut fds) = sys::recv_with_fds_wait(line.as_fd(), &mut first).ok()?;
+    let stdin = (fds.len() == 1).then(|| fds.remove(0))?;
+    let mut framed = std::io::Read::chain(std::io::Cursor::new(first[..got].to_vec()), line);
+    let spec = JailSpec::read_from(&mut framed).ok()?;
+    Some((spec, stdin))
+}
+
+/// Report what was enforced and exec the tool, or report why the jail could not be made.
+fn start(spec: &JailSpec, enforced: Result<Enforced, SetupError>) -> ! {
+    let enforced = match enforced {
         Ok(enforced) => enforced,
         Err(err) => {
             report::setup_failed(&err);
@@ -47,12 +111,8 @@ pub fn run(spec: &JailSpec, network: Option<&Netns>) -> ! {
     })
 }
 
-fn prepare(spec: &JailSpec, network: Option<&Netns>) -> Result<Enforced, SetupError> {
-    // The tool's network: the namespace (only `lo`, up) a helper made while we started.
-    if let Some(network) = network {
-        network.join()?;
-    }
-    // The CPUs the job's quota rounds up to (nproc, thread pools count these).
+/// The CPUs the job's quota rounds up to (nproc, thread pools count these).
+fn pin(spec: &JailSpec) -> Result<(), SetupError> {
     if !spec.cpus.is_empty() {
         let mut set = nix::sched::CpuSet::new();
         for &cpu in &spec.cpus {
@@ -60,6 +120,16 @@ fn prepare(spec: &JailSpec, network: Option<&Netns>) -> Result<Enforced, SetupEr
         }
         nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
             .map_err(SetupError::Affinity)?;
+    }
+    Ok(())
+}
+
+/// Everything of the recipe before Landlock's rules, which need the jail's root: the
+/// ruleset is made here. (Every field of `spec` read here is in [`ready_for`].)
+fn before_root(spec: &JailSpec, network: Option<&Netns>) -> Result<landlock::Prepared, SetupError> {
+    // The tool's network: the namespace (only `lo`, up) a helper made while we started.
+    if let Some(network) = network {
+        network.join()?;
     }
     // A session of its own: no controlling terminal to push keystrokes into (TIOCSTI), and
     // a process group PID 1 can signal as a whole.
@@ -105,8 +175,12 @@ fn prepare(spec: &JailSpec, network: Option<&Netns>) -> Result<Enforced, SetupEr
         })
         .collect();
     sys::install_seccomp(&program).map_err(SetupError::Seccomp)?;
+    landlock::prepare(&spec.landlock)
+}
 
-    let landlock = landlock::prepare(&spec.landlock)?.restrict(&spec.landlock)?;
+/// The rest, in the jail's finished root: Landlock's rules, the workspace.
+fn in_root(spec: &JailSpec, ruleset: landlock::Prepared) -> Result<Enforced, SetupError> {
+    let landlock = ruleset.restrict(&spec.landlock)?;
     // With the tool's own ids: the workspace must be theirs to enter.
     nix::unistd::chdir(spec.cwd.as_str()).map_err(|errno| SetupError::Cwd {
         path: spec.cwd.clone(),
@@ -124,7 +198,7 @@ fn prepare(spec: &JailSpec, network: Option<&Netns>) -> Result<Enforced, SetupEr
         landlock_fs: landlock.fs,
         landlock_tcp: landlock.tcp,
         landlock_scoped: landlock.scoped,
-        seccomp: !program.is_empty(),
+        seccomp: !spec.seccomp.is_empty(),
         no_new_privs: true,
         capabilities_dropped: true,
         uid: spec.uid,

@@ -431,16 +431,23 @@ impl JailSpec {
 
     /// Read one spec as [`JailSpec::encode`] frames it.
     pub fn read_from(reader: &mut impl std::io::Read) -> std::io::Result<JailSpec> {
+        JailSpec::read_framed(reader).map(|(spec, _)| spec)
+    }
+
+    /// As [`JailSpec::read_from`], with the whole frame it came in, to pass on as it was.
+    pub fn read_framed(reader: &mut impl std::io::Read) -> std::io::Result<(JailSpec, Vec<u8>)> {
         let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
         let mut length = [0u8; 8];
         reader.read_exact(&mut length)?;
-        let length = u64::from_le_bytes(length);
-        if length > MAX_SPEC {
-            return Err(invalid(format!("a spec of {length} bytes")));
+        let json_length = u64::from_le_bytes(length);
+        if json_length > MAX_SPEC {
+            return Err(invalid(format!("a spec of {json_length} bytes")));
         }
-        let mut json = vec![0u8; length as usize];
-        reader.read_exact(&mut json)?;
-        JailSpec::decode(&json).map_err(|e| invalid(e.to_string()))
+        let mut frame = vec![0u8; 8 + json_length as usize];
+        frame[..8].copy_from_slice(&length);
+        reader.read_exact(&mut frame[8..])?;
+        let spec = JailSpec::decode(&frame[8..]).map_err(|e| invalid(e.to_string()))?;
+        Ok((spec, frame))
     }
 
     pub fn decode(bytes: &[u8]) -> Result<JailSpec, serde_json::Error> {

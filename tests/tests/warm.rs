@@ -56,48 +56,101 @@ fn a_prepared_jail_serves_one_job_and_the_next_job_gets_another() {
     assert_ne!(first.1, second.1, "two jobs shared a cgroup");
 }
 
-/// Everything of a prepared jail that no job changes is done before its job comes: PID 1
-/// waits alone, its network namespace taken from the helper that made it, which is gone
-/// (reaped) — none of that is left for the job's path. The job then runs in that namespace.
+/// Everything of a prepared jail that no job changes is done before its job comes: its
+/// network namespace taken from the helper that made it, which is gone (reaped); once a job
+/// has shown what the next will look like, the tool's process is forked too and readied for
+/// such a job — in the jail's network namespace, no longer root, its seccomp filter on —
+/// so none of that is left for the job's path. The job's tool then runs in that process.
 #[test]
-fn a_prepared_jail_waits_as_pid_1_alone_its_network_made() {
+fn a_prepared_jail_waits_with_its_network_made_and_its_tool_forked() {
     if !require_root() {
         return;
     }
-    let daemon = Daemon::start(&["--warm", "2"]);
+    let daemon = Daemon::start(&["--warm", "1"]);
     let ws = workspace();
-    daemon.wait_for_pool("isolated", 2);
-    let alone = || {
-        let shims = daemon.shims();
-        shims.len() == 2 && shims.iter().all(|&pid| children(pid, None).is_empty())
+    let host_net = std::fs::read_link("/proc/self/ns/net").expect("readlink");
+    // Of a process: whether it is readied as a job's tool is (another network namespace
+    // than the host's, not root, seccomp on). A network helper is root, with no filter.
+    let readied = |pid: i32| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+        };
+        let net = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        net.is_some_and(|net| net != host_net)
+            && field("Uid:").is_some_and(|uid| uid != "0")
+            && field("Seccomp:").as_deref() == Some("2")
     };
-    assert!(
-        wait_for(Duration::from_secs(10), alone),
-        "prepared jails still have children (their network helpers): {:?}",
+    // Children of each waiting jail's PID 1, and whether each is readied so.
+    let waiting = || {
         daemon
             .shims()
             .iter()
-            .map(|&pid| (pid, children(pid, None)))
+            .map(|&pid| {
+                let kids: Vec<bool> = children(pid, None).into_iter().map(readied).collect();
+                (pid, kids)
+            })
             .collect::<Vec<_>>()
+    };
+    // No job yet, so no draft: PID 1 alone once its helper is gone.
+    daemon.wait_for_pool("isolated", 1);
+    assert!(
+        wait_for(Duration::from_secs(10), || {
+            let jails = waiting();
+            jails.len() == 1 && jails.iter().all(|(_, kids)| kids.is_empty())
+        }),
+        "a prepared jail still has its network helper: {:?}",
+        waiting()
     );
+    // After a job, the jail laid out from its draft: PID 1 and the tool's process readied,
+    // nothing else.
+    let (record, _) = run(&daemon, ws.path(), "true");
+    assert_eq!(record["isolation"]["warm"], true, "{record}");
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let jails = waiting();
+            jails.len() == 1 && jails.iter().all(|(_, kids)| kids == &[true])
+        }),
+        "a prepared jail with a draft did not wait with one tool process readied: {:?}",
+        waiting()
+    );
+    // That process, by its pid in the jail, is the one the job's tool runs in.
+    let forked = waiting()
+        .first()
+        .and_then(|(pid, _)| children(*pid, None).into_iter().next())
+        .expect("the forked tool");
+    let in_jail = std::fs::read_to_string(format!("/proc/{forked}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("NSpid:"))
+                .and_then(|pids| pids.split_whitespace().last().map(str::to_string))
+        })
+        .expect("NSpid");
     let (record, stdout) = run(
         &daemon,
         ws.path(),
-        "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+        "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; \
+         echo $PPID $$",
     );
     assert_eq!(record["exit_code"], 0, "{record}\n{stdout}");
     assert_eq!(record["isolation"]["warm"], true, "{record}");
-    let host_net = std::fs::read_link("/proc/self/ns/net").expect("readlink");
     let lines: Vec<&str> = stdout.lines().collect();
     assert_ne!(
         lines.first().copied(),
         Some(host_net.to_string_lossy().as_ref()),
         "the job ran in the host's network namespace: {stdout}"
     );
+    assert_eq!(lines[1], "lo", "only lo in the job's namespace: {stdout}");
+    // `sh` is the tool, PID 1's child: the process forked before the job came.
     assert_eq!(
-        lines[1..],
-        ["lo"],
-        "only lo in the job's namespace: {stdout}"
+        lines[2],
+        format!("1 {in_jail}"),
+        "not the tool forked ahead: {stdout}"
     );
 }
 
