@@ -22,6 +22,11 @@ pub mod openapi;
 pub const TOOL_UID: u32 = 54_321;
 
 /// Whether this test may run: root, or (outside CI) a loud skip.
+/// The repository's shipped policies.
+pub fn policies_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
 pub fn require_root() -> bool {
     if nix_is_root() {
         return true;

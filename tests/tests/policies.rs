@@ -8,11 +8,7 @@ use std::process::Command;
 
 use serde_json::json;
 use toolbox_tests::daemon::{job_body, Daemon};
-use toolbox_tests::{require_root, toolbox, workspace, Run};
-
-fn policies_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
-}
+use toolbox_tests::{policies_dir, require_root, toolbox, workspace, Run};
 
 const SHIPPED: [&str; 8] = [
     "default", "strict", "network", "build", "pypi", "npm", "crates", "github",

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use toolbox_tests::daemon::{alive, children, nix_kill, Daemon};
-use toolbox_tests::{assert_no_leftovers_of, require_root, wait_for, workspace, TOOL_UID};
+use toolbox_tests::{
+    assert_no_leftovers_of, policies_dir, require_root, wait_for, workspace, TOOL_UID,
+};
 
 /// Run `script` under `sh -c` through the daemon; its record and stdout.
 fn run(daemon: &Daemon, workspace: &std::path::Path, script: &str) -> (Value, String) {
@@ -135,7 +137,7 @@ fn a_prepared_jail_waits_with_its_network_made_and_its_tool_forked() {
         &daemon,
         ws.path(),
         "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; \
-         echo $PPID $$",
+         echo $PPID $$; cut -d' ' -f19 /proc/$$/stat",
     );
     assert_eq!(record["exit_code"], 0, "{record}\n{stdout}");
     assert_eq!(record["isolation"]["warm"], true, "{record}");
@@ -151,6 +153,58 @@ fn a_prepared_jail_waits_with_its_network_made_and_its_tool_forked() {
         lines[2],
         format!("1 {in_jail}"),
         "not the tool forked ahead: {stdout}"
+    );
+    // At the job's CPU priority, not the lowest its jail waited at.
+    assert_eq!(lines[3], "0", "the tool's nice: {stdout}");
+}
+
+/// A job unlike the one a prepared jail's tool readied itself for (here under a policy that
+/// differs from the last job's only in its rlimits) does not get that process: it is
+/// killed, and the job's tool is forked for it with the job's own limits.
+#[test]
+fn a_tool_readied_for_another_job_is_not_used() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let default = std::fs::read_to_string(policies_dir().join("default.toml")).expect("default");
+    let fewer = default.replacen("\nopen_files = 4096", "\nopen_files = 256", 1);
+    assert_ne!(
+        fewer, default,
+        "default.toml's open_files changed: update this test"
+    );
+    std::fs::write(dir.path().join("default.toml"), &default).expect("write");
+    std::fs::write(dir.path().join("fewer.toml"), &fewer).expect("write");
+    let policies = dir.path().to_string_lossy().into_owned();
+    let daemon = Daemon::start(&["--warm", "1", "--policies", &policies]);
+    let ws = workspace();
+    let (record, _) = run(&daemon, ws.path(), "true");
+    assert_eq!(record["isolation"]["warm"], true, "{record}");
+    let readied = || {
+        let shims = daemon.shims();
+        let kids: Vec<i32> = shims.iter().flat_map(|&pid| children(pid, None)).collect();
+        (shims.len() == 1 && kids.len() == 1).then(|| kids[0])
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || readied().is_some()),
+        "no tool readied in the refilled jail"
+    );
+    let forked = readied().expect("the readied tool");
+    let stream = daemon.job(&json!({
+        "argv": ["sh", "-c", "ulimit -n"],
+        "cwd": ws.path(),
+        "policy": "fewer",
+    }));
+    let record = stream.exit().clone();
+    assert_no_leftovers_of(&record);
+    let stdout = String::from_utf8_lossy(&stream.output("stdout")).into_owned();
+    assert_eq!(record["exit_code"], 0, "{record}\n{stdout}");
+    assert_eq!(record["isolation"]["warm"], true, "{record}");
+    // Its RLIMIT_NOFILE, not the default's the readied tool has.
+    assert_eq!(stdout.trim(), "256", "{stdout}");
+    assert!(
+        !alive(forked),
+        "the tool readied for another job is still there"
     );
 }
 
