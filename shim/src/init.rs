@@ -267,6 +267,8 @@ pub fn run(
     if let Prepared::Helper { .. } = prepared {
         own_session()?;
     }
+    // A prepared jail whose cgroup was made before it started may have joined it already.
+    let joined_already = joined == spec.cgroup_tasks.as_slice();
     // A tool forked ahead serves only a job in the cgroup it was born in, with the network
     // namespace it joined and what else it readied itself for; it gets the job's spec and
     // stdin now, before we build the root. Any other job gets a tool forked on the go.
@@ -277,9 +279,7 @@ pub fn run(
         Prepared::Helper { .. } => false,
     };
     let ahead = ahead.and_then(|ahead| {
-        let serves = network_ready
-            && joined == spec.cgroup_tasks.as_slice()
-            && tool::ready_for(&ahead.draft, spec);
+        let serves = network_ready && joined_already && tool::ready_for(&ahead.draft, spec);
         if serves && ahead.send_spec() {
             Some(ahead)
         } else {
@@ -290,8 +290,7 @@ pub fn run(
     // cgroup v1: where the job's cgroup will be, opened while the host's view is ours; the
     // supervisor makes the cgroup while we build the root, says so (MADE) before we bind it
     // into the root, and gives the go once it has its limits.
-    // (A prepared jail whose cgroup was made before it started may have joined already.)
-    let parents = if joined == spec.cgroup_tasks.as_slice() {
+    let parents = if joined_already {
         Vec::new()
     } else {
         open_cgroup_parents(&spec.cgroup_tasks)?

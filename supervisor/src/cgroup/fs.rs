@@ -117,14 +117,9 @@ pub fn beneath(root: &Path, path: &Path) -> PathBuf {
 
 /// Open a cgroup file or directory, close-on-exec.
 pub fn open(path: &Path, flags: nix::fcntl::OFlag) -> Result<std::os::fd::OwnedFd, CgroupError> {
-    nix::fcntl::open(
-        path,
-        flags | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )
-    .map_err(|errno| CgroupError::Open {
+    open_plain(path, flags).map_err(|source| CgroupError::Open {
         path: path.to_path_buf(),
-        source: errno.into(),
+        source,
     })
 }
 
