@@ -168,16 +168,66 @@ pub fn read_text(path: &Path) -> std::io::Result<String> {
     String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// The files a job's figures come from, opened once when its cgroup is made (for a prepared
+/// jail, long before its job) and read at offset 0 each time: cgroupfs writes a file's text
+/// anew for every read from its start. A job's end then reads them without a path walk and
+/// an open each (its six v1 files: ~38 µs by path, ~4 µs held, measured on our VMs). A file
+/// that could not be opened (a controller not enabled, an older kernel) is read by path.
+#[derive(Debug, Default)]
+pub struct Held(Vec<(&'static str, std::fs::File)>);
+
+impl Held {
+    /// Open each `(name, path)` that can be.
+    pub fn open(files: impl IntoIterator<Item = (&'static str, PathBuf)>) -> Held {
+        Held(
+            files
+                .into_iter()
+                .filter_map(|(name, path)| {
+                    let fd = open_plain(&path, nix::fcntl::OFlag::O_RDONLY).ok()?;
+                    Some((name, std::fs::File::from(fd)))
+                })
+                .collect(),
+        )
+    }
+
+    /// The text of file `name`: held, or by `path` if it is not.
+    pub fn text(&self, name: &str, path: Option<PathBuf>) -> Option<String> {
+        match self.0.iter().find(|(held, _)| *held == name) {
+            Some((_, file)) => read_from_start(file).ok(),
+            None => read_text(&path?).ok(),
+        }
+    }
+}
+
+/// A cgroup file's whole text by `pread` from offset 0, one read for the few bytes these
+/// files hold: a generated file's read fills the buffer unless the text ends first.
+fn read_from_start(file: &std::fs::File) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if len < buf.len() {
+                    break;
+                }
+                buf.resize(len * 2, 0);
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 pub fn read(path: &Path) -> Result<String, CgroupError> {
     read_text(path).map_err(|source| CgroupError::Read {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// A file holding one number; `None` when it is missing or unreadable (an older kernel).
-pub fn read_u64(path: &Path) -> Option<u64> {
-    read_text(path).ok()?.trim().parse().ok()
 }
 
 /// The value of `key` in a flat keyed file (`key value` per line: memory.events, cpu.stat).
@@ -251,6 +301,37 @@ pub fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_files_are_read_whole_from_the_start_each_time_and_the_rest_by_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let peak = dir.path().join("memory.peak");
+        let stat = dir.path().join("cpu.stat");
+        std::fs::write(&peak, "4096\n").expect("write");
+        let long = "user_usec 12\n".repeat(1000);
+        std::fs::write(&stat, &long).expect("write");
+        let held = Held::open([
+            ("memory.peak", peak.clone()),
+            ("cpu.stat", stat.clone()),
+            ("pids.peak", dir.path().join("pids.peak")),
+        ]);
+        assert_eq!(held.0.len(), 2, "what does not exist is not held");
+        // Through the held file, not the path: the path is gone.
+        let moved = dir.path().join("moved");
+        std::fs::rename(&peak, &moved).expect("rename");
+        assert_eq!(held.text("memory.peak", None).as_deref(), Some("4096\n"));
+        // Read again from the start, as it is now (cgroupfs writes it anew).
+        std::fs::write(&moved, "8192\n").expect("rewrite");
+        assert_eq!(held.text("memory.peak", None).as_deref(), Some("8192\n"));
+        // Longer than one read.
+        assert_eq!(held.text("cpu.stat", None).as_deref(), Some(long.as_str()));
+        // Not held: by path, if there is one.
+        let pids = dir.path().join("pids.peak");
+        assert_eq!(held.text("pids.peak", Some(pids.clone())), None);
+        std::fs::write(&pids, "3\n").expect("write");
+        assert_eq!(held.text("pids.peak", Some(pids)).as_deref(), Some("3\n"));
+        assert_eq!(held.text("pids.peak", None), None);
+    }
 
     const MOUNTINFO: &str = "\
 35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory

@@ -154,6 +154,7 @@ impl V1 {
     pub fn make(&self, name: &str) -> Result<JobCgroup, CgroupError> {
         let mut job = JobCgroup {
             dirs: Vec::with_capacity(self.hierarchies.len()),
+            held: fs::Held::default(),
         };
         for hierarchy in &self.hierarchies {
             let dir = hierarchy.parent.join(name);
@@ -185,6 +186,11 @@ impl V1 {
                 member: hierarchy.own.join(name),
             });
         }
+        job.held = fs::Held::open(
+            STATS
+                .iter()
+                .filter_map(|&(controller, name)| Some((name, job.file(controller, name)?))),
+        );
         Ok(job)
     }
 }
@@ -197,9 +203,21 @@ struct JobDir {
     member: PathBuf,
 }
 
+/// The files [`JobCgroup::stats`] reads, by controller.
+const STATS: [(&str, &str); 6] = [
+    ("memory", "memory.max_usage_in_bytes"),
+    ("memory", "memory.oom_control"),
+    ("pids", "pids.peak"),
+    ("pids", "pids.events"),
+    ("cpuacct", "cpuacct.usage_user"),
+    ("cpuacct", "cpuacct.usage_sys"),
+];
+
 #[derive(Debug)]
 pub struct JobCgroup {
     dirs: Vec<JobDir>,
+    /// [`STATS`], held open from the start.
+    held: fs::Held,
 }
 
 impl JobCgroup {
@@ -263,21 +281,16 @@ impl JobCgroup {
     }
 
     pub fn stats(&self) -> CgroupStats {
-        let number = |controller: &str, name: &str| {
-            self.file(controller, name).and_then(|p| fs::read_u64(&p))
-        };
-        let oom_kills = self
-            .file("memory", "memory.oom_control")
-            .and_then(|p| fs::read_text(&p).ok())
+        let text = |controller: &str, name: &str| self.held.text(name, self.file(controller, name));
+        let number = |controller: &str, name: &str| text(controller, name)?.trim().parse().ok();
+        let oom_kills = text("memory", "memory.oom_control")
             .and_then(|text| fs::keyed(&text, "oom_kill"))
             .unwrap_or(0);
         CgroupStats {
             memory_peak: number("memory", "memory.max_usage_in_bytes").unwrap_or(0),
             oom_kills,
             pids_peak: number("pids", "pids.peak").unwrap_or(0),
-            pids_refused: self
-                .file("pids", "pids.events")
-                .and_then(|p| fs::read_text(&p).ok())
+            pids_refused: text("pids", "pids.events")
                 .and_then(|text| fs::keyed(&text, "max"))
                 .unwrap_or(0),
             cpu_user_us: number("cpuacct", "cpuacct.usage_user").unwrap_or(0) / 1000,
@@ -390,6 +403,7 @@ mod tests {
             }
         }
         let job = JobCgroup {
+            held: fs::Held::default(),
             dirs: v1
                 .hierarchies
                 .iter()
@@ -425,6 +439,7 @@ mod tests {
     fn stats_come_from_the_v1_files() {
         let (root, v1) = fake();
         let job = JobCgroup {
+            held: fs::Held::default(),
             dirs: v1
                 .hierarchies
                 .iter()

@@ -175,16 +175,28 @@ impl V2 {
             source,
         })?;
         Ok(JobCgroup {
+            held: fs::Held::open(STATS.map(|name| (name, dir.join(name)))),
             dir,
             member: self.own.join(name),
         })
     }
 }
 
+/// The files [`JobCgroup::stats`] reads.
+const STATS: [&str; 5] = [
+    "memory.peak",
+    "memory.events",
+    "pids.peak",
+    "pids.events",
+    "cpu.stat",
+];
+
 #[derive(Debug)]
 pub struct JobCgroup {
     dir: PathBuf,
     member: PathBuf,
+    /// [`STATS`], held open from the start.
+    held: fs::Held,
 }
 
 impl JobCgroup {
@@ -238,8 +250,12 @@ impl JobCgroup {
     }
 
     pub fn stats(&self) -> CgroupStats {
-        let number = |name: &str| fs::read_u64(&self.dir.join(name));
-        let text = |name: &str| fs::read_text(&self.dir.join(name)).unwrap_or_default();
+        let text = |name: &str| {
+            self.held
+                .text(name, Some(self.dir.join(name)))
+                .unwrap_or_default()
+        };
+        let number = |name: &str| text(name).trim().parse().ok();
         let keyed = |name: &str, key: &str| fs::keyed(&text(name), key);
         // Read once for both: it is generated anew at each read.
         let cpu = text("cpu.stat");
