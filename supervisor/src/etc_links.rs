@@ -15,6 +15,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::view_memo::consulted;
+
 /// Package databases: one changes whenever a package is installed or removed.
 const PACKAGE_DBS: [&str; 6] = [
     "/var/lib/dpkg/status",
@@ -130,6 +132,7 @@ const FILES_MAX: usize = 4096;
 fn key(system: &[PathBuf]) -> String {
     let mut hasher = DefaultHasher::new();
     let stamp = |path: &Path, hasher: &mut DefaultHasher| {
+        consulted(path);
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             (
                 path,
@@ -153,6 +156,7 @@ fn key(system: &[PathBuf]) -> String {
 
 /// A directory's mtime, as the cache records it.
 fn mtime(path: &Path) -> Option<(i64, i64)> {
+    consulted(path);
     std::fs::metadata(path)
         .ok()
         .map(|meta| (meta.mtime(), meta.mtime_nsec()))
@@ -163,6 +167,7 @@ fn read_cache(
     key: &str,
     wanted: &dyn Fn(&Path) -> bool,
 ) -> Option<Vec<(PathBuf, Vec<EtcFile>)>> {
+    consulted(path);
     let meta = std::fs::symlink_metadata(path).ok()?;
     // Ours alone: anyone else could have planted what jails then show.
     if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
@@ -334,6 +339,7 @@ fn walk(
         if is_secret(&path) || files.len() >= limit {
             continue;
         }
+        consulted(&path);
         let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };

@@ -18,6 +18,8 @@ use std::time::{Duration, SystemTime};
 
 use toolbox_spec::Mount;
 
+use crate::view_memo::consulted;
+
 /// Longer than any job may run (7 days), so an unused snapshot is no longer bound anywhere.
 const KEEP_UNUSED: Duration = Duration::from_secs(8 * 86400);
 /// How stale a snapshot's "last used" time may get before a job refreshes it.
@@ -93,6 +95,7 @@ fn snapshot(root: &Path, entries: &[Mount]) -> io::Result<PathBuf> {
     ensure_private_dir(root.parent().unwrap_or(root))?;
     ensure_private_dir(root)?;
     let dir = root.join(key(entries)?);
+    consulted(&dir);
     match std::fs::symlink_metadata(&dir) {
         Ok(meta) if meta.is_dir() && meta.uid() == 0 => {
             let age = meta
@@ -141,6 +144,7 @@ fn key(entries: &[Mount]) -> io::Result<String> {
     for entry in entries {
         match entry {
             Mount::Copy { src, dst, mode } => {
+                consulted(Path::new(src));
                 let meta = std::fs::metadata(src)?;
                 (
                     1u8,
@@ -157,6 +161,7 @@ fn key(entries: &[Mount]) -> io::Result<String> {
             }
             Mount::Symlink { target, dst } => (2u8, target, dst).hash(&mut hasher),
             Mount::Bind { src, dst, .. } => {
+                consulted(Path::new(src));
                 (3u8, src, dst, Path::new(src).is_dir()).hash(&mut hasher)
             }
             other => return Err(io::Error::other(format!("unexpected /etc entry {other:?}"))),
@@ -202,6 +207,7 @@ fn build(dir: &Path, entries: &[Mount]) -> io::Result<()> {
 /// A directory only root may change: created if missing, refused if anyone else could
 /// have planted or could alter what is in it.
 fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+    consulted(dir);
     match std::fs::DirBuilder::new().mode(0o755).create(dir) {
         Ok(()) => {}
         Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}

@@ -149,8 +149,18 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 pub fn plan(
     policy: &Policy,
+    request: JobRequest,
+    caller: &Caller,
+) -> Result<JobPlan, RequestError> {
+    plan_with(policy, request, caller, None)
+}
+
+/// [`plan`], with a daemon's memo of the views it built.
+pub fn plan_with(
+    policy: &Policy,
     mut request: JobRequest,
     caller: &Caller,
+    views: Option<&view::Memo>,
 ) -> Result<JobPlan, RequestError> {
     if request.argv.is_empty() || request.argv[0].is_empty() {
         return Err(RequestError::EmptyCommand);
@@ -236,7 +246,8 @@ pub fn plan(
         .home
         .as_deref()
         .filter(|home| policy.home != crate::home::Show::None && !home.starts_with(&workspace));
-    let view = view::build(
+    let view = view::build_with(
+        views,
         policy,
         &view::Extra {
             workspace: &workspace,

@@ -23,6 +23,7 @@ pub mod spawn;
 mod sys;
 pub mod units;
 pub mod view;
+pub mod view_memo;
 
 /// Logs to stderr, warnings only unless `TOOLBOX_LOG` says otherwise (`toolbox`, and
 /// `toolbox mcp`, whose stdout is the protocol's).

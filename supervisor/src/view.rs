@@ -10,6 +10,7 @@ use toolbox_spec::{FsAccess, LandlockRule, Mount};
 use crate::etc_snapshot;
 use crate::home::Show;
 use crate::policy::{Policy, WorkspaceAccess};
+use crate::view_memo::consulted;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ViewError {
@@ -91,6 +92,65 @@ pub struct Extra<'a> {
     pub home: Option<&'a Path>,
 }
 
+/// Everything [`build`] reads but the host's files: the key of a [`Memo`] of views.
+#[derive(PartialEq)]
+pub struct Inputs {
+    system: Vec<PathBuf>,
+    etc: Vec<String>,
+    ro: Vec<PathBuf>,
+    rw: Vec<PathBuf>,
+    workspace_access: WorkspaceAccess,
+    tmp_size: u64,
+    tmpfs: Vec<PathBuf>,
+    masked: Vec<PathBuf>,
+    home_show: Show,
+    home_toolchains: Vec<PathBuf>,
+    workspace: PathBuf,
+    extra_ro: Vec<PathBuf>,
+    extra_rw: Vec<PathBuf>,
+    home: Option<PathBuf>,
+}
+
+impl Inputs {
+    fn of(policy: &Policy, extra: &Extra<'_>) -> Inputs {
+        Inputs {
+            system: policy.system.clone(),
+            etc: policy.etc.clone(),
+            ro: policy.ro.clone(),
+            rw: policy.rw.clone(),
+            workspace_access: policy.workspace,
+            tmp_size: policy.tmp_size,
+            tmpfs: policy.tmpfs.clone(),
+            masked: policy.masked.clone(),
+            home_show: policy.home,
+            home_toolchains: policy.home_toolchains.clone(),
+            workspace: extra.workspace.to_path_buf(),
+            extra_ro: extra.ro.to_vec(),
+            extra_rw: extra.rw.to_vec(),
+            home: extra.home.map(Path::to_path_buf),
+        }
+    }
+}
+
+/// A daemon's views, kept while the host's files they were built from stay as they were
+/// (see [`crate::view_memo`]).
+pub type Memo = crate::view_memo::Memo<Inputs, View>;
+
+/// [`build`], through `memo` when there is one.
+pub fn build_with(
+    memo: Option<&Memo>,
+    policy: &Policy,
+    extra: &Extra<'_>,
+) -> Result<View, ViewError> {
+    match memo {
+        Some(memo) => memo.get_or_build(Inputs::of(policy, extra), || build(policy, extra)),
+        None => build(policy, extra),
+    }
+}
+
+/// The view of a job of `policy` with `extra`, from the host's files as they are. Every
+/// host path it looks at is noted for a memo ([`crate::view_memo::consulted`]); a path it
+/// looks at without saying so is a memo kept past a change.
 pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
     let mut mounts: Vec<(Mount, Origin)> = Vec::new();
     let mut rules = vec![rule("/", FsAccess::List)];
@@ -100,6 +160,7 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
         let dst = utf8(dir)?;
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(dir).map_err(|source| inspect(dir, source))?;
+            consulted(dir);
             mounts.push((
                 Mount::Symlink {
                     target: utf8(&target)?,
@@ -128,6 +189,7 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
         let dst = utf8(&host)?;
         if meta.file_type().is_symlink() {
             // Dangling links are skipped like missing entries.
+            consulted(&host);
             let Ok(resolved) = host.canonicalize() else {
                 continue;
             };
@@ -145,6 +207,7 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
             } else {
                 // It points somewhere the jail does not show (resolv.conf → /run/...): show
                 // what it points at.
+                consulted(&resolved);
                 let meta =
                     std::fs::metadata(&resolved).map_err(|source| inspect(&resolved, source))?;
                 etc_mounts.push((etc_entry(utf8(&resolved)?, dst, &meta), Origin::Etc));
@@ -376,6 +439,7 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
             // A link (dotfiles kept in a repository) shows what it leads to, if that is
             // in the home and no secret.
             let src = if meta.file_type().is_symlink() {
+                consulted(&path);
                 match path.canonicalize() {
                     Ok(target)
                         if target
@@ -390,6 +454,7 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
                 path.clone()
             };
             let dst = utf8(&path)?;
+            consulted(&src);
             rules.push(if src.is_dir() {
                 rule(&dst, FsAccess::ReadExec)
             } else {
@@ -425,6 +490,7 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
                 if secret.starts_with(&path) && secret != path {
                     // A secret that is a link (dotfiles kept in a repository) cannot be
                     // mounted over: what it leads to is, where the bind shows that.
+                    consulted(&secret);
                     let is_link = std::fs::symlink_metadata(&secret)
                         .is_ok_and(|m| m.file_type().is_symlink());
                     if is_link {
@@ -469,6 +535,7 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
             } else {
                 let empty = crate::etc_snapshot::empty_file()
                     .map_err(|source| inspect(Path::new("<state>/empty"), source))?;
+                consulted(&empty);
                 Mount::Bind {
                     src: utf8(&empty)?,
                     dst,
@@ -565,6 +632,7 @@ fn depth(path: &str) -> usize {
 }
 
 fn lstat(path: &Path) -> Result<Option<std::fs::Metadata>, ViewError> {
+    consulted(path);
     match std::fs::symlink_metadata(path) {
         Ok(meta) => Ok(Some(meta)),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),

@@ -79,6 +79,9 @@ pub struct Daemon {
     connections_done: Notify,
     retention: Retention,
     pool: warm::Pool,
+    /// The views jobs were planned with, kept while the host's files they came from stay
+    /// as they were (see [`crate::view_memo`]).
+    views: crate::view::Memo,
 }
 
 impl Daemon {
@@ -211,6 +214,7 @@ async fn serve_async(
         connections_done: Notify::new(),
         retention: options.retention,
         pool: warm::Pool::new(options.warm),
+        views: crate::view::Memo::new(),
     });
     if options.warm.size > 0 {
         daemon.engine.keep_drafts();

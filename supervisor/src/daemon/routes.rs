@@ -195,6 +195,14 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
          toolbox_warm_jails_destroyed_total {}\n",
         pool.ready_isolated, pool.ready_host, pool.taken, pool.destroyed
     ));
+    let views = daemon.views.counts();
+    text.push_str(&format!(
+        "# HELP toolbox_views_total Jails' filesystem views planned, by how: built from the host's files, or served from the memo kept while those stay as they were.\n\
+         # TYPE toolbox_views_total counter\n\
+         toolbox_views_total{{how=\"built\"}} {}\n\
+         toolbox_views_total{{how=\"memo\"}} {}\n",
+        views.built, views.served
+    ));
     (
         [(
             header::CONTENT_TYPE,
@@ -534,7 +542,8 @@ async fn submit(
         root: peer.uid == 0,
     };
     let cwd = caller.cwd.clone();
-    let mut plan = job::plan(&policy, request, &caller).map_err(request_error)?;
+    let mut plan =
+        job::plan_with(&policy, request, &caller, Some(&daemon.views)).map_err(request_error)?;
     plan.idle_timeout = idle_timeout;
     plan.output_whole = detach;
     if detach {
