@@ -254,10 +254,8 @@ impl Watch {
             _ => return true,
         }
         let mut fds = [PollFd::new(self.mounts.as_fd(), PollFlags::POLLPRI)];
-        match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(0) => false,
-            _ => true,
-        }
+        // A change since it was opened, or an error: either way, forget.
+        !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0))
     }
 
     fn covers(&self, path: &Path) -> bool {
@@ -413,7 +411,8 @@ mod tests {
         let sub = dir.path().join("sub");
         std::fs::create_dir(&sub).expect("mkdir");
         let file = sub.join("a");
-        let changes: Vec<(&str, Box<dyn Fn()>)> = vec![
+        type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
+        let changes: Vec<Change> = vec![
             (
                 "written",
                 Box::new(|| std::fs::write(&file, "two").expect("write")),

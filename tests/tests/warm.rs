@@ -352,3 +352,72 @@ fn a_prepared_jail_never_binds_a_workspace_replaced_since() {
         "the job saw the workspace that was removed"
     );
 }
+
+#[test]
+fn a_secret_made_after_its_view_was_memoised_is_masked_in_the_next_job() {
+    if !require_root() {
+        return;
+    }
+    // In /var/tmp, not /tmp: the memo forgets at any change on the way to what it read, and
+    // other tests make directories in /tmp all the time. (It still may forget: retried.)
+    let dir = tempfile::Builder::new()
+        .prefix("toolbox-memo-")
+        .tempdir_in("/var/tmp")
+        .expect("tempdir");
+    let shown = dir.path().join("shown");
+    std::fs::create_dir(&shown).expect("mkdir");
+    std::fs::write(shown.join("note"), "public").expect("write");
+    for path in [dir.path(), &shown] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let secret = shown.join("secret");
+    let policies = tempfile::tempdir().expect("tempdir");
+    let default = std::fs::read_to_string(policies_dir().join("default.toml")).expect("default");
+    let masking = default.replacen(
+        "\nmasked = []",
+        &format!("\nmasked = [\"{}\"]", secret.display()),
+        1,
+    );
+    assert_ne!(
+        masking, default,
+        "default.toml's masked changed: update this test"
+    );
+    std::fs::write(policies.path().join("default.toml"), &masking).expect("write");
+    let daemon = Daemon::start(&[
+        "--warm",
+        "1",
+        "--policies",
+        &policies.path().to_string_lossy(),
+    ]);
+    let ws = workspace();
+    let script = format!("cat {0}/note; echo; cat {0}/secret 2>&1", shown.display());
+    let job = || {
+        let stream = daemon.job(&json!({
+            "argv": ["sh", "-c", &script],
+            "cwd": ws.path(),
+            "mounts": [{ "path": &shown, "mode": "ro" }],
+        }));
+        let record = stream.exit().clone();
+        assert_no_leftovers_of(&record);
+        assert!(record["error"].is_null(), "{record}");
+        String::from_utf8_lossy(&stream.output("stdout")).into_owned()
+    };
+    let memo = || daemon.metric("toolbox_views_total{how=\"memo\"}");
+    // Jobs until one is planned with the memo's view: the view is kept, then.
+    let kept = (0..20).any(|_| {
+        let before = memo();
+        let out = job();
+        assert!(out.starts_with("public\n"), "{out}");
+        memo() > before
+    });
+    assert!(kept, "no job's view came from the memo");
+    // The secret appears where the view shows: the next job's view masks it.
+    std::fs::write(&secret, "s3cret").expect("write");
+    let out = job();
+    assert!(
+        !out.contains("s3cret"),
+        "a job read a secret made after its view was memoised: {out}"
+    );
+    assert_eq!(out, "public\n", "the masked secret is an empty file");
+}
