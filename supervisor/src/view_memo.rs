@@ -162,7 +162,8 @@ impl<K: PartialEq, V: Clone + PartialEq> Memo<K, V> {
             },
         };
         if state.entries.len() >= ENTRIES_MAX {
-            state.forget();
+            // Values go, not what is watched: the entry kept below relies on it.
+            state.entries.clear();
         }
         state.entries.push((key, entry));
         Ok(value)
