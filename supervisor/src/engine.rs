@@ -214,6 +214,9 @@ pub struct Engine {
     /// The last job's spec per network (isolated, host), framed as a draft for the jails
     /// [`Engine::prepare`] makes — kept once [`Engine::keep_drafts`] asks.
     drafts: std::sync::Mutex<Option<[Option<std::sync::Arc<JailSpec>>; 2]>>,
+    /// Drafts remembered so far, and word of each (see [`Engine::draft_after`]).
+    drafted: std::sync::atomic::AtomicU64,
+    draft_made: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Engine {
@@ -244,6 +247,8 @@ impl Engine {
             cgroups: std::sync::OnceLock::new(),
             pins: CpuPins::new(),
             drafts: std::sync::Mutex::new(None),
+            drafted: std::sync::atomic::AtomicU64::new(0),
+            draft_made: tokio::sync::Notify::new(),
         })
     }
 
@@ -338,11 +343,33 @@ impl Engine {
     }
 
     fn remember_draft(&self, spec: &JailSpec) {
-        let mut drafts = self.drafts.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(drafts) = drafts.as_mut() else {
-            return;
-        };
-        drafts[network_slot(spec.network)] = Some(std::sync::Arc::new(spec.clone()));
+        {
+            let mut drafts = self.drafts.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(drafts) = drafts.as_mut() else {
+                return;
+            };
+            drafts[network_slot(spec.network)] = Some(std::sync::Arc::new(spec.clone()));
+        }
+        self.drafted
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.draft_made.notify_waiters();
+    }
+
+    /// How many drafts have been remembered: for [`Engine::draft_after`].
+    pub fn drafts_so_far(&self) -> u64 {
+        self.drafted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Once a draft is remembered after the `so_far`th ([`Engine::drafts_so_far`]): a job's
+    /// spec, sent, is the draft the next prepared jail is laid out from.
+    pub async fn draft_after(&self, so_far: u64) {
+        loop {
+            let made = self.draft_made.notified();
+            if self.drafts_so_far() > so_far {
+                return;
+            }
+            made.await;
+        }
     }
 
     fn start_shim(

@@ -331,10 +331,15 @@ impl JobTask {
         let network = crate::engine::jail_network(self.plan.network);
         if let Some(mut jail) = daemon.pool.take(network) {
             // The pool prepares the next jail once this job is over (see `run`), or has run
-            // a while: not beside its start.
+            // a while: not beside its start — and not before this job's spec is the draft
+            // the next is laid out from (a start slower than REFILL_AFTER, on a loaded
+            // machine, would have it prepared from the draft before, or none).
+            let so_far = daemon.engine.drafts_so_far();
             let pool = self.daemon.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(super::warm::REFILL_AFTER).await;
+                let drafted = pool.engine.draft_after(so_far);
+                let _ = tokio::time::timeout(super::warm::DRAFT_WAIT, drafted).await;
                 pool.pool.job_ended();
             });
             let stdin = self.stdin_fd().map_err(|err| format!("stdin: {err}"))?;

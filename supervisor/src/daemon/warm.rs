@@ -21,6 +21,10 @@ use crate::engine::{network_slot, Prestarted};
 /// A job that took a prepared jail and is still running this long after has started: the
 /// pool prepares the next one even though it has not ended.
 pub const REFILL_AFTER: Duration = Duration::from_millis(50);
+
+/// How long past [`REFILL_AFTER`] the refill waits for the job's spec to be the draft (a job
+/// that fails before its spec ends, and refills, sooner).
+pub const DRAFT_WAIT: Duration = Duration::from_secs(1);
 /// After a failed preparation, how long the pool waits before trying again.
 const BACKOFF: Duration = Duration::from_secs(5);
 
