@@ -149,8 +149,9 @@ pub fn build_with(
 }
 
 /// The view of a job of `policy` with `extra`, from the host's files as they are. Every
-/// host path it looks at is noted for a memo ([`crate::view_memo::consulted`]); a path it
-/// looks at without saying so is a memo kept past a change.
+/// host path it looks at is noted for a memo ([`crate::view_memo::consulted`]; `lstat`
+/// notes its own, and the memo watches where a noted link leads); a path it looks at
+/// without saying so is a memo kept past a change.
 pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
     let mut mounts: Vec<(Mount, Origin)> = Vec::new();
     let mut rules = vec![rule("/", FsAccess::List)];
@@ -160,7 +161,6 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
         let dst = utf8(dir)?;
         if meta.file_type().is_symlink() {
             let target = std::fs::read_link(dir).map_err(|source| inspect(dir, source))?;
-            consulted(dir);
             mounts.push((
                 Mount::Symlink {
                     target: utf8(&target)?,
@@ -189,7 +189,6 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
         let dst = utf8(&host)?;
         if meta.file_type().is_symlink() {
             // Dangling links are skipped like missing entries.
-            consulted(&host);
             let Ok(resolved) = host.canonicalize() else {
                 continue;
             };
@@ -439,7 +438,6 @@ pub fn build(policy: &Policy, extra: &Extra<'_>) -> Result<View, ViewError> {
             // A link (dotfiles kept in a repository) shows what it leads to, if that is
             // in the home and no secret.
             let src = if meta.file_type().is_symlink() {
-                consulted(&path);
                 match path.canonicalize() {
                     Ok(target)
                         if target

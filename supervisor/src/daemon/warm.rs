@@ -25,6 +25,7 @@ pub const REFILL_AFTER: Duration = Duration::from_millis(50);
 /// How long past [`REFILL_AFTER`] the refill waits for the job's spec to be the draft (a job
 /// that fails before its spec ends, and refills, sooner).
 pub const DRAFT_WAIT: Duration = Duration::from_secs(1);
+
 /// After a failed preparation, how long the pool waits before trying again.
 const BACKOFF: Duration = Duration::from_secs(5);
 
