@@ -9,7 +9,7 @@
 //! PID 1 itself stays in the host's network namespace: it holds no socket, and the tool
 //! can neither signal nor trace it.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -174,8 +174,13 @@ pub struct Ahead {
 /// A prepared jail whose cgroup is final (born in it on v2; on v1 joined before its job):
 /// the cgroup namespace made, rooted there, and the tool's process forked now, to ready
 /// itself for a job like `draft` and wait for its spec — the fork and all of the tool's
-/// set-up that needs no root leave the job's path.
-pub fn fork_ahead(readied: &Readied, draft: &JailSpec) -> Result<Ahead, SetupError> {
+/// set-up that needs no root leave the job's path (and, given the root the draft laid out,
+/// `drafted`, Landlock's rules too).
+pub fn fork_ahead(
+    readied: &Readied,
+    draft: &JailSpec,
+    drafted: Option<BorrowedFd<'_>>,
+) -> Result<Ahead, SetupError> {
     // As before any tool (see `run`): the tool, and every command exec'd beside it later,
     // sees itself at "/" — one namespace for all of them.
     nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(SetupError::CgroupNamespace)?;
@@ -189,7 +194,7 @@ pub fn fork_ahead(readied: &Readied, draft: &JailSpec) -> Result<Ahead, SetupErr
                 .network
                 .as_ref()
                 .and_then(|taken| taken.as_ref().ok());
-            tool::ahead(theirs, network, draft)
+            tool::ahead(theirs, network, draft, drafted)
         }
         Some(pid) => Ok(Ahead {
             pid,
@@ -228,9 +233,15 @@ impl Ahead {
         sent == frame.len() || std::io::Write::write_all(&mut &self.line, &frame[sent..]).is_ok()
     }
 
-    /// The job may start: the root is built and the cgroup has its limits.
-    fn start(&self) {
-        let _ = std::io::Write::write_all(&mut &self.line, &[toolbox_spec::GO]);
+    /// The job may start: the root is built (`as_drafted`: it is the one laid out for the
+    /// draft) and the cgroup has its limits.
+    fn start(&self, as_drafted: bool) {
+        let word = if as_drafted {
+            tool::AS_DRAFTED
+        } else {
+            toolbox_spec::GO
+        };
+        let _ = std::io::Write::write_all(&mut &self.line, &[word]);
     }
 
     /// Not for this job (another network, cgroup, ids, limits or filter than it readied
@@ -295,7 +306,7 @@ pub fn run(
     } else {
         open_cgroup_parents(&spec.cgroup_tasks)?
     };
-    build(spec, &mut go, prebuilt)?;
+    let as_drafted = build(spec, &mut go, prebuilt)?;
     // (The jail's own: its /dev is part of the root's fixed part.)
     let null = std::fs::OpenOptions::new()
         .read(true)
@@ -343,7 +354,7 @@ pub fn run(
     let tool = match ahead {
         // Made already, before it was forked (see `fork_ahead`).
         Some(ahead) => {
-            ahead.start();
+            ahead.start(as_drafted);
             ahead.pid
         }
         None => {
@@ -418,12 +429,13 @@ pub fn place_elsewhere(child: Pid, cpus: Option<&CpuSet>) {
     }
 }
 
-/// The jail's hostname and root (its cgroup's part once the supervisor has made it).
+/// The jail's hostname and root (its cgroup's part once the supervisor has made it); whether
+/// the root is the one a draft laid out.
 fn build(
     spec: &JailSpec,
     go: &mut std::fs::File,
     prebuilt: Option<mounts::Prebuilt>,
-) -> Result<(), SetupError> {
+) -> Result<bool, SetupError> {
     nix::unistd::sethostname(&spec.hostname).map_err(SetupError::Hostname)?;
     mounts::build_root(spec, prebuilt, || {
         let mut byte = [0u8; 1];

@@ -11,6 +11,8 @@ use landlock::{
 };
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
 use toolbox_spec::FsAccess;
 
 use crate::error::SetupError;
@@ -27,10 +29,13 @@ pub struct Outcome {
     pub scoped: bool,
 }
 
-/// A ruleset made before the root exists; its rules (which need the final paths) come later.
+/// A ruleset made before the root exists; its rules (which need the final paths) come later,
+/// unless they were added ahead on a drafted root ([`rule_ahead`]).
 pub struct Prepared {
     abi: u32,
     ruleset: Option<RulesetCreated>,
+    /// The view's path rules are in it already.
+    ruled: bool,
 }
 
 /// Check the ABI against the floor and create the ruleset — everything that does not need
@@ -44,7 +49,11 @@ pub fn prepare(spec: &toolbox_spec::Landlock) -> Result<Prepared, SetupError> {
         });
     }
     if abi == 0 {
-        return Ok(Prepared { abi, ruleset: None });
+        return Ok(Prepared {
+            abi,
+            ruleset: None,
+            ruled: false,
+        });
     }
     let err = |e: landlock::RulesetError| SetupError::Landlock(e.to_string());
     let mut ruleset = Ruleset::default()
@@ -65,6 +74,40 @@ pub fn prepare(spec: &toolbox_spec::Landlock) -> Result<Prepared, SetupError> {
     Ok(Prepared {
         abi,
         ruleset: Some(ruleset),
+        ruled: false,
+    })
+}
+
+/// A ruleset with the view's path rules added ahead, from a root laid out for a draft and
+/// not yet entered (`root`: its tmpfs), each path resolved as in the jail. It serves a job
+/// only if that root is the job's as laid out, with the same rules ([`Prepared::ruled_for`]).
+/// Landlock's rules hold inodes, so they are exactly those of the finished root only if
+/// nothing at their paths can change before the job starts: each path must be a mount's root
+/// (fixed when mounted) or lie on the root's own tmpfs (the shim's alone). Any path that is
+/// neither, or fails to open, and there is no ruleset ahead: the rules are added in the
+/// finished root, as in any jail.
+pub fn rule_ahead(spec: &toolbox_spec::Landlock, root: BorrowedFd<'_>) -> Option<Prepared> {
+    let Prepared {
+        abi,
+        ruleset: Some(mut ruleset),
+        ..
+    } = prepare(spec).ok()?
+    else {
+        return None;
+    };
+    let (root_mount, _) = sys::mount_of(root).ok()?;
+    for rule in &spec.rules {
+        let fd = sys::open_in_root(root, rule.path.as_str(), libc::O_PATH).ok()?;
+        let (mount, mount_root) = sys::mount_of(fd.as_fd()).ok()?;
+        if !mount_root && mount != root_mount {
+            return None;
+        }
+        ruleset = add_path(ruleset, fd, rule).ok()?;
+    }
+    Some(Prepared {
+        abi,
+        ruleset: Some(ruleset),
+        ruled: true,
     })
 }
 
@@ -75,7 +118,7 @@ impl Prepared {
             return Ok(Outcome::default());
         };
         let err = |e: landlock::RulesetError| SetupError::Landlock(e.to_string());
-        for rule in &spec.rules {
+        for rule in spec.rules.iter().filter(|_| !self.ruled) {
             // openat(2) itself: musl's open(3), under `PathFd`, adds an fcntl(F_SETFD) to
             // every O_CLOEXEC open, one call more for each of the view's ~20 rules.
             let fd = nix::fcntl::open(
@@ -84,13 +127,7 @@ impl Prepared {
                 Mode::empty(),
             )
             .map_err(|e| SetupError::Landlock(format!("open {}: {e}", rule.path)))?;
-            let mut access = rights(rule.access);
-            if !rule.dir {
-                access &= AccessFs::from_file(TARGET);
-            }
-            ruleset = ruleset
-                .add_rule(PathBeneath::new(fd, access))
-                .map_err(err)?;
+            ruleset = add_path(ruleset, fd, rule).map_err(err)?;
         }
         if spec.deny_tcp && self.abi >= 4 {
             for &port in &spec.connect_ports {
@@ -108,6 +145,27 @@ impl Prepared {
             scoped: fs && spec.scoped && self.abi >= 6,
         })
     }
+}
+
+impl Prepared {
+    /// Whether this ruleset, with its rules added ahead for `draft`, serves a job with
+    /// `spec` in the root laid out for the draft: the same path rules.
+    pub fn ruled_for(&self, draft: &toolbox_spec::Landlock, spec: &toolbox_spec::Landlock) -> bool {
+        self.ruled && draft.rules == spec.rules
+    }
+}
+
+/// The rule for `rule`'s path, open at `fd`.
+fn add_path(
+    ruleset: RulesetCreated,
+    fd: OwnedFd,
+    rule: &toolbox_spec::LandlockRule,
+) -> Result<RulesetCreated, landlock::RulesetError> {
+    let mut access = rights(rule.access);
+    if !rule.dir {
+        access &= AccessFs::from_file(TARGET);
+    }
+    ruleset.add_rule(PathBeneath::new(fd, access))
 }
 
 fn rights(access: FsAccess) -> BitFlags<AccessFs> {

@@ -124,7 +124,8 @@ fn run() -> Result<i32, SetupError> {
         // and wait for its spec (see `tool::ahead`). Best effort: without it the tool is
         // forked on the go, as in any jail.
         if let Some(readied) = readied.as_ref().filter(|_| joined == spec.cgroup_tasks) {
-            ahead = init::fork_ahead(readied, &spec).ok();
+            let drafted = prebuilt.as_ref().and_then(mounts::Prebuilt::drafted_root);
+            ahead = init::fork_ahead(readied, &spec, drafted).ok();
         }
         if !sys::readable_now(fds::SPEC) {
             sys::prefault();

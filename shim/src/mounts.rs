@@ -221,6 +221,11 @@ impl Prebuilt {
             })
     }
 
+    /// The root a draft laid out (its tmpfs), not yet entered.
+    pub fn drafted_root(&self) -> Option<BorrowedFd<'_>> {
+        self.drafted.as_ref().map(|_| self.tree.root.as_fd())
+    }
+
     /// Detach it: the spec's root is built from scratch.
     fn discard(self) {
         drop(self.tree);
@@ -258,11 +263,12 @@ fn fits(mounts: &[Mount], cgroup_view: &[Mount], anchor: &str) -> bool {
 /// The root: `spec.mounts` (on `prebuilt`, when given and it fits the spec), then — once
 /// `cgroup_made` has waited for the supervisor to make the job's cgroup — `spec.cgroup_view`
 /// (a draft that fits laid out both already); then read-only, and `pivot_root` into it.
+/// Whether the root is the one a draft laid out.
 pub fn build_root(
     spec: &JailSpec,
     prebuilt: Option<Prebuilt>,
     cgroup_made: impl FnOnce() -> Result<(), SetupError>,
-) -> Result<(), SetupError> {
+) -> Result<bool, SetupError> {
     let prebuilt = match prebuilt {
         Some(prebuilt) if prebuilt.drafted_for(spec) => Some(prebuilt),
         Some(prebuilt) if prebuilt.drafted.is_none() && prebuilt.fits(spec) => Some(prebuilt),
@@ -326,7 +332,7 @@ pub fn build_root(
     umount2(".", MntFlags::MNT_DETACH).map_err(SetupError::PivotRoot)?;
     nix::unistd::chdir("/").map_err(SetupError::PivotRoot)?;
     nix::sys::stat::umask(umask);
-    Ok(())
+    Ok(drafted)
 }
 
 /// The jail's writable tmpfs mounts (see [`Tree::writable`]).

@@ -241,6 +241,29 @@ pub fn open_beneath(
     const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
     const RESOLVE_NO_SYMLINKS: u64 = 0x04;
     const RESOLVE_BENEATH: u64 = 0x08;
+    openat2(
+        dir,
+        path,
+        flags,
+        mode,
+        RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+/// `openat2(2)` with RESOLVE_IN_ROOT: open `path` as a process whose root is `dir` would
+/// (`..` and absolute links stay within it; no magic link is followed).
+pub fn open_in_root(dir: BorrowedFd<'_>, path: &str, flags: libc::c_int) -> Result<OwnedFd, Errno> {
+    const RESOLVE_IN_ROOT: u64 = 0x10;
+    openat2(dir, path, flags, 0, RESOLVE_IN_ROOT)
+}
+
+fn openat2(
+    dir: BorrowedFd<'_>,
+    path: &str,
+    flags: libc::c_int,
+    mode: u32,
+    resolve: u64,
+) -> Result<OwnedFd, Errno> {
     #[repr(C)]
     struct OpenHow {
         flags: u64,
@@ -255,7 +278,7 @@ pub fn open_beneath(
         } else {
             0
         },
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+        resolve,
     };
     // SAFETY: valid descriptor, NUL-terminated path and an open_how of the size passed,
     // all alive for the call; returns a new descriptor.
@@ -269,6 +292,32 @@ pub fn open_beneath(
         )
     };
     owned(ret)
+}
+
+/// The mount `fd` lies on (its id) and whether it is that mount's root, by `statx(2)`.
+pub fn mount_of(fd: BorrowedFd<'_>) -> Result<(u64, bool), Errno> {
+    // SAFETY: valid descriptor, an empty NUL-terminated path with AT_EMPTY_PATH, and a
+    // statx buffer of the kernel's size, alive for the call; all zeroes (integers only) is
+    // a valid statx before the kernel fills it.
+    let (ret, stx) = unsafe {
+        let mut stx: libc::statx = std::mem::zeroed();
+        let ret = libc::syscall(
+            libc::SYS_statx,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &mut stx as *mut libc::statx,
+        );
+        (ret, stx)
+    };
+    Errno::result(ret)?;
+    let root_attr = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 || stx.stx_attributes_mask & root_attr == 0 {
+        // A kernel older than 5.8 says neither.
+        return Err(Errno::ENOSYS);
+    }
+    Ok((stx.stx_mnt_id, stx.stx_attributes & root_attr != 0))
 }
 
 /// `pivot_root(".", ".")`: the new root stacks on the old one, which the caller detaches.

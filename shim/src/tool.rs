@@ -27,40 +27,54 @@ const NOT_FOUND: i32 = 127;
 const NOT_EXECUTABLE: i32 = 126;
 
 pub fn run(spec: &JailSpec, network: Option<&Netns>) -> ! {
-    let ready = pin(spec).and_then(|()| before_root(spec, network));
-    start(spec, ready.and_then(|ruleset| in_root(spec, ruleset)))
+    let ready = pin(spec).and_then(|()| before_root(spec, network, None));
+    start(spec, ready.and_then(|(ruleset, _)| in_root(spec, ruleset)))
 }
+
+/// After the spec, PID 1's word to a tool forked ahead that the job may start, in the root
+/// laid out for its draft ([`AS_DRAFTED`]) or in one built afresh for the job (`GO`).
+pub const AS_DRAFTED: u8 = b'd';
 
 /// The tool's process forked ahead of its job, in a prepared jail whose cgroup is final.
 /// While the jail waits, it does all of the recipe that needs no root for a job like the
 /// `draft` (the jail's layout, from the last job): the network namespace joined, ids and
-/// capabilities dropped, seccomp, the Landlock ruleset. PID 1 passes it the job's spec and
-/// stdin on `line` only if the job wants the same of all that ([`ready_for`]); then, once the
-/// root is built and the job may start, the word to go: Landlock's rules and the exec are
-/// all that is left on the job's path. PID 1 gone or giving up (EOF): it leaves, having run
-/// nothing.
+/// capabilities dropped, seccomp, the Landlock ruleset — and, given the root laid out for the
+/// draft (`drafted`), a second ruleset with the view's rules in it too. PID 1 passes it the
+/// job's spec and stdin on `line` only if the job wants the same of all that
+/// ([`ready_for`]); then, once the root is built and the job may start, the word to go, which
+/// says whether the root is the draft's: if it is, and the job's rules are the draft's, the
+/// exec is all that is left on the job's path, else Landlock's rules and the exec. PID 1 gone
+/// or giving up (EOF): it leaves, having run nothing.
 pub fn ahead(
     mut line: std::os::unix::net::UnixStream,
     network: Option<&Netns>,
     draft: &JailSpec,
+    drafted: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> ! {
     let network = network.filter(|_| draft.network == Network::Isolated);
-    let ready = before_root(draft, network);
+    let ready = before_root(draft, network, drafted);
     let Some((spec, stdin)) = take_spec(&line) else {
         sys::exit_now(crate::SHIM_FAILED)
     };
-    let ready = ready.and_then(|ruleset| {
+    let ready = ready.and_then(|rulesets| {
         sys::dup_onto(std::os::fd::AsFd::as_fd(&stdin), 0)
             .map_err(|errno| SetupError::Spec(format!("the tool's stdin: {errno}")))?;
         pin(&spec)?;
-        Ok(ruleset)
+        Ok(rulesets)
     });
     drop(stdin);
     let mut byte = [0u8; 1];
-    if std::io::Read::read_exact(&mut line, &mut byte).is_err() || byte[0] != toolbox_spec::GO {
+    if std::io::Read::read_exact(&mut line, &mut byte).is_err()
+        || !matches!(byte[0], toolbox_spec::GO | AS_DRAFTED)
+    {
         sys::exit_now(crate::SHIM_FAILED);
     }
     drop(line);
+    let as_drafted = byte[0] == AS_DRAFTED;
+    let ready = ready.map(|(bare, ruled)| match ruled {
+        Some(ruled) if as_drafted && ruled.ruled_for(&draft.landlock, &spec.landlock) => ruled,
+        _ => bare,
+    });
     start(&spec, ready.and_then(|ruleset| in_root(&spec, ruleset)))
 }
 
@@ -125,8 +139,16 @@ fn pin(spec: &JailSpec) -> Result<(), SetupError> {
 }
 
 /// Everything of the recipe before Landlock's rules, which need the jail's root: the
-/// ruleset is made here. (Every field of `spec` read here is in [`ready_for`].)
-fn before_root(spec: &JailSpec, network: Option<&Netns>) -> Result<landlock::Prepared, SetupError> {
+/// ruleset is made here, and, given a root laid out for `spec` as a draft (`drafted`), a
+/// second one with the rules added ahead ([`landlock::rule_ahead`]; with the tool's ids, as
+/// in the finished root, and before seccomp, whose filter may refuse openat2). (Every field
+/// of `spec` read here is in [`ready_for`] but the rules, which the second ruleset is
+/// checked against.)
+fn before_root(
+    spec: &JailSpec,
+    network: Option<&Netns>,
+    drafted: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<(landlock::Prepared, Option<landlock::Prepared>), SetupError> {
     // The tool's network: the namespace (only `lo`, up) a helper made while we started.
     if let Some(network) = network {
         network.join()?;
@@ -164,6 +186,7 @@ fn before_root(spec: &JailSpec, network: Option<&Netns>) -> Result<landlock::Pre
 
     drop_privileges(spec.uid, spec.gid)?;
     nix::sys::prctl::set_no_new_privs().map_err(SetupError::NoNewPrivs)?;
+    let ruled = drafted.and_then(|root| landlock::rule_ahead(&spec.landlock, root));
     let program: Vec<libc::sock_filter> = spec
         .seccomp
         .iter()
@@ -175,7 +198,7 @@ fn before_root(spec: &JailSpec, network: Option<&Netns>) -> Result<landlock::Pre
         })
         .collect();
     sys::install_seccomp(&program).map_err(SetupError::Seccomp)?;
-    landlock::prepare(&spec.landlock)
+    Ok((landlock::prepare(&spec.landlock)?, ruled))
 }
 
 /// The rest, in the jail's finished root: Landlock's rules, the workspace.
