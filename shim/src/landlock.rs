@@ -182,3 +182,116 @@ fn rights(access: FsAccess) -> BitFlags<AccessFs> {
         FsAccess::Device => read | AccessFs::WriteFile | AccessFs::Truncate | AccessFs::IoctlDev,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use nix::fcntl::OFlag;
+    use nix::mount::{mount, MsFlags};
+    use nix::sys::stat::Mode;
+    use toolbox_spec::{FsAccess, Landlock, LandlockRule};
+
+    use super::rule_ahead;
+
+    /// The mount namespace of the test that runs the next in one of its own.
+    const PARENT_NS: &str = "TOOLBOX_TEST_PARENT_MOUNT_NS";
+
+    #[test]
+    fn rules_are_added_ahead_only_where_nothing_can_change_before_the_job() {
+        // Mounting needs root, and a mount namespace of its own so as not to touch the
+        // host's: the test below, run in `unshare --mount`.
+        if !nix::unistd::geteuid().is_root() {
+            assert_ne!(
+                std::env::var("CI").as_deref(),
+                Ok("true"),
+                "this test mounts a tmpfs and needs root, and CI=true: failing rather than skipping"
+            );
+            eprintln!("\n!!! SKIPPED: this test mounts a tmpfs and needs root !!!\n");
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let ours = std::fs::read_link("/proc/self/ns/mnt").expect("our mount namespace");
+        let out = std::process::Command::new("unshare")
+            .env(PARENT_NS, ours)
+            .args(["--mount", "--propagation", "private"])
+            .arg(exe)
+            .args([
+                "--exact",
+                "landlock::tests::in_a_mount_namespace_rules_ahead",
+                "--ignored",
+                "--test-threads",
+                "1",
+            ])
+            .output()
+            .expect("run unshare");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    #[ignore = "run by rules_are_added_ahead_only_where_nothing_can_change_before_the_job, in a mount namespace of its own"]
+    fn in_a_mount_namespace_rules_ahead() {
+        let parent = std::env::var_os(PARENT_NS).expect("run by rules_are_added_ahead_…");
+        let ours = std::fs::read_link("/proc/self/ns/mnt").expect("our mount namespace");
+        assert_ne!(
+            ours.as_os_str(),
+            parent,
+            "not in a mount namespace of its own"
+        );
+        // A root as a draft lays it out: its own tmpfs, a directory made on it, a host
+        // directory bound, and a link.
+        let dir = std::env::temp_dir().join(format!("toolbox-rule-ahead-{}", std::process::id()));
+        let (root, host) = (dir.join("root"), dir.join("host"));
+        for path in [&root, &host, &host.join("sub")] {
+            std::fs::create_dir_all(path).expect("mkdir");
+        }
+        let flags = MsFlags::empty();
+        mount(Some("tmpfs"), &root, Some("tmpfs"), flags, Some("size=64k")).expect("tmpfs");
+        for made in ["own", "bound"] {
+            std::fs::create_dir(root.join(made)).expect("mkdir");
+        }
+        mount(
+            Some(&host),
+            &root.join("bound"),
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind");
+        std::os::unix::fs::symlink("/own", root.join("link")).expect("link");
+        let root_fd = nix::fcntl::open(&root, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())
+            .expect("open the root");
+        let ahead = |paths: &[&str]| {
+            let spec = Landlock {
+                rules: paths
+                    .iter()
+                    .map(|path| LandlockRule {
+                        path: (*path).into(),
+                        access: FsAccess::Read,
+                        dir: true,
+                    })
+                    .collect(),
+                deny_tcp: false,
+                connect_ports: Vec::new(),
+                scoped: false,
+                min_abi: 1,
+            };
+            rule_ahead(&spec, root_fd.as_fd()).is_some()
+        };
+        // The root, what is on its own tmpfs, a mount's root; a link and `..` resolved as in
+        // the jail: within it.
+        assert!(ahead(&["/", "/own", "/bound", "/link", "/../own"]));
+        // Inside the bound host directory: the host can replace it before the job starts.
+        assert!(!ahead(&["/own", "/bound/sub"]));
+        // A path that is not there: the rules are added in the finished root, which says why.
+        assert!(!ahead(&["/missing"]));
+        let _ = nix::mount::umount2(&root.join("bound"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = nix::mount::umount2(&root, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
