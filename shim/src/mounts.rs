@@ -610,35 +610,28 @@ impl Tree {
     }
 
     /// Open (creating what is missing) the mount point `path`, one component at a time from
-    /// the nearest directory already open, following no symlink.
+    /// the nearest directory already open, following no symlink. The directories on the way
+    /// stay open for the next mount point beneath them (until a mount covers them).
     fn mount_point(&mut self, path: &str, kind: Kind) -> Result<OwnedFd, SetupError> {
         let err = |errno| SetupError::MountPoint {
             dst: path.to_string(),
             errno,
         };
         let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        let prefix = |depth: usize| format!("/{}", components[..depth].join("/"));
         // Start from the deepest open ancestor.
-        let mut start = 0;
-        let mut dir =
-            sys::open_beneath(self.root.as_fd(), ".", libc::O_PATH | libc::O_DIRECTORY, 0)
-                .map_err(err)?;
-        for depth in (1..components.len()).rev() {
-            if let Some(fd) = self
-                .dirs
-                .get(&format!("/{}", components[..depth].join("/")))
-            {
-                dir = sys::open_beneath(fd.as_fd(), ".", libc::O_PATH | libc::O_DIRECTORY, 0)
-                    .map_err(err)?;
-                start = depth;
-                break;
-            }
-        }
+        let (start, from) = (1..components.len())
+            .rev()
+            .find_map(|depth| self.dirs.get(&prefix(depth)).map(|fd| (depth, fd.as_fd())))
+            .unwrap_or((0, self.root.as_fd()));
+        // What is opened on the way, the last of it the directory we are in.
+        let mut opened: Vec<(String, OwnedFd)> = Vec::new();
+        // Whether that directory was made just now: then nothing is in it to look up first.
+        let mut made_now = false;
         for (i, name) in components.iter().enumerate().skip(start) {
-            let want = if i + 1 == components.len() {
-                kind
-            } else {
-                Kind::Dir
-            };
+            let dir = opened.last().map_or(from, |(_, fd)| fd.as_fd());
+            let last = i + 1 == components.len();
+            let want = if last { kind } else { Kind::Dir };
             let flags = libc::O_PATH
                 | libc::O_NOFOLLOW
                 | if want == Kind::Dir {
@@ -646,25 +639,27 @@ impl Tree {
                 } else {
                     0
                 };
-            let next = match sys::open_beneath(dir.as_fd(), name, flags, 0) {
+            let found = if made_now {
+                Err(Errno::ENOENT)
+            } else {
+                sys::open_beneath(dir, name, flags, 0)
+            };
+            made_now = false;
+            let next = match found {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) => {
                     match want {
                         Kind::Dir => {
-                            nix::sys::stat::mkdirat(
-                                dir.as_fd(),
-                                *name,
-                                Mode::from_bits_truncate(0o755),
-                            )
-                            .map_err(err)?;
-                            let made = format!("/{}", components[..=i].join("/"));
+                            nix::sys::stat::mkdirat(dir, *name, Mode::from_bits_truncate(0o755))
+                                .map_err(err)?;
+                            let made = prefix(i + 1);
                             let in_writable = self
                                 .writable
                                 .iter()
                                 .any(|tmpfs| made.starts_with(&format!("{tmpfs}/")));
                             if in_writable {
                                 nix::unistd::fchownat(
-                                    dir.as_fd(),
+                                    dir,
                                     *name,
                                     Some(nix::unistd::Uid::from_raw(self.tool.0)),
                                     Some(nix::unistd::Gid::from_raw(self.tool.1)),
@@ -672,10 +667,11 @@ impl Tree {
                                 )
                                 .map_err(err)?;
                             }
+                            made_now = true;
                         }
                         Kind::File => drop(
                             sys::open_beneath(
-                                dir.as_fd(),
+                                dir,
                                 name,
                                 libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                                 0o644,
@@ -683,7 +679,7 @@ impl Tree {
                             .map_err(err)?,
                         ),
                     }
-                    sys::open_beneath(dir.as_fd(), name, flags, 0).map_err(err)?
+                    sys::open_beneath(dir, name, flags, 0).map_err(err)?
                 }
                 Err(Errno::ENOTDIR | Errno::ELOOP) => {
                     return Err(SetupError::MountPointKind {
@@ -706,9 +702,15 @@ impl Tree {
                     });
                 }
             }
-            dir = next;
+            opened.push((prefix(i + 1), next));
         }
-        Ok(dir)
+        let target = match opened.pop() {
+            Some((_, target)) => target,
+            // The root itself.
+            None => from.try_clone_to_owned().map_err(|e| err(io_errno(&e)))?,
+        };
+        self.dirs.extend(opened);
+        Ok(target)
     }
 }
 
