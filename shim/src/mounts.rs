@@ -195,6 +195,9 @@ impl Prebuilt {
         for (mount, source) in draft.cgroup_view.iter().zip(sources) {
             self.tree.apply(mount, source)?;
         }
+        // Every mount is made: the directories opened on the way are closed now, not on the
+        // job's path (a root rebuilt for a job that wants other mounts starts afresh).
+        self.tree.dirs.clear();
         Ok(Drafted {
             mounts: draft.mounts.clone(),
             cgroup_view: draft.cgroup_view.clone(),
