@@ -5,14 +5,14 @@
 //! newer (TCP from ABI 4, ioctl on devices from 5, scoping from 6) is taken best-effort, and
 //! what the kernel really enforced is reported back.
 
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
 use landlock::{
     Access, AccessFs, AccessNet, BitFlags, CompatLevel, Compatible, NetPort, PathBeneath, Ruleset,
     RulesetAttr, RulesetCreated, RulesetCreatedAttr, RulesetStatus, Scope, ABI,
 };
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-
 use toolbox_spec::FsAccess;
 
 use crate::error::SetupError;
@@ -112,13 +112,15 @@ pub fn rule_ahead(spec: &toolbox_spec::Landlock, root: BorrowedFd<'_>) -> Option
 }
 
 impl Prepared {
-    /// Add the view's rules (paths in the jail's root) and restrict ourselves.
+    /// Add the view's rules (paths in the jail's root), unless they were added ahead, and
+    /// restrict ourselves.
     pub fn restrict(self, spec: &toolbox_spec::Landlock) -> Result<Outcome, SetupError> {
         let Some(mut ruleset) = self.ruleset else {
             return Ok(Outcome::default());
         };
         let err = |e: landlock::RulesetError| SetupError::Landlock(e.to_string());
-        for rule in spec.rules.iter().filter(|_| !self.ruled) {
+        let to_add: &[toolbox_spec::LandlockRule] = if self.ruled { &[] } else { &spec.rules };
+        for rule in to_add {
             // openat(2) itself: musl's open(3), under `PathFd`, adds an fcntl(F_SETFD) to
             // every O_CLOEXEC open, one call more for each of the view's ~20 rules.
             let fd = nix::fcntl::open(
@@ -145,9 +147,7 @@ impl Prepared {
             scoped: fs && spec.scoped && self.abi >= 6,
         })
     }
-}
 
-impl Prepared {
     /// Whether this ruleset, with its rules added ahead for `draft`, serves a job with
     /// `spec` in the root laid out for the draft: the same path rules.
     pub fn ruled_for(&self, draft: &toolbox_spec::Landlock, spec: &toolbox_spec::Landlock) -> bool {
