@@ -58,6 +58,24 @@ fn a_prepared_jail_serves_one_job_and_the_next_job_gets_another() {
     assert_ne!(first.1, second.1, "two jobs shared a cgroup");
 }
 
+/// Whether process `pid` is readied as a job's tool is: in another network namespace than
+/// the host's, not root, its seccomp filter on. (A jail's network helper is root, with no
+/// filter.)
+fn readied_as_tool(pid: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
+    };
+    let host_net = std::fs::read_link("/proc/self/ns/net").ok();
+    let net = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    net.is_some_and(|net| Some(&net) != host_net.as_ref())
+        && field("Uid:").is_some_and(|uid| uid != "0")
+        && field("Seccomp:").as_deref() == Some("2")
+}
+
 /// Everything of a prepared jail that no job changes is done before its job comes: its
 /// network namespace taken from the helper that made it, which is gone (reaped); once a job
 /// has shown what the next will look like, the tool's process is forked too and readied for
@@ -70,29 +88,16 @@ fn a_prepared_jail_waits_with_its_network_made_and_its_tool_forked() {
     }
     let daemon = Daemon::start(&["--warm", "1"]);
     let ws = workspace();
-    let host_net = std::fs::read_link("/proc/self/ns/net").expect("readlink");
-    // Of a process: whether it is readied as a job's tool is (another network namespace
-    // than the host's, not root, seccomp on). A network helper is root, with no filter.
-    let readied = |pid: i32| {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .map(|rest| rest.split_whitespace().next().unwrap_or("").to_string())
-        };
-        let net = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
-        net.is_some_and(|net| net != host_net)
-            && field("Uid:").is_some_and(|uid| uid != "0")
-            && field("Seccomp:").as_deref() == Some("2")
-    };
-    // Children of each waiting jail's PID 1, and whether each is readied so.
+    // Children of each waiting jail's PID 1, and whether each is readied as a job's tool.
     let waiting = || {
         daemon
             .shims()
             .iter()
             .map(|&pid| {
-                let kids: Vec<bool> = children(pid, None).into_iter().map(readied).collect();
+                let kids: Vec<bool> = children(pid, None)
+                    .into_iter()
+                    .map(readied_as_tool)
+                    .collect();
                 (pid, kids)
             })
             .collect::<Vec<_>>()
@@ -142,6 +147,7 @@ fn a_prepared_jail_waits_with_its_network_made_and_its_tool_forked() {
     assert_eq!(record["exit_code"], 0, "{record}\n{stdout}");
     assert_eq!(record["isolation"]["warm"], true, "{record}");
     let lines: Vec<&str> = stdout.lines().collect();
+    let host_net = std::fs::read_link("/proc/self/ns/net").expect("readlink");
     assert_ne!(
         lines.first().copied(),
         Some(host_net.to_string_lossy().as_ref()),
@@ -180,10 +186,12 @@ fn a_tool_readied_for_another_job_is_not_used() {
     let ws = workspace();
     let (record, _) = run(&daemon, ws.path(), "true");
     assert_eq!(record["isolation"]["warm"], true, "{record}");
+    // The one jail's one child, once it is the tool readied (not its network helper, which
+    // comes first and is gone by then).
     let readied = || {
         let shims = daemon.shims();
         let kids: Vec<i32> = shims.iter().flat_map(|&pid| children(pid, None)).collect();
-        (shims.len() == 1 && kids.len() == 1).then(|| kids[0])
+        (shims.len() == 1 && kids.len() == 1 && readied_as_tool(kids[0])).then(|| kids[0])
     };
     assert!(
         wait_for(Duration::from_secs(20), || readied().is_some()),
