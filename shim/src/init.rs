@@ -306,7 +306,21 @@ pub fn run(
     } else {
         open_cgroup_parents(&spec.cgroup_tasks)?
     };
-    let as_drafted = build(spec, &mut go, prebuilt)?;
+    let entered = prebuilt.as_ref().is_some_and(mounts::Prebuilt::entered);
+    let mounts::Built {
+        as_drafted,
+        host_ns,
+    } = build(spec, &mut go, prebuilt)?;
+    // A tool born in a root entered ahead (see `mounts::Prebuilt::enter_ahead`) serves only
+    // a job that got that root; otherwise it goes, having run nothing, and the job's tool is
+    // forked on the go.
+    let ahead = match ahead {
+        Some(ahead) if entered && host_ns.is_none() => {
+            ahead.discard();
+            None
+        }
+        ahead => ahead,
+    };
     // (The jail's own: its /dev is part of the root's fixed part.)
     let null = std::fs::OpenOptions::new()
         .read(true)
@@ -355,9 +369,15 @@ pub fn run(
         // Made already, before it was forked (see `fork_ahead`).
         Some(ahead) => {
             ahead.start(as_drafted);
+            // The host's view we left a root entered ahead from goes now, beside the tool
+            // (see `mounts::Built::host_ns`).
+            drop(host_ns);
             ahead.pid
         }
         None => {
+            // Not to be inherited by the tool (rarely here: a root entered ahead whose tool
+            // did not serve the job).
+            drop(host_ns);
             // A cgroup namespace rooted at the job's cgroup, which we are in now: the tool,
             // and every command exec'd beside it, sees itself at "/" — one namespace for
             // all of them.
@@ -435,7 +455,7 @@ fn build(
     spec: &JailSpec,
     go: &mut std::fs::File,
     prebuilt: Option<mounts::Prebuilt>,
-) -> Result<bool, SetupError> {
+) -> Result<mounts::Built, SetupError> {
     nix::unistd::sethostname(&spec.hostname).map_err(SetupError::Hostname)?;
     mounts::build_root(spec, prebuilt, || {
         let mut byte = [0u8; 1];

@@ -33,7 +33,7 @@ mod tool;
 #[global_allocator]
 static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use toolbox_spec::{fds, JailSpec, Network};
 
@@ -123,9 +123,15 @@ fn run() -> Result<i32, SetupError> {
         // v1), the tool's process too, forked now to ready itself for a job like the draft
         // and wait for its spec (see `tool::ahead`). Best effort: without it the tool is
         // forked on the go, as in any jail.
+        // The draft's root is entered now too, and the tool born in it (see
+        // `mounts::Prebuilt::enter_ahead`).
         if let Some(readied) = readied.as_ref().filter(|_| joined == spec.cgroup_tasks) {
-            let drafted = prebuilt.as_ref().and_then(mounts::Prebuilt::drafted_root);
-            ahead = init::fork_ahead(readied, &spec, drafted).ok();
+            let fork =
+                |drafted: Option<BorrowedFd<'_>>| init::fork_ahead(readied, &spec, drafted).ok();
+            ahead = match prebuilt.as_mut() {
+                Some(prebuilt) => prebuilt.enter_ahead(fork)?,
+                None => fork(None),
+            };
         }
         if !sys::readable_now(fds::SPEC) {
             sys::prefault();

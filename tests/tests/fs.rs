@@ -603,6 +603,33 @@ fn a_policy_showing_the_whole_home_still_hides_its_secrets() {
     assert!(!out.contains(&text), "a secret leaked: {out}");
 }
 
+/// The jail's root is read-only and without set-id programs, whoever entered it: a cold
+/// job's shim once the spec came, or a prepared jail's ahead of its job, in a mount
+/// namespace of its own (a warm job's).
+#[test]
+fn the_root_is_read_only_and_nosuid_in_every_jail() {
+    if !require_root() {
+        return;
+    }
+    let ws = workspace();
+    for via in Via::JOBS {
+        let job = Run::command(
+            ws.path(),
+            &["awk", "$5 == \"/\" { print $6 }", "/proc/self/mountinfo"],
+        )
+        .without_probe()
+        .via(via)
+        .run();
+        assert_eq!(job.status(), "exited", "{via:?}: {:?}", job.record());
+        let options = job.stdout_text();
+        let options: Vec<&str> = options.trim().split(',').collect();
+        assert!(
+            options.contains(&"ro") && options.contains(&"nosuid"),
+            "{via:?}: the root's mount options are {options:?}"
+        );
+    }
+}
+
 #[test]
 fn the_jail_is_the_same_whether_its_root_was_begun_before_the_spec_or_not() {
     if !require_root() {
