@@ -30,32 +30,80 @@ fn a_prepared_jail_serves_one_job_and_the_next_job_gets_another() {
     if !require_root() {
         return;
     }
+    const NAMESPACES: [&str; 6] = ["pid", "mnt", "net", "ipc", "uts", "cgroup"];
     let daemon = Daemon::start(&["--warm", "2"]);
     let ws = workspace();
     let script = "for ns in pid mnt net ipc uts cgroup; do readlink /proc/self/ns/$ns; done; \
                   ls /tmp; echo left-behind > /tmp/marker";
-    let mut seen = Vec::new();
-    for _ in 0..2 {
-        daemon.wait_for_warm("isolated");
-        let (record, stdout) = run(&daemon, ws.path(), script);
-        assert_eq!(record["exit_code"], 0, "{record}\n{stdout}");
-        assert_eq!(record["isolation"]["warm"], true, "{record}");
-        // The marker the first job left in its /tmp is not in the second's.
-        assert!(
-            !stdout.contains("marker"),
-            "a job saw another's /tmp: {stdout}"
-        );
-        let namespaces: Vec<String> = stdout.lines().take(6).map(str::to_string).collect();
-        let cgroup = record["isolation"]["cgroup_path"]
-            .as_str()
-            .map(str::to_string);
-        seen.push((namespaces, cgroup));
+    // The first job waits, having said its namespaces, until this test holds them open: a
+    // freed namespace's number may be given to the next one made, so the second job's are
+    // compared with the first's still alive.
+    let flag = ws.path().join("go");
+    let waits = format!(
+        "{script}; while [ ! -e {} ]; do sleep 0.02; done",
+        flag.display()
+    );
+    daemon.wait_for_warm("isolated");
+    let mut first = daemon.submit(&json!({ "argv": ["sh", "-c", waits], "cwd": ws.path() }));
+    let mut held = Vec::new();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            let shells: Vec<i32> = daemon
+                .shims()
+                .iter()
+                .flat_map(|&shim| children(shim, Some("sh")))
+                .collect();
+            held = shells
+                .first()
+                .map(|pid| {
+                    NAMESPACES
+                        .iter()
+                        .filter_map(|ns| std::fs::File::open(format!("/proc/{pid}/ns/{ns}")).ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            held.len() == NAMESPACES.len()
+        }),
+        "the first job's shell was not found"
+    );
+    std::fs::write(&flag, "").expect("flag");
+    first.read_to_end();
+    let first_record = first.exit().clone();
+    assert_no_leftovers_of(&first_record);
+    let first_out = String::from_utf8_lossy(&first.output("stdout")).into_owned();
+    assert_eq!(first_record["exit_code"], 0, "{first_record}\n{first_out}");
+    assert_eq!(first_record["isolation"]["warm"], true, "{first_record}");
+    let first_namespaces: Vec<&str> = first_out.lines().take(NAMESPACES.len()).collect();
+    // What the test holds is what the job saw.
+    let holding: Vec<String> = held
+        .iter()
+        .map(|file| {
+            let fd = std::os::fd::AsRawFd::as_raw_fd(file);
+            std::fs::read_link(format!("/proc/self/fd/{fd}"))
+                .expect("readlink")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(holding, first_namespaces, "{first_out}");
+
+    daemon.wait_for_warm("isolated");
+    let (record, stdout) = run(&daemon, ws.path(), script);
+    assert_eq!(record["exit_code"], 0, "{record}\n{stdout}");
+    assert_eq!(record["isolation"]["warm"], true, "{record}");
+    // The marker the first job left in its /tmp is not in the second's.
+    assert!(
+        !stdout.contains("marker"),
+        "a job saw another's /tmp: {stdout}"
+    );
+    for (a, b) in first_namespaces.iter().zip(stdout.lines()) {
+        assert_ne!(*a, b, "two jobs shared a namespace");
     }
-    let (first, second) = (&seen[0], &seen[1]);
-    for (a, b) in first.0.iter().zip(&second.0) {
-        assert_ne!(a, b, "two jobs shared a namespace");
-    }
-    assert_ne!(first.1, second.1, "two jobs shared a cgroup");
+    assert_ne!(
+        first_record["isolation"]["cgroup_path"], record["isolation"]["cgroup_path"],
+        "two jobs shared a cgroup"
+    );
+    drop(held);
 }
 
 /// Whether process `pid` is readied as a job's tool is: in another network namespace than
