@@ -269,23 +269,21 @@ impl Prebuilt {
             nix::unistd::chdir("/")?;
             Ok(jail)
         });
-        let mut in_jail = Some(in_jail);
-        let value = match (&jail, in_jail.take()) {
-            (Ok(_), Some(in_jail)) => Some(in_jail(self.drafted_root())),
-            (_, unused) => {
-                in_jail = unused;
-                None
-            }
+        let back = |host: &OwnedFd| {
+            nix::sched::setns(host.as_fd(), CloneFlags::CLONE_NEWNS).map_err(SetupError::PivotRoot)
         };
-        // Back to the host's view; a copy left half-made goes with its last reference.
-        nix::sched::setns(host.as_fd(), CloneFlags::CLONE_NEWNS).map_err(SetupError::PivotRoot)?;
-        match (jail, value, in_jail) {
-            (Ok(jail), Some(value), _) => {
+        match jail {
+            Ok(jail) => {
+                let value = in_jail(self.drafted_root());
+                back(&host)?;
                 self.entered = Some(Entered { host, jail });
                 Ok(value)
             }
-            (_, _, Some(in_jail)) => Ok(in_jail(self.drafted_root())),
-            (_, _, None) => unreachable!("in_jail ran, or is run here"),
+            // Back to the host's view; the copy left half-made goes with its last reference.
+            Err(_) => {
+                back(&host)?;
+                Ok(in_jail(self.drafted_root()))
+            }
         }
     }
 
