@@ -500,7 +500,8 @@ fn open_cgroup_parents(tasks: &[String]) -> Result<Vec<CgroupParent>, SetupError
                 .filter(|parent| !parent.is_empty())
                 .map(str::len)
                 .ok_or(failed(nix::errno::Errno::EINVAL))?;
-            let dir = nix::fcntl::open(
+            let dir = nix::fcntl::openat(
+                nix::fcntl::AT_FDCWD,
                 &path[..cut],
                 OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
                 Mode::empty(),

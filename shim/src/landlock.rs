@@ -123,7 +123,8 @@ impl Prepared {
         for rule in to_add {
             // openat(2) itself: musl's open(3), under `PathFd`, adds an fcntl(F_SETFD) to
             // every O_CLOEXEC open, one call more for each of the view's ~20 rules.
-            let fd = nix::fcntl::open(
+            let fd = nix::fcntl::openat(
+                nix::fcntl::AT_FDCWD,
                 rule.path.as_str(),
                 OFlag::O_PATH | OFlag::O_CLOEXEC,
                 Mode::empty(),
@@ -264,8 +265,13 @@ mod tests {
         )
         .expect("bind");
         std::os::unix::fs::symlink("/own", root.join("link")).expect("link");
-        let root_fd = nix::fcntl::open(&root, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())
-            .expect("open the root");
+        let root_fd = nix::fcntl::openat(
+            nix::fcntl::AT_FDCWD,
+            &root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            Mode::empty(),
+        )
+        .expect("open the root");
         let ahead = |paths: &[&str]| {
             let spec = Landlock {
                 rules: paths

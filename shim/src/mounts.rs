@@ -122,7 +122,8 @@ pub fn prebuild(anchor: &str) -> Result<Prebuilt, SetupError> {
     let built = new_root()
         .and_then(|root_fs| {
             let open = || {
-                nix::fcntl::open(
+                nix::fcntl::openat(
+                    nix::fcntl::AT_FDCWD,
                     anchor,
                     OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                     Mode::empty(),
@@ -244,7 +245,8 @@ impl Prebuilt {
         in_jail: impl FnOnce(Option<BorrowedFd<'_>>) -> T,
     ) -> Result<T, SetupError> {
         let ns = || {
-            nix::fcntl::open(
+            nix::fcntl::openat(
+                nix::fcntl::AT_FDCWD,
                 "/proc/self/ns/mnt",
                 OFlag::O_RDONLY | OFlag::O_CLOEXEC,
                 Mode::empty(),
@@ -521,7 +523,8 @@ fn open_sources(
 /// needs it to be a mount point) and open it.
 fn attach_root(root_fs: &OwnedFd) -> Result<OwnedFd, SetupError> {
     let open = |anchor| {
-        nix::fcntl::open(
+        nix::fcntl::openat(
+            nix::fcntl::AT_FDCWD,
             anchor,
             OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),

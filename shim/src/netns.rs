@@ -80,7 +80,8 @@ fn helper(ready: OwnedFd, hold: OwnedFd) -> ! {
         .map_err(SetupError::Namespaces)
         .and_then(|()| sys::interface_up("lo").map_err(SetupError::Loopback))
         .and_then(|()| {
-            nix::fcntl::open(
+            nix::fcntl::openat(
+                nix::fcntl::AT_FDCWD,
                 "/proc/self/ns/net",
                 OFlag::O_RDONLY | OFlag::O_CLOEXEC,
                 nix::sys::stat::Mode::empty(),
@@ -101,7 +102,8 @@ fn helper(ready: OwnedFd, hold: OwnedFd) -> ! {
     // Our /proc/self/net is the new namespace's now: what these read stays its, whoever
     // reads them later.
     let counters = ["/proc/self/net/snmp", "/proc/self/net/snmp6"].map(|path| {
-        nix::fcntl::open(
+        nix::fcntl::openat(
+            nix::fcntl::AT_FDCWD,
             path,
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),

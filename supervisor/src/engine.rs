@@ -162,6 +162,13 @@ impl Prestarted {
     }
 }
 
+/// A job's spec and cgroup limits, kept for the jails prepared after it.
+#[derive(Debug, Clone)]
+struct Draft {
+    spec: std::sync::Arc<JailSpec>,
+    limits: CgroupLimits,
+}
+
 #[derive(Debug)]
 struct Started {
     /// Before the cgroup: a jail dropped unused is killed before its cgroup is removed.
@@ -178,6 +185,8 @@ struct Started {
     warm: bool,
     /// The tool's stdin went over the control socket.
     stdin_passed: bool,
+    /// The limits its cgroup has: set ahead for a prepared jail (the last like job's).
+    limits: Option<CgroupLimits>,
 }
 
 /// The job's cgroup once made, removed when dropped: for the paths on which a job never
@@ -211,9 +220,9 @@ pub struct Engine {
     /// (a daemon calls [`Engine::cgroups`] at start).
     cgroups: std::sync::OnceLock<Result<(Cgroups, Placement), String>>,
     pins: CpuPins,
-    /// The last job's spec per network (isolated, host), framed as a draft for the jails
-    /// [`Engine::prepare`] makes — kept once [`Engine::keep_drafts`] asks.
-    drafts: std::sync::Mutex<Option<[Option<std::sync::Arc<JailSpec>>; 2]>>,
+    /// The last job's spec and cgroup limits per network (isolated, host): the draft for the
+    /// jails [`Engine::prepare`] makes — kept once [`Engine::keep_drafts`] asks.
+    drafts: std::sync::Mutex<Option<[Option<Draft>; 2]>>,
     /// Drafts remembered so far, and word of each (see [`Engine::draft_after`]).
     drafted: std::sync::atomic::AtomicU64,
     draft_made: tokio::sync::Notify,
@@ -301,7 +310,10 @@ impl Engine {
             started.shim.process.set_nice(19);
             // What the last job's root looked like: the shim lays it out while it waits,
             // and keeps it if the job's spec wants the same.
-            if let Some(draft) = self.draft(network, &started.name) {
+            let Some((draft, limits)) = self.draft(network, &started.name) else {
+                return Ok(prepared);
+            };
+            if let Some(draft) = draft {
                 if let Err(err) = started.shim.send_draft(&draft) {
                     return Err(EngineError::Spawn {
                         path: self.shim.clone(),
@@ -310,6 +322,13 @@ impl Engine {
                         )),
                     });
                 }
+            }
+            // And its cgroup gets the last job's limits: a job with the same writes none.
+            if let Some(cgroup) = &started.cgroup.0 {
+                cgroup
+                    .set_limits(&limits, None)
+                    .map_err(|err| EngineError::Cgroups(format!("limit its cgroup: {err}")))?;
+                started.limits = Some(limits);
             }
         }
         Ok(prepared)
@@ -324,8 +343,8 @@ impl Engine {
 
     /// The draft for a jail prepared for `network` with the cgroup `name`: the last job's
     /// spec, with this jail's cgroup (made already, so its view is laid out and joined with
-    /// the rest), framed; None if there is none or it is too large.
-    fn draft(&self, network: Network, name: &str) -> Option<Vec<u8>> {
+    /// the rest), framed (None if too large), and its cgroup limits; None if there is none.
+    fn draft(&self, network: Network, name: &str) -> Option<(Option<Vec<u8>>, CgroupLimits)> {
         let last = {
             let drafts = self.drafts.lock().unwrap_or_else(|e| e.into_inner());
             drafts.as_ref()?[network_slot(network)].clone()?
@@ -336,19 +355,25 @@ impl Engine {
             stdin_passed: false,
             cgroup_view: cgroup_view(cgroups, name),
             cgroup_tasks: cgroups.tasks_for(name),
-            ..(*last).clone()
+            ..(*last.spec).clone()
         }
         .encode();
-        (frame.len() <= spawn::DRAFT_MAX).then_some(frame)
+        Some((
+            (frame.len() <= spawn::DRAFT_MAX).then_some(frame),
+            last.limits,
+        ))
     }
 
-    fn remember_draft(&self, spec: &JailSpec) {
+    fn remember_draft(&self, spec: &JailSpec, limits: CgroupLimits) {
         {
             let mut drafts = self.drafts.lock().unwrap_or_else(|e| e.into_inner());
             let Some(drafts) = drafts.as_mut() else {
                 return;
             };
-            drafts[network_slot(spec.network)] = Some(std::sync::Arc::new(spec.clone()));
+            drafts[network_slot(spec.network)] = Some(Draft {
+                spec: std::sync::Arc::new(spec.clone()),
+                limits,
+            });
         }
         self.drafted
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -418,6 +443,7 @@ impl Engine {
             isolated: network == Network::Isolated,
             warm: false,
             stdin_passed: false,
+            limits: None,
         })))
     }
 
@@ -532,6 +558,7 @@ impl Engine {
             isolated,
             warm,
             stdin_passed,
+            limits: had,
         } = match prestarted.0 {
             Ok(started) => started,
             Err(message) => return failed(result, started, message),
@@ -570,7 +597,7 @@ impl Engine {
                     .send_spec(&spec)
                     .await
                     .map_err(|e| format!("send the shim its spec: {e}"));
-                self.remember_draft(&spec);
+                self.remember_draft(&spec, limits);
                 sent
             }
             Err(message) => Err(message),
@@ -594,7 +621,7 @@ impl Engine {
             unreachable!("the job's cgroup was made above")
         };
         debug_assert!(cgroup.path().ends_with(&name));
-        if let Err(err) = cgroup.set_limits(&limits) {
+        if let Err(err) = cgroup.set_limits(&limits, had.as_ref()) {
             return failed(result, started, format!("limit the job's cgroup: {err}"));
         }
         // The proxy's listeners, before the go: served where the mode has it (and the job

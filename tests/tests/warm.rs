@@ -297,6 +297,58 @@ fn a_reload_destroys_the_jails_prepared_before_it() {
 }
 
 #[test]
+fn a_prepared_jails_cgroup_has_each_jobs_own_limits() {
+    if !require_root() {
+        return;
+    }
+    // One prepared jail at a time, each made after the last job with that job's limits set
+    // ahead: the next job's, raised, lowered or the same, are what its cgroup enforces.
+    let daemon = Daemon::start(&["--warm", "1"]);
+    let ws = workspace();
+    // The job's cgroup as it sees it (v2: at the top; v1: a directory per hierarchy).
+    let script = "cat /sys/fs/cgroup/memory.max 2>/dev/null || \
+            cat /sys/fs/cgroup/memory/memory.limit_in_bytes; \
+        cat /sys/fs/cgroup/memory.swap.max 2>/dev/null || \
+            cat /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes 2>/dev/null || echo no-swap; \
+        cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max; \
+        cat /sys/fs/cgroup/cpu.max 2>/dev/null || cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us";
+    for (memory, pids, cpus) in [
+        (64u64 << 20, 30u32, 0.5),
+        (256 << 20, 60, 1.0),
+        (32 << 20, 10, 0.25),
+        (32 << 20, 10, 0.25),
+        (96 << 20, 10, 0.25),
+    ] {
+        daemon.wait_for_warm("isolated");
+        let stream = daemon.job(&json!({
+            "argv": ["sh", "-c", script],
+            "cwd": ws.path(),
+            "limits": { "memory": memory.to_string(), "pids": pids, "cpus": cpus },
+        }));
+        let record = stream.exit().clone();
+        assert_eq!(record["exit_code"], 0, "{record}");
+        assert_eq!(record["isolation"]["warm"], true, "{record}");
+        let out = String::from_utf8_lossy(&stream.output("stdout")).into_owned();
+        let lines: Vec<&str> = out.lines().collect();
+        let quota = (cpus * 100_000.0) as u64;
+        assert_eq!(lines.len(), 4, "{out}");
+        assert_eq!(lines[0], memory.to_string(), "memory: {out}");
+        // Swap off: v2's swap at 0, v1's memory+swap at the memory limit (where the kernel
+        // accounts swap at all).
+        assert!(
+            ["0", "no-swap", memory.to_string().as_str()].contains(&lines[1]),
+            "swap: {out}"
+        );
+        // PID 1 counts too.
+        assert_eq!(lines[2], (pids + 1).to_string(), "pids: {out}");
+        assert!(
+            lines[3] == quota.to_string() || lines[3] == format!("{quota} 100000"),
+            "cpus: {out}"
+        );
+    }
+}
+
+#[test]
 fn a_jail_prepared_too_long_ago_is_destroyed_unused() {
     if !require_root() {
         return;

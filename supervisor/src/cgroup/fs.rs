@@ -136,7 +136,8 @@ pub fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
 /// `openat(2)` itself, close-on-exec: musl's `open(3)` follows each O_CLOEXEC open with an
 /// fcntl(F_SETFD) of its own, one call more for every cgroup file a job reads or writes.
 fn open_plain(path: &Path, flags: nix::fcntl::OFlag) -> std::io::Result<std::os::fd::OwnedFd> {
-    Ok(nix::fcntl::open(
+    Ok(nix::fcntl::openat(
+        nix::fcntl::AT_FDCWD,
         path,
         flags | nix::fcntl::OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),

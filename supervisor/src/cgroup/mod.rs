@@ -330,7 +330,7 @@ impl Cgroups {
     /// Make the job cgroup `name` with its limits set.
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<JobCgroup, CgroupError> {
         let job = self.make(name)?;
-        if let Err(err) = job.set_limits(limits) {
+        if let Err(err) = job.set_limits(limits, None) {
             let _ = job.remove();
             return Err(err);
         }
@@ -344,8 +344,13 @@ pub type CgroupBinds = (Vec<(PathBuf, String)>, Vec<(String, String)>);
 
 /// What a job cgroup can do, whichever the version.
 pub trait CgroupManager {
-    /// Write the job's limits.
-    fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError>;
+    /// Write the job's limits. `had`: the limits it has already, when it was prepared ahead
+    /// of its job with a like job's; then only what differs is written.
+    fn set_limits(
+        &self,
+        limits: &CgroupLimits,
+        had: Option<&CgroupLimits>,
+    ) -> Result<(), CgroupError>;
 
     /// Every process in it now.
     fn pids(&self) -> Result<Vec<i32>, CgroupError>;
@@ -378,10 +383,14 @@ impl JobCgroup {
 }
 
 impl CgroupManager for JobCgroup {
-    fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    fn set_limits(
+        &self,
+        limits: &CgroupLimits,
+        had: Option<&CgroupLimits>,
+    ) -> Result<(), CgroupError> {
         match self {
-            JobCgroup::V1(cg) => cg.set_limits(limits),
-            JobCgroup::V2(cg) => cg.set_limits(limits),
+            JobCgroup::V1(cg) => cg.set_limits(limits, had),
+            JobCgroup::V2(cg) => cg.set_limits(limits, had),
         }
     }
 

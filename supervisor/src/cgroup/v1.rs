@@ -231,27 +231,47 @@ impl JobCgroup {
         self.dir(controller).map(|d| d.dir.join(name))
     }
 
-    pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
-        let memory = limits.memory.to_string();
-        if let Some(path) = self.file("memory", "memory.limit_in_bytes") {
-            fs::write(&path, &memory)?;
+    /// Write `limits`; `had`, the limits the cgroup has already (set when it was prepared
+    /// ahead of its job), leaves out what is the same.
+    pub fn set_limits(
+        &self,
+        limits: &CgroupLimits,
+        had: Option<&CgroupLimits>,
+    ) -> Result<(), CgroupError> {
+        if had.map(|h| h.memory) != Some(limits.memory) {
+            let memory = limits.memory.to_string();
+            let limit = self.file("memory", "memory.limit_in_bytes");
+            // memory+swap at the same figure: no swap. Absent when the kernel has no swap
+            // accounting, and then there is nothing to turn off.
+            let memsw = self
+                .file("memory", "memory.memsw.limit_in_bytes")
+                .filter(|p| p.exists());
+            // The kernel refuses a memory limit above memory+swap's: raised, that goes first.
+            let raised = had.is_some_and(|h| limits.memory > h.memory);
+            let order = if raised {
+                [memsw, limit]
+            } else {
+                [limit, memsw]
+            };
+            for path in order.into_iter().flatten() {
+                fs::write(&path, &memory)?;
+            }
         }
-        // memory+swap at the same figure: no swap. Absent when the kernel has no swap
-        // accounting, and then there is nothing to turn off.
-        if let Some(path) = self
-            .file("memory", "memory.memsw.limit_in_bytes")
-            .filter(|p| p.exists())
-        {
-            fs::write(&path, &memory)?;
+        if had.map(|h| h.pids) != Some(limits.pids) {
+            if let Some(path) = self.file("pids", "pids.max") {
+                fs::write(&path, &limits.pids.to_string())?;
+            }
         }
-        if let Some(path) = self.file("pids", "pids.max") {
-            fs::write(&path, &limits.pids.to_string())?;
+        if had.is_none() {
+            if let Some(path) = self.file("cpu", "cpu.cfs_period_us") {
+                fs::write(&path, &CPU_PERIOD_US.to_string())?;
+            }
         }
-        if let Some(path) = self.file("cpu", "cpu.cfs_period_us") {
-            fs::write(&path, &CPU_PERIOD_US.to_string())?;
-        }
-        if let Some(path) = self.file("cpu", "cpu.cfs_quota_us") {
-            fs::write(&path, &cpu_quota_us(limits.cpus).to_string())?;
+        let quota = cpu_quota_us(limits.cpus);
+        if had.map(|h| cpu_quota_us(h.cpus)) != Some(quota) {
+            if let Some(path) = self.file("cpu", "cpu.cfs_quota_us") {
+                fs::write(&path, &quota.to_string())?;
+            }
         }
         Ok(())
     }
@@ -414,7 +434,7 @@ mod tests {
                 })
                 .collect(),
         };
-        job.set_limits(&limits).expect("set the limits");
+        job.set_limits(&limits, None).expect("set the limits");
         let read = |p: PathBuf| std::fs::read_to_string(p).expect("read");
         assert_eq!(read(expected[0].join("memory.limit_in_bytes")), "268435456");
         assert_eq!(
@@ -423,6 +443,29 @@ mod tests {
         );
         assert_eq!(read(expected[1].join("pids.max")), "64");
         assert_eq!(read(expected[2].join("cpu.cfs_quota_us")), "150000");
+        // Set ahead (a prepared jail's): only what the job's limits change is written. (These
+        // files are written as cgroup files are, without truncating: a marker shorter than
+        // every figure.)
+        let ahead = [
+            (&expected[0], "memory.limit_in_bytes"),
+            (&expected[0], "memory.memsw.limit_in_bytes"),
+            (&expected[1], "pids.max"),
+            (&expected[2], "cpu.cfs_period_us"),
+            (&expected[2], "cpu.cfs_quota_us"),
+        ];
+        for (dir, file) in ahead {
+            std::fs::write(dir.join(file), "-").expect("write");
+        }
+        let other = CgroupLimits {
+            cpus: 0.5,
+            ..limits
+        };
+        job.set_limits(&other, Some(&limits))
+            .expect("set the limits");
+        assert_eq!(read(expected[2].join("cpu.cfs_quota_us")), "50000");
+        for (dir, file) in &ahead[..4] {
+            assert_eq!(read(dir.join(file)), "-", "{file} written again");
+        }
         assert_eq!(job.paths(), expected.to_vec());
         // The jail's PID 1 writes itself into every hierarchy's `tasks`, told before the
         // cgroup is made.

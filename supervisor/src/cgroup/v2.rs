@@ -200,17 +200,31 @@ pub struct JobCgroup {
 }
 
 impl JobCgroup {
-    pub fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
-        fs::write(&self.dir.join("memory.max"), &limits.memory.to_string())?;
+    /// Write `limits`; `had`, the limits the cgroup has already (set when it was prepared
+    /// ahead of its job), leaves out what is the same.
+    pub fn set_limits(
+        &self,
+        limits: &CgroupLimits,
+        had: Option<&CgroupLimits>,
+    ) -> Result<(), CgroupError> {
+        if had.map(|h| h.memory) != Some(limits.memory) {
+            fs::write(&self.dir.join("memory.max"), &limits.memory.to_string())?;
+        }
         let swap = self.dir.join("memory.swap.max");
-        if swap.exists() {
+        if had.is_none() && swap.exists() {
             fs::write(&swap, "0")?;
         }
-        fs::write(&self.dir.join("pids.max"), &limits.pids.to_string())?;
-        fs::write(
-            &self.dir.join("cpu.max"),
-            &format!("{} {CPU_PERIOD_US}", cpu_quota_us(limits.cpus)),
-        )
+        if had.map(|h| h.pids) != Some(limits.pids) {
+            fs::write(&self.dir.join("pids.max"), &limits.pids.to_string())?;
+        }
+        let quota = cpu_quota_us(limits.cpus);
+        if had.map(|h| cpu_quota_us(h.cpus)) != Some(quota) {
+            fs::write(
+                &self.dir.join("cpu.max"),
+                &format!("{quota} {CPU_PERIOD_US}"),
+            )?;
+        }
+        Ok(())
     }
 
     /// The directory, for `clone3(CLONE_INTO_CGROUP)`.
@@ -383,17 +397,33 @@ mod tests {
         ] {
             std::fs::write(dir.join(file), "").expect("touch");
         }
-        job.set_limits(&CgroupLimits {
+        let limits = CgroupLimits {
             memory: 1 << 30,
             cpus: 0.5,
             pids: 100,
-        })
-        .expect("set the limits");
+        };
+        job.set_limits(&limits, None).expect("set the limits");
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).expect("read");
         assert_eq!(read("memory.max"), "1073741824");
         assert_eq!(read("memory.swap.max"), "0");
         assert_eq!(read("pids.max"), "100");
         assert_eq!(read("cpu.max"), "50000 100000");
+        // Set ahead (a prepared jail's): only what the job's limits change is written. (These
+        // files are written as cgroup files are, without truncating: a marker shorter than
+        // every figure.)
+        for file in ["memory.max", "memory.swap.max", "pids.max", "cpu.max"] {
+            std::fs::write(dir.join(file), "-").expect("write");
+        }
+        let tighter = CgroupLimits { pids: 50, ..limits };
+        job.set_limits(&tighter, Some(&limits))
+            .expect("set the limits");
+        assert_eq!(read("pids.max"), "50");
+        for file in ["memory.max", "memory.swap.max", "cpu.max"] {
+            assert_eq!(read(file), "-", "{file} written again");
+        }
+        job.set_limits(&limits, Some(&limits))
+            .expect("set the limits");
+        assert_eq!(read("pids.max"), "50", "written though the same");
         // The jail's PID 1 is cloned into the directory.
         job.clone_target().expect("open the directory");
         // An empty cgroup is removed without killing anything.
