@@ -679,9 +679,80 @@ pub fn peer_hung_up(fd: RawFd) -> bool {
     }
 }
 
+/// `SO_PEERGROUPS` (not in the libc crate for Linux): its number where the socket options
+/// take the generic values. Elsewhere (mips, sparc…) groups are read from `/proc`.
+#[cfg(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64",
+    target_arch = "x86",
+    target_arch = "arm"
+))]
+const SO_PEERGROUPS: Option<libc::c_int> = Some(59);
+#[cfg(not(any(
+    target_arch = "x86_64",
+    target_arch = "aarch64",
+    target_arch = "riscv64",
+    target_arch = "x86",
+    target_arch = "arm"
+)))]
+const SO_PEERGROUPS: Option<libc::c_int> = None;
+
+/// The peer's supplementary groups as they were when it connected (`SO_PEERGROUPS`), as
+/// SO_PEERCRED's ids are: not what `/proc/PID/status` says when we read it, by which time
+/// that pid may be another process's (the peer gone and its pid reused; and reading it is
+/// a dozen calls on every connection's path).
+pub fn peer_groups(socket: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    let Some(option) = SO_PEERGROUPS else {
+        return Err(std::io::Error::from_raw_os_error(libc::ENOPROTOOPT));
+    };
+    const SIZE: usize = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = (groups.len() * SIZE) as libc::socklen_t;
+        // SAFETY: the buffer holds `len` bytes, and the kernel writes at most that.
+        let done = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if done == 0 {
+            groups.truncate(len as usize / SIZE);
+            return Ok(groups);
+        }
+        let err = std::io::Error::last_os_error();
+        // Too small: `len` says how much it takes.
+        if err.raw_os_error() == Some(libc::ERANGE) && len as usize / SIZE > groups.len() {
+            groups.resize(len as usize / SIZE, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_groups_are_the_supplementary_groups_it_had() {
+        use std::os::fd::AsFd;
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let mut want: Vec<u32> = nix::unistd::getgroups()
+            .expect("getgroups")
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+        let mut got = peer_groups(ours.as_fd()).expect("SO_PEERGROUPS");
+        want.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, want);
+    }
 
     #[test]
     fn self_status_tells_ignored_signals_and_inherited_seccomp_filters() {

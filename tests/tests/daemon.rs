@@ -721,6 +721,60 @@ fn peers_off_the_allowlist_are_refused_and_allowed_ones_run_as_themselves() {
     assert_eq!(audit[0]["uid"], TOOL_UID);
 }
 
+#[test]
+fn a_peer_is_let_in_by_a_supplementary_group_it_had_when_it_connected() {
+    if !require_root() {
+        return;
+    }
+    // Allowed by a group the peer holds only as a supplementary one, behind 40 others (more
+    // than the daemon's first guess at how many a peer has).
+    const GROUP: u32 = 54_990;
+    let daemon = Daemon::start(&["--allow-gid", &GROUP.to_string()]);
+    open_dir(&daemon);
+    std::fs::set_permissions(
+        &daemon.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .expect("chmod");
+    let ws = workspace();
+    let run = |groups: Vec<libc::gid_t>| {
+        let mut command = std::process::Command::new(toolbox());
+        command
+            .args(["run", "--socket"])
+            .arg(&daemon.socket)
+            .arg("-C")
+            .arg(ws.path())
+            .args(["--", "id", "-u"])
+            .stdin(std::process::Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(TOOL_UID) != 0
+                    || libc::setuid(TOOL_UID) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command.output().expect("run toolbox")
+    };
+    let others: Vec<libc::gid_t> = (54_900..54_940).collect();
+    let member = run(others.iter().copied().chain([GROUP]).collect());
+    assert!(member.status.success(), "{member:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&member.stdout).trim(),
+        TOOL_UID.to_string()
+    );
+    let outsider = run(others);
+    assert_eq!(outsider.status.code(), Some(125), "{outsider:?}");
+    assert!(
+        String::from_utf8_lossy(&outsider.stderr).contains("may not use this daemon"),
+        "{outsider:?}"
+    );
+}
+
 /// Let other users reach the daemon's socket path (its temporary directory is 0700).
 fn open_dir(daemon: &Daemon) {
     std::fs::set_permissions(

@@ -7,7 +7,7 @@
 //! cgroupfs in a temporary directory.
 
 mod dbus;
-mod fs;
+pub(crate) mod fs;
 pub mod placement;
 pub mod systemd;
 pub mod v1;

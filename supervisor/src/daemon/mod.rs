@@ -403,10 +403,27 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
         .with_context(|| format!("no group named {name:?} in /etc/group"))
 }
 
-/// SO_PEERCRED, and the supplementary groups of the peer process.
+/// SO_PEERCRED, and the peer's supplementary groups.
 fn peer_of(stream: &UnixStream) -> std::io::Result<Peer> {
+    use std::os::fd::AsFd;
     let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
-    let groups = std::fs::read_to_string(format!("/proc/{}/status", cred.pid()))
+    let groups = match crate::sys::peer_groups(stream.as_fd()) {
+        Ok(groups) => groups,
+        // Before Linux 4.13: what the peer's process says now.
+        Err(err) if err.raw_os_error() == Some(libc::ENOPROTOOPT) => groups_of(cred.pid()),
+        Err(err) => return Err(err),
+    };
+    Ok(Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid(),
+        groups,
+    })
+}
+
+/// The supplementary groups `/proc/PID/status` gives.
+fn groups_of(pid: i32) -> Vec<u32> {
+    crate::cgroup::fs::read_text(std::path::Path::new(&format!("/proc/{pid}/status")))
         .ok()
         .and_then(|status| {
             status.lines().find_map(|line| {
@@ -417,13 +434,7 @@ fn peer_of(stream: &UnixStream) -> std::io::Result<Peer> {
                 })
             })
         })
-        .unwrap_or_default();
-    Ok(Peer {
-        uid: cred.uid(),
-        gid: cred.gid(),
-        pid: cred.pid(),
-        groups,
-    })
+        .unwrap_or_default()
 }
 
 async fn connection(daemon: Arc<Daemon>, router: axum::Router, stream: UnixStream) {
