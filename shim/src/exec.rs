@@ -142,7 +142,7 @@ fn child(jail: &Jail<'_>, exec: ExecSpec, fds: [OwnedFd; 4]) -> ! {
         cwd: exec.cwd,
         ..jail.spec.clone()
     };
-    tool::run(&spec, jail.network)
+    tool::run(&spec, jail.network, false)
 }
 
 /// Reap bookkeeping: `pid` has ended so; if it was an exec'd command, report it on its

@@ -387,7 +387,7 @@ pub fn run(
                 Some(pid) => pid,
                 None => {
                     drop((signals, lines, oom_score, null));
-                    tool::run(spec, network.as_ref())
+                    tool::run(spec, network.as_ref(), as_drafted)
                 }
             }
         }

@@ -26,9 +26,22 @@ use crate::{landlock, report, sys};
 const NOT_FOUND: i32 = 127;
 const NOT_EXECUTABLE: i32 = 126;
 
-pub fn run(spec: &JailSpec, network: Option<&Netns>) -> ! {
+/// (`as_drafted`: the root is the one a prepared jail laid out for its draft, which the
+/// report says.)
+pub fn run(spec: &JailSpec, network: Option<&Netns>, as_drafted: bool) -> ! {
     let ready = pin(spec).and_then(|()| before_root(spec, network, None));
-    start(spec, ready.and_then(|(ruleset, _)| in_root(spec, ruleset)))
+    let enforced = ready.and_then(|(ruleset, _)| in_root(spec, ruleset));
+    start(
+        spec,
+        enforced.map(|enforced| in_drafted(enforced, as_drafted)),
+    )
+}
+
+fn in_drafted(enforced: Enforced, as_drafted: bool) -> Enforced {
+    Enforced {
+        root_as_drafted: as_drafted,
+        ..enforced
+    }
 }
 
 /// After the spec, PID 1's word to a tool forked ahead that the job may start, in the root
@@ -75,7 +88,11 @@ pub fn ahead(
         Some(ruled) if as_drafted && ruled.ruled_for(&draft.landlock, &spec.landlock) => ruled,
         _ => bare,
     });
-    start(&spec, ready.and_then(|ruleset| in_root(&spec, ruleset)))
+    let enforced = ready.and_then(|ruleset| in_root(&spec, ruleset));
+    start(
+        &spec,
+        enforced.map(|enforced| in_drafted(enforced, as_drafted)),
+    )
 }
 
 /// Whether a tool readied for `draft` ([`ahead`]) serves a job with `spec`: each field
@@ -226,6 +243,7 @@ fn in_root(spec: &JailSpec, ruleset: landlock::Prepared) -> Result<Enforced, Set
         capabilities_dropped: true,
         uid: spec.uid,
         gid: spec.gid,
+        root_as_drafted: false,
     })
 }
 

@@ -373,6 +373,10 @@ pub struct Enforced {
     pub capabilities_dropped: bool,
     pub uid: u32,
     pub gid: u32,
+    /// The job runs in the root a prepared jail laid out for its draft (not one built for
+    /// it): for the daemon's count of drafts that fit, never for the record.
+    #[serde(default)]
+    pub root_as_drafted: bool,
 }
 
 impl Status {

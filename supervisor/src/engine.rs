@@ -162,6 +162,31 @@ impl Prestarted {
     }
 }
 
+/// The most kinds of job whose drafts are kept (the oldest go first).
+const DRAFTS_MAX: usize = 16;
+
+/// A kind of job, for prepared jails: jobs alike in these usually want the same root, ids,
+/// limits and filter, so a jail is laid out from the last one's spec ([`Engine::prepare`])
+/// and the pool gives it to one of them first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DraftKey {
+    pub network: Network,
+    pub policy: String,
+    pub uid: u32,
+    pub workspace: PathBuf,
+}
+
+impl DraftKey {
+    pub fn of(plan: &JobPlan) -> DraftKey {
+        DraftKey {
+            network: jail_network(plan.network),
+            policy: plan.policy.clone(),
+            uid: plan.uid,
+            workspace: plan.workspace.clone(),
+        }
+    }
+}
+
 /// A job's spec and cgroup limits, kept for the jails prepared after it.
 #[derive(Debug, Clone)]
 struct Draft {
@@ -220,9 +245,13 @@ pub struct Engine {
     /// (a daemon calls [`Engine::cgroups`] at start).
     cgroups: std::sync::OnceLock<Result<(Cgroups, Placement), String>>,
     pins: CpuPins,
-    /// The last job's spec and cgroup limits per network (isolated, host): the draft for the
-    /// jails [`Engine::prepare`] makes — kept once [`Engine::keep_drafts`] asks.
-    drafts: std::sync::Mutex<Option<[Option<Draft>; 2]>>,
+    /// The last job's spec and cgroup limits for each kind of job seen lately ([`DraftKey`],
+    /// the most recent last): the drafts for the jails [`Engine::prepare`] makes — kept once
+    /// [`Engine::keep_drafts`] asks.
+    drafts: std::sync::Mutex<Option<Vec<(DraftKey, Draft)>>>,
+    /// Jobs that ran in a prepared jail: in the root laid out for its draft, or in one built
+    /// for them (the draft did not fit).
+    roots: [std::sync::atomic::AtomicU64; 2],
     /// Drafts remembered so far, and word of each (see [`Engine::draft_after`]).
     drafted: std::sync::atomic::AtomicU64,
     draft_made: tokio::sync::Notify,
@@ -256,6 +285,7 @@ impl Engine {
             cgroups: std::sync::OnceLock::new(),
             pins: CpuPins::new(),
             drafts: std::sync::Mutex::new(None),
+            roots: Default::default(),
             drafted: std::sync::atomic::AtomicU64::new(0),
             draft_made: tokio::sync::Notify::new(),
         })
@@ -293,7 +323,12 @@ impl Engine {
     /// passed ([`Prestarted::pass_stdin`]). It waits at the lowest CPU priority
     /// ([`Prestarted::wake`] restores it), so preparing never competes with running jobs.
     /// A jail that is not used is dropped: its shim is killed, then its cgroup removed.
-    pub fn prepare(&self, seq: u64, network: Network) -> Result<Prestarted, EngineError> {
+    pub fn prepare(
+        &self,
+        seq: u64,
+        network: Network,
+        key: Option<&DraftKey>,
+    ) -> Result<Prestarted, EngineError> {
         let null = std::fs::File::open("/dev/null").map_err(|source| EngineError::Spawn {
             path: "/dev/null".into(),
             source,
@@ -310,7 +345,7 @@ impl Engine {
             started.shim.process.set_nice(19);
             // What the last job's root looked like: the shim lays it out while it waits,
             // and keeps it if the job's spec wants the same.
-            let Some((draft, limits)) = self.draft(network, &started.name) else {
+            let Some((draft, limits)) = key.and_then(|key| self.draft(key, &started.name)) else {
                 return Ok(prepared);
             };
             if let Some(draft) = draft {
@@ -338,16 +373,18 @@ impl Engine {
     /// daemon with a pool).
     pub fn keep_drafts(&self) {
         let mut drafts = self.drafts.lock().unwrap_or_else(|e| e.into_inner());
-        drafts.get_or_insert([None, None]);
+        drafts.get_or_insert_with(Vec::new);
     }
 
-    /// The draft for a jail prepared for `network` with the cgroup `name`: the last job's
-    /// spec, with this jail's cgroup (made already, so its view is laid out and joined with
-    /// the rest), framed (None if too large), and its cgroup limits; None if there is none.
-    fn draft(&self, network: Network, name: &str) -> Option<(Option<Vec<u8>>, CgroupLimits)> {
+    /// The draft for a jail prepared for jobs like `key` with the cgroup `name`: the last
+    /// such job's spec, with this jail's cgroup (made already, so its view is laid out and
+    /// joined with the rest), framed (None if too large), and its cgroup limits; None if
+    /// there is none.
+    fn draft(&self, key: &DraftKey, name: &str) -> Option<(Option<Vec<u8>>, CgroupLimits)> {
         let last = {
             let drafts = self.drafts.lock().unwrap_or_else(|e| e.into_inner());
-            drafts.as_ref()?[network_slot(network)].clone()?
+            let (_, draft) = drafts.as_ref()?.iter().find(|(k, _)| k == key)?;
+            draft.clone()
         };
         let cgroups = self.cgroups().ok()?;
         let frame = JailSpec {
@@ -364,20 +401,33 @@ impl Engine {
         ))
     }
 
-    fn remember_draft(&self, spec: &JailSpec, limits: CgroupLimits) {
+    fn remember_draft(&self, key: DraftKey, spec: &JailSpec, limits: CgroupLimits) {
         {
             let mut drafts = self.drafts.lock().unwrap_or_else(|e| e.into_inner());
             let Some(drafts) = drafts.as_mut() else {
                 return;
             };
-            drafts[network_slot(spec.network)] = Some(Draft {
+            drafts.retain(|(k, _)| *k != key);
+            if drafts.len() >= DRAFTS_MAX {
+                drafts.remove(0);
+            }
+            let draft = Draft {
                 spec: std::sync::Arc::new(spec.clone()),
                 limits,
-            });
+            };
+            drafts.push((key, draft));
         }
         self.drafted
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.draft_made.notify_waiters();
+    }
+
+    /// Jobs in prepared jails that ran in the root laid out for the jail's draft, and those
+    /// that got a root built for them (the draft did not fit).
+    pub fn roots(&self) -> (u64, u64) {
+        let [drafted, built] = &self.roots;
+        let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+        (load(drafted), load(built))
     }
 
     /// How many drafts have been remembered: for [`Engine::draft_after`].
@@ -597,7 +647,7 @@ impl Engine {
                     .send_spec(&spec)
                     .await
                     .map_err(|e| format!("send the shim its spec: {e}"));
-                self.remember_draft(&spec, limits);
+                self.remember_draft(DraftKey::of(&plan), &spec, limits);
                 sent
             }
             Err(message) => Err(message),
@@ -655,6 +705,10 @@ impl Engine {
             supervise(shim, &plan, &cgroup, &events, cancel, || self.sweep_once()).await;
 
         let egress = proxy.map(Proxy::finish);
+        if let (true, Some(enforced)) = (warm, &run.enforced) {
+            let at = usize::from(!enforced.root_as_drafted);
+            self.roots[at].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let stats = run.tool_stats.unwrap_or_else(|| cgroup.stats());
         let cleanup = Cleanup {
             process: Some(process),

@@ -297,6 +297,40 @@ fn a_reload_destroys_the_jails_prepared_before_it() {
 }
 
 #[test]
+fn each_kind_of_job_gets_a_jail_laid_out_for_it() {
+    if !require_root() {
+        return;
+    }
+    // Two checkouts, their jobs alternating on one daemon (two agents, or one agent's two
+    // projects): each job gets a jail laid out for jobs like it — the pool replaces what
+    // each took with one for its kind — not one laid out for the other's.
+    let daemon = Daemon::start(&["--warm", "2"]);
+    let (a, b) = (workspace(), workspace());
+    let roots = |root: &str| daemon.metric(&format!("toolbox_warm_roots_total{{root=\"{root}\"}}"));
+    daemon.wait_for_pool("isolated", 2);
+    // One of each first: the jails prepared at the start were laid out for no job.
+    for ws in [&a, &b] {
+        let (record, _) = run(&daemon, ws.path(), "true");
+        assert_eq!(record["isolation"]["warm"], true, "{record}");
+        daemon.wait_for_pool("isolated", 2);
+    }
+    let (drafted, built) = (roots("drafted"), roots("built"));
+    // Not strictly alternating: the jail to take is then not merely the oldest.
+    let order = [&a, &a, &b, &b, &a, &b, &b, &a];
+    for ws in order {
+        let (record, listing) = run(&daemon, ws.path(), "pwd");
+        assert_eq!(record["isolation"]["warm"], true, "{record}");
+        assert_eq!(listing.trim(), ws.path().to_string_lossy(), "{record}");
+        daemon.wait_for_pool("isolated", 2);
+    }
+    assert_eq!(
+        (roots("drafted") - drafted, roots("built") - built),
+        (order.len() as u64, 0),
+        "jobs in a root laid out for them, and in one built on their path"
+    );
+}
+
+#[test]
 fn a_prepared_jails_cgroup_has_each_jobs_own_limits() {
     if !require_root() {
         return;

@@ -328,8 +328,7 @@ impl JobTask {
     /// The job's jail: a prepared one from the pool, handed the tool's stdin, or else one
     /// started now.
     fn jail(&self, daemon: &Daemon) -> Result<crate::engine::Prestarted, String> {
-        let network = crate::engine::jail_network(self.plan.network);
-        if let Some(mut jail) = daemon.pool.take(network) {
+        if let Some(mut jail) = daemon.pool.take(&crate::engine::DraftKey::of(&self.plan)) {
             // The pool prepares the next jail once this job is over (see `run`), or has run
             // a while: not beside its start — and not before this job's spec is the draft
             // the next is laid out from (a start slower than REFILL_AFTER, on a loaded

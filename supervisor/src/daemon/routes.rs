@@ -195,6 +195,13 @@ async fn metrics(State(daemon): State<Arc<Daemon>>) -> Response {
          toolbox_warm_jails_destroyed_total {}\n",
         pool.ready_isolated, pool.ready_host, pool.taken, pool.destroyed
     ));
+    let (drafted, built) = daemon.engine.roots();
+    text.push_str(&format!(
+        "# HELP toolbox_warm_roots_total Jobs in prepared jails, by their root: the one laid out ahead from the last like job's (drafted), or one built for the job (built: the draft did not fit).\n\
+         # TYPE toolbox_warm_roots_total counter\n\
+         toolbox_warm_roots_total{{root=\"drafted\"}} {drafted}\n\
+         toolbox_warm_roots_total{{root=\"built\"}} {built}\n"
+    ));
     let views = daemon.views.counts();
     text.push_str(&format!(
         "# HELP toolbox_views_total Jails' filesystem views planned, by how: built from the host's files, or served from the memo kept while those stay as they were.\n\

@@ -16,7 +16,7 @@ use toolbox_spec::Network;
 use tracing::{debug, warn};
 
 use super::Daemon;
-use crate::engine::{network_slot, Prestarted};
+use crate::engine::{network_slot, DraftKey, Prestarted};
 
 /// A job that took a prepared jail and is still running this long after has started: the
 /// pool prepares the next one even though it has not ended.
@@ -60,6 +60,12 @@ struct State {
     wanted: [bool; 2],
     /// The network the last job asked for: the one a full pool makes room for.
     last: Option<Network>,
+    /// The kinds of the jobs that took a jail (or found none) since the pool last prepared
+    /// one for them, the most recent last: what it prepares next, replacing what was used.
+    to_replace: Vec<DraftKey>,
+    /// The kind of the last job on each network: what the pool prepares for when it has no
+    /// job's jail to replace (one expired).
+    last_kind: [Option<DraftKey>; 2],
     /// Jails taken by jobs, and jails destroyed unused, since the start.
     taken: u64,
     destroyed: u64,
@@ -72,7 +78,16 @@ struct State {
 struct Warm {
     jail: Prestarted,
     network: Network,
+    /// The kind of job it was laid out for (from that kind's last job), if any.
+    kind: Option<DraftKey>,
     made: Instant,
+    epoch: u64,
+}
+
+/// The jail the pool prepares next ([`Pool::next`]).
+struct Next {
+    network: Network,
+    kind: Option<DraftKey>,
     epoch: u64,
 }
 
@@ -104,19 +119,31 @@ impl Pool {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A prepared jail for `network`, fresh and alive, if the pool has one: taken out of the
-    /// pool for good, back at the CPU priority jobs have. The pool prepares the next once the
-    /// job is under way ([`Pool::job_ended`]), or at once if it had none to give.
-    pub fn take(&self, network: Network) -> Option<Prestarted> {
+    /// A prepared jail for a job of `kind`, fresh and alive, if the pool has one: one laid
+    /// out for that kind if there is, else the oldest for its network; taken out of the pool
+    /// for good, back at the CPU priority jobs have. The pool prepares the next, for this
+    /// kind, once the job is under way ([`Pool::job_ended`]), or at once if it had none to
+    /// give.
+    pub fn take(&self, kind: &DraftKey) -> Option<Prestarted> {
         if self.options.size == 0 {
             return None;
         }
+        let network = kind.network;
         let (taken, stale) = {
             let mut state = self.state();
             state.wanted[network_slot(network)] = true;
             state.last = Some(network);
+            state.last_kind[network_slot(network)] = Some(kind.clone());
+            if state.to_replace.len() >= self.options.size {
+                state.to_replace.remove(0);
+            }
+            state.to_replace.push(kind.clone());
             let stale = self.expire(&mut state);
-            let at = state.ready.iter().position(|warm| warm.network == network);
+            let at = state
+                .ready
+                .iter()
+                .position(|warm| warm.kind.as_ref() == Some(kind))
+                .or_else(|| state.ready.iter().position(|warm| warm.network == network));
             let taken = at.map(|at| state.ready.remove(at));
             (taken, stale)
         };
@@ -222,10 +249,12 @@ impl Pool {
 
     /// Which network the next jail is for, if the pool is short of one: the wanted network
     /// with the fewest ready, below its share of the bound (shared evenly among the wanted
-    /// networks). And the epoch it is prepared under. A pool full of one network when the
+    /// networks). The kind of job it is laid out for: the latest that took a jail on that
+    /// network and has no replacement yet, else the last job's there. And the epoch it is
+    /// prepared under. A pool full of one network when the
     /// last job asked for another gives up the oldest of the first's (returned, for the
     /// caller to destroy) to make room.
-    fn next(&self) -> (Option<(Network, u64)>, Vec<Warm>) {
+    fn next(&self) -> (Option<Next>, Vec<Warm>) {
         let mut state = self.state();
         if state.closed || self.options.size == 0 {
             return (None, Vec::new());
@@ -267,7 +296,16 @@ impl Pool {
                 None => return (None, Vec::new()),
             }
         }
-        (Some((short, state.epoch)), evicted)
+        let kind = match state.to_replace.iter().rposition(|k| k.network == short) {
+            Some(at) => Some(state.to_replace.remove(at)),
+            None => state.last_kind[network_slot(short)].clone(),
+        };
+        let next = Next {
+            network: short,
+            kind,
+            epoch: state.epoch,
+        };
+        (Some(next), evicted)
     }
 
     /// When the oldest ready jail expires, if any is ready.
@@ -282,7 +320,7 @@ impl Pool {
 
     /// Add a jail prepared under `epoch`; destroyed instead if the epoch has moved on, the
     /// pool closed or it is full (then false).
-    fn add(&self, jail: Prestarted, network: Network, epoch: u64) -> bool {
+    fn add(&self, jail: Prestarted, network: Network, kind: Option<DraftKey>, epoch: u64) -> bool {
         let rejected = {
             let mut state = self.state();
             if state.closed || state.epoch != epoch || state.ready.len() >= self.options.size {
@@ -292,6 +330,7 @@ impl Pool {
                 state.ready.push(Warm {
                     jail,
                     network,
+                    kind,
                     made: Instant::now(),
                     epoch,
                 });
@@ -360,7 +399,12 @@ async fn keep_filled(daemon: Arc<Daemon>) {
         destroy(stale);
         let (next, evicted) = pool.next();
         destroy(evicted);
-        let Some((network, epoch)) = next else {
+        let Some(Next {
+            network,
+            kind,
+            epoch,
+        }) = next
+        else {
             // Full: wait for a take, a reload, or the oldest jail's expiry.
             match pool.next_expiry() {
                 Some(at) => {
@@ -379,9 +423,9 @@ async fn keep_filled(daemon: Arc<Daemon>) {
             state.preparing = true;
         }
         // Here, on this thread (see `start`): it blocks only the pool.
-        let failed = match daemon.engine.prepare(seq, network) {
+        let failed = match daemon.engine.prepare(seq, network, kind.as_ref()) {
             Ok(jail) if jail.warm() => {
-                pool.add(jail, network, epoch);
+                pool.add(jail, network, kind, epoch);
                 None
             }
             // The cgroup could not be made: a job's record would say why; here, the log.
