@@ -113,6 +113,14 @@ impl Prestarted {
         self.0.as_ref().is_ok_and(|started| started.warm)
     }
 
+    /// Whether it was prepared from a draft (laid out, and its cgroup limited, for jobs like
+    /// the one the draft came from).
+    pub fn drafted(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_ok_and(|started| started.limits.is_some())
+    }
+
     /// Why it could not be had (its cgroup could not be made), if so.
     pub fn error(&self) -> Option<&str> {
         self.0.as_ref().err().map(String::as_str)

@@ -425,6 +425,9 @@ async fn keep_filled(daemon: Arc<Daemon>) {
         // Here, on this thread (see `start`): it blocks only the pool.
         let failed = match daemon.engine.prepare(seq, network, kind.as_ref()) {
             Ok(jail) if jail.warm() => {
+                // A kind with no draft yet (its job's spec still to come) got a jail like
+                // any other.
+                let kind = kind.filter(|_| jail.drafted());
                 pool.add(jail, network, kind, epoch);
                 None
             }
