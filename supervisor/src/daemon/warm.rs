@@ -251,9 +251,8 @@ impl Pool {
     /// with the fewest ready, below its share of the bound (shared evenly among the wanted
     /// networks). The kind of job it is laid out for: the latest that took a jail on that
     /// network and has no replacement yet, else the last job's there. And the epoch it is
-    /// prepared under. A pool full of one network when the
-    /// last job asked for another gives up the oldest of the first's (returned, for the
-    /// caller to destroy) to make room.
+    /// prepared under. A pool full of one network when the last job asked for another gives
+    /// up the oldest of the first's (returned, for the caller to destroy) to make room.
     fn next(&self) -> (Option<Next>, Vec<Warm>) {
         let mut state = self.state();
         if state.closed || self.options.size == 0 {
