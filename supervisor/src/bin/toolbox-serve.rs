@@ -57,9 +57,9 @@ struct ServeArgs {
     /// How long an ended detached job's record and output are kept.
     #[arg(long, value_name = "DUR", default_value = "10m")]
     keep_for: Dur,
-    /// Jails kept prepared ahead of demand (namespaces made, the root laid out like the last
-    /// job's, cgroup made), each used by one job and then destroyed; 0: none [default: half
-    /// of --max-jobs, 4 for 8 slots].
+    /// Jails kept prepared ahead of demand (namespaces made, the root laid out and the cgroup
+    /// limited like the last job's of a kind: network, policy, user, workspace), each used by
+    /// one job and then destroyed; 0: none [default: half of --max-jobs, 4 for 8 slots].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=256))]
     warm: Option<u16>,
     /// A prepared jail not used within this long is destroyed (and another prepared).
