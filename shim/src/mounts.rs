@@ -266,9 +266,7 @@ impl Prebuilt {
         // In the copy: the draft's root is at the anchor here too.
         let jail = ns().and_then(|jail| {
             nix::unistd::chdir(self.anchor.as_str())?;
-            sys::pivot_root_here()?;
-            umount2(".", MntFlags::MNT_DETACH)?;
-            nix::unistd::chdir("/")?;
+            pivot_into_cwd()?;
             Ok(jail)
         });
         let back = |host: &OwnedFd| {
@@ -433,16 +431,20 @@ pub fn build_root(
     )
     .map_err(|errno| mount_error("read-only root", "/", errno))?;
     nix::unistd::fchdir(&tree.root).map_err(SetupError::PivotRoot)?;
-    // pivot_root(".", ".") stacks the old root on top of the new one; detaching the top
-    // leaves only the jail.
-    sys::pivot_root_here().map_err(SetupError::PivotRoot)?;
-    umount2(".", MntFlags::MNT_DETACH).map_err(SetupError::PivotRoot)?;
-    nix::unistd::chdir("/").map_err(SetupError::PivotRoot)?;
+    pivot_into_cwd().map_err(SetupError::PivotRoot)?;
     nix::sys::stat::umask(umask);
     Ok(Built {
         as_drafted: drafted,
         host_ns: None,
     })
+}
+
+/// Into the new root that is our working directory: `pivot_root(".", ".")` stacks the old
+/// root on top of it, and detaching the top leaves only the jail.
+fn pivot_into_cwd() -> Result<(), Errno> {
+    sys::pivot_root_here()?;
+    umount2(".", MntFlags::MNT_DETACH)?;
+    nix::unistd::chdir("/")
 }
 
 /// The jail's writable tmpfs mounts (see [`Tree::writable`]).

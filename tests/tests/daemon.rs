@@ -673,13 +673,8 @@ fn peers_off_the_allowlist_are_refused_and_allowed_ones_run_as_themselves() {
             .as_uid(TOOL_UID)
     };
     let refusing = Daemon::start(&[]);
-    open_dir(&refusing);
     // Let anyone reach the socket file: the allowlist must still hold them off.
-    std::fs::set_permissions(
-        &refusing.socket,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .expect("chmod");
+    refusing.open_to_everyone();
     let job = id_job(&refusing).run_remote();
     assert_eq!(job.code, 125, "{job:?}");
     assert!(
@@ -689,12 +684,7 @@ fn peers_off_the_allowlist_are_refused_and_allowed_ones_run_as_themselves() {
     );
 
     let allowing = Daemon::start(&["--allow-uid", &TOOL_UID.to_string()]);
-    open_dir(&allowing);
-    std::fs::set_permissions(
-        &allowing.socket,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .expect("chmod");
+    allowing.open_to_everyone();
     let job = id_job(&allowing).run_remote();
     assert_eq!(job.code, 0, "{job:?}");
     assert_eq!(job.stdout_text().trim(), TOOL_UID.to_string());
@@ -730,12 +720,7 @@ fn a_peer_is_let_in_by_a_supplementary_group_it_had_when_it_connected() {
     // than the daemon's first guess at how many a peer has).
     const GROUP: u32 = 54_990;
     let daemon = Daemon::start(&["--allow-gid", &GROUP.to_string()]);
-    open_dir(&daemon);
-    std::fs::set_permissions(
-        &daemon.socket,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .expect("chmod");
+    daemon.open_to_everyone();
     let ws = workspace();
     let run = |groups: Vec<libc::gid_t>| {
         let mut command = std::process::Command::new(toolbox());
@@ -773,15 +758,6 @@ fn a_peer_is_let_in_by_a_supplementary_group_it_had_when_it_connected() {
         String::from_utf8_lossy(&outsider.stderr).contains("may not use this daemon"),
         "{outsider:?}"
     );
-}
-
-/// Let other users reach the daemon's socket path (its temporary directory is 0700).
-fn open_dir(daemon: &Daemon) {
-    std::fs::set_permissions(
-        daemon.dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod");
 }
 
 #[test]
