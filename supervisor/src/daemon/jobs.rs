@@ -82,14 +82,24 @@ impl JobEntry {
         peer.uid == 0 || self.peer_uid == peer.uid
     }
 
-    /// The job as `GET /v1/jobs` and `GET /v1/jobs/{id}` show it.
-    /// Its state as the API says it: a detached job whose record is there has ended, even
-    /// in the moment before its task marks the registry (the record is set first, and wakes
-    /// the readers waiting for it).
+    /// Whether it has ended as the API says it: a detached job whose record is there has,
+    /// even in the moment before its task marks the registry (the record is set first, and
+    /// wakes the readers waiting for it; the jail's teardown follows). Its state, the
+    /// `--max-detached` bound, a DELETE and `/metrics` all go by this.
+    pub fn has_ended(&self) -> bool {
+        self.state == JobState::Ended
+            || self
+                .handle
+                .as_ref()
+                .is_some_and(|handle| handle.result().is_some())
+    }
+
+    /// Its state as `GET /v1/jobs` and `GET /v1/jobs/{id}` show it.
     pub fn state_name(&self) -> &'static str {
-        match &self.handle {
-            Some(handle) if handle.result().is_some() => JobState::Ended.name(),
-            _ => self.state.name(),
+        if self.has_ended() {
+            JobState::Ended.name()
+        } else {
+            self.state.name()
         }
     }
 
@@ -481,6 +491,13 @@ impl JobTask {
     }
 }
 
+/// How many detached jobs of `uid` have not ended (see [`JobEntry::has_ended`]): what
+/// `--max-detached` bounds.
+pub fn live_detached<'a>(jobs: impl Iterator<Item = &'a JobEntry>, uid: u32) -> usize {
+    jobs.filter(|job| job.handle.is_some() && job.peer_uid == uid && !job.has_ended())
+        .count()
+}
+
 /// A task's end in the registry: a streamed job leaves it, a detached one stays (ended,
 /// its stdin closed) until the retention lets it go.
 fn ended(daemon: &Daemon, job_id: &str, detached: bool, result: &JobResult) {
@@ -629,10 +646,14 @@ mod tests {
         job.handle = Some(handle.clone());
         assert_eq!(job.state_name(), "running");
         assert_eq!(job.summary("j")["state"], "running");
+        assert_eq!(live_detached([&job].into_iter(), 1), 1);
         // The job task sets the record first (waking every reader) and the registry after.
         handle.end(serde_json::json!({"status": "exited"}));
         assert_eq!(job.state, JobState::Running);
         assert_eq!(job.state_name(), "ended");
         assert_eq!(job.summary("j")["state"], "ended");
+        // Nor does it hold a place under --max-detached any more: a client that read its
+        // record may start another (the handles suite once got a 429 in that moment).
+        assert_eq!(live_detached([&job].into_iter(), 1), 0);
     }
 }

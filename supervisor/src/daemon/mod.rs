@@ -31,7 +31,7 @@ use tracing::{info, warn};
 
 use crate::engine::Engine;
 use api::{ApiError, Peer};
-use jobs::{JobEntry, JobState, Retention};
+use jobs::{JobEntry, Retention};
 use queue::Slots;
 
 /// Where the daemon listens unless told otherwise.
@@ -97,7 +97,7 @@ impl Daemon {
         let mut counts = (0, 0, 0);
         for job in jobs.values() {
             if let Some(handle) = &job.handle {
-                if job.state == JobState::Ended {
+                if job.has_ended() {
                     counts.1 += 1;
                 } else {
                     counts.0 += 1;

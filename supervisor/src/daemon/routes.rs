@@ -272,7 +272,7 @@ async fn cancel(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     lookup(&daemon, &conn.peer, id, |id, job| {
-        if job.state == JobState::Ended {
+        if job.has_ended() {
             return Err(ApiError::new(
                 409,
                 "job_ended",
@@ -780,13 +780,7 @@ fn require_json(request: &Request) -> Result<(), ApiError> {
 
 /// Past `--max-detached` live detached jobs (exec'd commands included), a peer is refused.
 fn check_detached_bound(daemon: &Daemon, peer: &Peer) -> Result<(), ApiError> {
-    let live = daemon
-        .jobs()
-        .values()
-        .filter(|job| {
-            job.handle.is_some() && job.peer_uid == peer.uid && job.state != JobState::Ended
-        })
-        .count();
+    let live = jobs::live_detached(daemon.jobs().values(), peer.uid);
     let bound = daemon.retention.max_detached;
     if live >= bound {
         return Err(ApiError::new(
