@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc::UnboundedSender;
 use toolbox_spec::{
@@ -33,6 +33,9 @@ use crate::spawn::{self, Shim, ShimProcess, Stdin};
 use crate::sys::SpawnCgroup;
 
 mod exec;
+mod intake;
+
+use intake::{Intake, Took};
 
 /// How long the shim may take to go once told to kill the job.
 const KILL_WAIT: Duration = Duration::from_secs(2);
@@ -41,6 +44,9 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 /// Read size for the output pipes.
 const READ_BUFFER: usize = 128 * 1024;
+/// The most read from a pipe in a last take of what it holds, not waiting for its end
+/// (something that outlived the job or the command may write on).
+const DRAIN_READS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -1103,9 +1109,6 @@ async fn supervise(
     let mut run = Run::default();
     let mut on_running = Some(on_running);
     let [mut out_cap, mut err_cap] = cappers(plan);
-    // Read into their spare capacity, never zeroed: a quiet job faults in none of it.
-    let mut out_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
-    let mut err_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
     let Shim {
         mut process,
         mut stdout,
@@ -1113,6 +1116,8 @@ async fn supervise(
         mut status,
         ..
     } = shim;
+    let mut out_in = Intake::new();
+    let mut err_in = Intake::new();
     let mut out = Some(&mut stdout);
     let mut err = Some(&mut stderr);
     let mut status = Some(BufReader::new(&mut status).lines());
@@ -1148,21 +1153,21 @@ async fn supervise(
         }
         let running = run.shim_exit.is_none();
         tokio::select! {
-            read = read_some(&mut out, &mut out_buf), if out.is_some() => {
-                match read {
-                    Ok(0) | Err(_) => out = None,
-                    Ok(_) => {
+            took = out_in.take(&mut out, out_cap.keeps_only_tail()), if out.is_some() => {
+                match took {
+                    Ok(Took::Read(0)) | Err(_) => out = None,
+                    Ok(took) => {
                         idle.as_mut().reset(idle_deadline());
-                        pass(events, Stream::Stdout, &mut out_cap, &out_buf, plan.output_whole)
+                        pass(events, Stream::Stdout, &mut out_cap, &out_in, took, plan.output_whole)
                     }
                 }
             }
-            read = read_some(&mut err, &mut err_buf), if err.is_some() => {
-                match read {
-                    Ok(0) | Err(_) => err = None,
-                    Ok(_) => {
+            took = err_in.take(&mut err, err_cap.keeps_only_tail()), if err.is_some() => {
+                match took {
+                    Ok(Took::Read(0)) | Err(_) => err = None,
+                    Ok(took) => {
                         idle.as_mut().reset(idle_deadline());
-                        pass(events, Stream::Stderr, &mut err_cap, &err_buf, plan.output_whole)
+                        pass(events, Stream::Stderr, &mut err_cap, &err_in, took, plan.output_whole)
                     }
                 }
             }
@@ -1215,8 +1220,18 @@ async fn supervise(
                     // the jail should, so kill whatever is left in the cgroup and stop reading.
                     warn!("output still open {DRAIN_WAIT:?} after the jail ended; killing what is left");
                     let _ = cgroup.kill_all();
-                    out = None;
-                    err = None;
+                    // What is in the pipes now (a tail an intake left there, too) is the
+                    // job's; nothing more is waited for.
+                    if let Some(pipe) = out.take() {
+                        out_in.drain_now(pipe, DRAIN_READS, |bytes| {
+                            pass_bytes(events, Stream::Stdout, &mut out_cap, bytes, plan.output_whole)
+                        });
+                    }
+                    if let Some(pipe) = err.take() {
+                        err_in.drain_now(pipe, DRAIN_READS, |bytes| {
+                            pass_bytes(events, Stream::Stderr, &mut err_cap, bytes, plan.output_whole)
+                        });
+                    }
                     status = None;
                 } else if !run.killed {
                     debug!("grace period over: SIGKILL to every process of the job");
@@ -1278,9 +1293,25 @@ fn cappers(plan: &JobPlan) -> [Capper; 2] {
     [cap(), cap()]
 }
 
-/// One read's bytes through the stream's cap: the head live, or, for a caller that keeps
-/// its own log ([`JobPlan::output_whole`]), all of it.
+/// What one wait on a stream took, through its cap: a read's bytes, the head live or, for
+/// a caller that keeps its own log ([`JobPlan::output_whole`]), all of them; or bytes
+/// dropped unread, counted.
 fn pass(
+    events: &UnboundedSender<Event>,
+    stream: Stream,
+    cap: &mut Capper,
+    intake: &Intake,
+    took: Took,
+    whole: bool,
+) {
+    match took {
+        Took::Read(_) => pass_bytes(events, stream, cap, &intake.buf, whole),
+        Took::Dropped(bytes) => cap.skip(bytes),
+    }
+}
+
+/// Bytes read through the stream's cap (see [`pass`]).
+fn pass_bytes(
     events: &UnboundedSender<Event>,
     stream: Stream,
     cap: &mut Capper,
@@ -1289,22 +1320,6 @@ fn pass(
 ) {
     let live = cap.push(read);
     forward(events, stream, if whole { read } else { live });
-}
-
-/// Read from an output pipe while it is open (the `select!` guard keeps a closed one from
-/// being polled at all): what is there, into `buf`'s spare capacity (never zeroed; at most
-/// that much), replacing what `buf` held.
-async fn read_some(
-    pipe: &mut Option<&mut pipe::Receiver>,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<usize> {
-    match pipe {
-        Some(pipe) => {
-            buf.clear();
-            pipe.read_buf(buf).await
-        }
-        None => std::future::pending().await,
-    }
 }
 
 async fn next_line(

@@ -49,6 +49,22 @@ impl Capper {
         &chunk[..live]
     }
 
+    /// Once the live head is out, how many bytes at the end the cap keeps: a reader may
+    /// then drop, unread, all but that many of what it holds, and say so with
+    /// [`Capper::skip`]. `None` while the head streams, and for a counting cap (its caller
+    /// keeps every byte).
+    pub fn keeps_only_tail(&self) -> Option<usize> {
+        (self.head_left == 0 && self.tail.keep).then_some(self.tail.capacity)
+    }
+
+    /// `bytes` the tool wrote were dropped unread, with at least the tail's worth written
+    /// after them (see [`Capper::keeps_only_tail`]): they, and all the tail held so far,
+    /// are out of the kept tail.
+    pub fn skip(&mut self, bytes: u64) {
+        self.total += bytes;
+        self.tail.skip(bytes);
+    }
+
     /// Every byte the tool wrote to this stream.
     pub fn total(&self) -> u64 {
         self.total
@@ -121,6 +137,14 @@ impl Ring {
             self.start = (self.start + run) % self.capacity;
             data = &data[run..];
         }
+    }
+
+    /// `bytes` more fell out unseen, and everything held with them.
+    fn skip(&mut self, bytes: u64) {
+        self.dropped += (self.buf.len() + self.held) as u64 + bytes;
+        self.buf.clear();
+        self.start = 0;
+        self.held = 0;
     }
 
     fn into_vec(mut self) -> Vec<u8> {
@@ -205,6 +229,58 @@ mod tests {
             assert_eq!(kept.dropped, counted.dropped, "chunks of {chunk_size}");
             assert!(counted.tail.is_empty());
         }
+    }
+
+    #[test]
+    fn dropping_unread_all_but_the_tail_ends_as_reading_every_byte() {
+        // A reader of a pipe that, once the head is out, drops unread whatever the pipe
+        // holds beyond the tail (the tail's worth stays in the pipe, to be read or dropped
+        // later), against one that reads it all.
+        let data: Vec<u8> = (0..=250u8).cycle().take(20_000).collect();
+        for (limit, write, read) in [(100, 7, 13), (100, 300, 64), (101, 1, 1), (2, 5, 3)] {
+            let (live, whole) = run(limit, &data.chunks(write).collect::<Vec<_>>());
+            let mut capper = Capper::new(limit);
+            let (mut streamed, mut at, mut written) = (Vec::new(), 0, 0);
+            let mut skipped = false;
+            while at < data.len() {
+                // The tool writes one chunk; the pipe holds data[at..written].
+                written = (written + write).min(data.len());
+                if let Some(keep) = capper.keeps_only_tail() {
+                    let held = written - at;
+                    if held > keep {
+                        capper.skip((held - keep) as u64);
+                        at += held - keep;
+                        skipped = true;
+                    }
+                }
+                if written == data.len() || capper.keeps_only_tail().is_none() {
+                    let upto = (at + read).min(written);
+                    streamed.extend_from_slice(capper.push(&data[at..upto]));
+                    at = upto;
+                }
+            }
+            assert!(skipped, "limit {limit}: nothing was dropped unread");
+            assert_eq!(capper.total(), data.len() as u64);
+            assert_eq!(streamed, live, "limit {limit}");
+            assert_eq!(capper.finish(), whole, "limit {limit}");
+        }
+        // What the tail held is out with what was dropped after it.
+        let mut capper = Capper::new(10);
+        assert_eq!(capper.push(b"0123456789abc"), b"01234");
+        assert_eq!(capper.keeps_only_tail(), Some(5));
+        capper.skip(100);
+        assert_eq!(capper.total(), 113);
+        assert_eq!(
+            capper.finish(),
+            Ending {
+                dropped: 108,
+                tail: vec![]
+            }
+        );
+        // A counting cap's caller keeps every byte: nothing is to be dropped unread.
+        let mut counting = Capper::counting(10);
+        counting.push(&data[..100]);
+        assert_eq!(counting.keeps_only_tail(), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 #![allow(unsafe_code)]
 
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -471,7 +471,7 @@ pub fn set_pipe_size(fd: &OwnedFd, bytes: i32) {
 }
 
 /// A pipe's capacity in bytes, as it is (0 if it cannot be read).
-pub fn pipe_size(fd: &OwnedFd) -> usize {
+pub fn pipe_size(fd: BorrowedFd<'_>) -> usize {
     // SAFETY: F_GETPIPE_SZ on a valid descriptor only reads the pipe's capacity.
     let size = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
     usize::try_from(size).unwrap_or(0)
@@ -487,6 +487,84 @@ pub fn queued(fd: RawFd) -> usize {
     } else {
         usize::try_from(queued).unwrap_or(0)
     }
+}
+
+/// How many bytes a pipe holds (FIONREAD).
+pub fn pipe_queued(fd: BorrowedFd<'_>) -> std::io::Result<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: FIONREAD on a pipe writes one int, ours.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut queued) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(usize::try_from(queued).unwrap_or(0))
+}
+
+/// `/dev/null`, open for writing, to splice bytes into that nobody will read: `None` where
+/// it is missing or is not the null device (a regular file put in its place would keep
+/// them).
+pub fn null_sink() -> Option<BorrowedFd<'static>> {
+    static SINK: std::sync::OnceLock<Option<OwnedFd>> = std::sync::OnceLock::new();
+    SINK.get_or_init(|| {
+        let fd = nix::fcntl::open(
+            "/dev/null",
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()?;
+        let stat = nix::sys::stat::fstat(&fd).ok()?;
+        let null =
+            stat.st_mode & libc::S_IFMT == libc::S_IFCHR && stat.st_rdev == libc::makedev(1, 3);
+        null.then_some(fd)
+    })
+    .as_ref()
+    .map(|fd| fd.as_fd())
+}
+
+/// Whether a pipe's reader waiting in epoll, edge-triggered (as tokio waits), is woken by
+/// every write, also one to a pipe that already holds data. Linux did so before 5.5 and
+/// does again since 5.14; in between only a write to an empty pipe woke it, so a reader
+/// that leaves bytes in the pipe could wait for ever. Probed once, on a pipe of our own.
+pub fn pipe_wakes_every_write() -> bool {
+    static WAKES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WAKES.get_or_init(|| probe_pipe_wakes().unwrap_or(false))
+}
+
+fn probe_pipe_wakes() -> std::io::Result<bool> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: epoll_create1 takes a flag and returns a new descriptor, owned from here.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epoll < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: just created, and not owned elsewhere.
+    let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+    let mut event = libc::epoll_event {
+        events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+        u64: 0,
+    };
+    // SAFETY: both descriptors are valid; the kernel copies the event we own.
+    if unsafe {
+        libc::epoll_ctl(
+            epoll.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            read.as_raw_fd(),
+            &mut event,
+        )
+    } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The first write finds the pipe empty, the second finds a byte in it: each must wake.
+    for _ in 0..2 {
+        nix::unistd::write(&write, b"x")?;
+        let mut ready = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: room for one event, ours; a timeout of 0 only looks.
+        let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), &mut ready, 1, 0) };
+        if n != 1 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// SIGKILL `pid` only if it is (still) a member of the cgroup `member_path` names: the pid

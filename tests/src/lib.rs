@@ -250,6 +250,54 @@ pub fn probe() -> &'static Path {
     })
 }
 
+/// What the probe's `flood TOTAL` writes: numbered lines (`line 000000000000`, 18 bytes
+/// each) in a block of just under 1 MiB, repeated, cut to leave room for a last line
+/// `THE-END total=TOTAL`.
+pub struct Flood {
+    block: Vec<u8>,
+    end: Vec<u8>,
+    body: u64,
+    pub total: u64,
+}
+
+impl Flood {
+    pub fn new(total: u64) -> Flood {
+        let mut block = Vec::with_capacity(1 << 20);
+        let mut line = 0u64;
+        while block.len() + 18 <= 1 << 20 {
+            block.extend_from_slice(format!("line {line:012}\n").as_bytes());
+            line += 1;
+        }
+        let end = format!("THE-END total={total}\n").into_bytes();
+        Flood {
+            body: total.saturating_sub(end.len() as u64),
+            block,
+            end,
+            total,
+        }
+    }
+
+    /// The stream's bytes from `from` up to `to`.
+    pub fn range(&self, from: u64, to: u64) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity((to - from) as usize);
+        let mut at = from;
+        while at < to {
+            if at < self.body {
+                let offset = (at % self.block.len() as u64) as usize;
+                let n = (self.block.len() - offset).min((self.body.min(to) - at) as usize);
+                bytes.extend_from_slice(&self.block[offset..offset + n]);
+                at += n as u64;
+            } else {
+                let offset = (at - self.body) as usize;
+                let n = (to - at) as usize;
+                bytes.extend_from_slice(&self.end[offset..offset + n]);
+                at = to;
+            }
+        }
+        bytes
+    }
+}
+
 /// A fresh workspace owned by [`TOOL_UID`].
 pub fn workspace() -> tempfile::TempDir {
     let dir = tempfile::Builder::new()

@@ -652,7 +652,7 @@ async fn pass(
         return copy(from, to, connection, total).await;
     };
     crate::sys::set_pipe_size(&pipe_w, PIPE as i32);
-    let capacity = crate::sys::pipe_size(&pipe_w).max(4096);
+    let capacity = crate::sys::pipe_size(std::os::fd::AsFd::as_fd(&pipe_w)).max(4096);
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
     // The pipe fills from one socket while it drains into the other: neither end waits

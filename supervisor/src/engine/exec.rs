@@ -13,8 +13,6 @@ use crate::spawn::{ExecPipes, ExecPort};
 /// end: what it wrote before it ended is in them already; if something it left running
 /// holds them, what is there is taken then, and nothing more.
 const EXEC_DRAIN: Duration = Duration::from_millis(100);
-/// The most read from a pipe in that last take (a background process may write on).
-const DRAIN_READS: usize = 64;
 
 impl Engine {
     /// Run `plan` (an exec'd command's: the job's plan with the command's argv, env,
@@ -79,14 +77,14 @@ async fn supervise_exec(
 ) -> Run {
     let mut run = Run::default();
     let [mut out_cap, mut err_cap] = cappers(plan);
-    let mut out_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
-    let mut err_buf: Vec<u8> = Vec::with_capacity(READ_BUFFER);
     let ExecPipes {
         id,
         mut stdout,
         mut stderr,
         mut status,
     } = pipes;
+    let mut out_in = Intake::new();
+    let mut err_in = Intake::new();
     let mut out = Some(&mut stdout);
     let mut err = Some(&mut stderr);
     let mut status = Some(BufReader::new(&mut status).lines());
@@ -112,18 +110,18 @@ async fn supervise_exec(
         }
         let running = status.is_some();
         tokio::select! {
-            read = read_some(&mut out, &mut out_buf), if out.is_some() => match read {
-                Ok(0) | Err(_) => out = None,
-                Ok(_) => {
+            took = out_in.take(&mut out, out_cap.keeps_only_tail()), if out.is_some() => match took {
+                Ok(Took::Read(0)) | Err(_) => out = None,
+                Ok(took) => {
                     idle.as_mut().reset(idle_deadline());
-                    pass(events, Stream::Stdout, &mut out_cap, &out_buf, plan.output_whole)
+                    pass(events, Stream::Stdout, &mut out_cap, &out_in, took, plan.output_whole)
                 }
             },
-            read = read_some(&mut err, &mut err_buf), if err.is_some() => match read {
-                Ok(0) | Err(_) => err = None,
-                Ok(_) => {
+            took = err_in.take(&mut err, err_cap.keeps_only_tail()), if err.is_some() => match took {
+                Ok(Took::Read(0)) | Err(_) => err = None,
+                Ok(took) => {
                     idle.as_mut().reset(idle_deadline());
-                    pass(events, Stream::Stderr, &mut err_cap, &err_buf, plan.output_whole)
+                    pass(events, Stream::Stderr, &mut err_cap, &err_in, took, plan.output_whole)
                 }
             },
             line = next_line(&mut status), if status.is_some() => match line {
@@ -160,13 +158,13 @@ async fn supervise_exec(
                     // Something it left running holds its pipes. What is in them now was
                     // written by its end (and maybe a little since): take that, then stop.
                     if let Some(pipe) = out.take() {
-                        drain_now(pipe, &mut out_buf, |bytes| {
-                            pass(events, Stream::Stdout, &mut out_cap, bytes, plan.output_whole)
+                        out_in.drain_now(pipe, DRAIN_READS, |bytes| {
+                            pass_bytes(events, Stream::Stdout, &mut out_cap, bytes, plan.output_whole)
                         });
                     }
                     if let Some(pipe) = err.take() {
-                        drain_now(pipe, &mut err_buf, |bytes| {
-                            pass(events, Stream::Stderr, &mut err_cap, bytes, plan.output_whole)
+                        err_in.drain_now(pipe, DRAIN_READS, |bytes| {
+                            pass_bytes(events, Stream::Stderr, &mut err_cap, bytes, plan.output_whole)
                         });
                     }
                 } else {
@@ -181,15 +179,4 @@ async fn supervise_exec(
     run.stdout = finish(events, Stream::Stdout, out_cap, plan.output_whole);
     run.stderr = finish(events, Stream::Stderr, err_cap, plan.output_whole);
     run
-}
-
-/// Read what `pipe` holds now, without waiting (at most [`DRAIN_READS`] reads).
-fn drain_now(pipe: &mut pipe::Receiver, buf: &mut Vec<u8>, mut take: impl FnMut(&[u8])) {
-    for _ in 0..DRAIN_READS {
-        buf.clear();
-        match pipe.try_read_buf(buf) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => take(buf),
-        }
-    }
 }

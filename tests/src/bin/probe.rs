@@ -35,7 +35,11 @@ fn main() {
         "memhog" => memhog(rest[0].parse().expect("MiB")),
         "forkbomb" => forkbomb(rest[0]),
         "ignore-term" => ignore_term(rest[0]),
-        "flood" => flood(rest[0].parse().expect("bytes")),
+        "flood" => flood(
+            rest[0].parse().expect("bytes"),
+            rest.get(1)
+                .map_or(1 << 20, |w| w.parse().expect("bytes a write")),
+        ),
         "spin" => spin(rest[0].parse().expect("seconds")),
         "sleep" => {
             std::thread::sleep(std::time::Duration::from_secs_f64(
@@ -780,26 +784,21 @@ fn ignore_term(token: &str) -> Value {
     json!({"survived": true})
 }
 
-/// Write `bytes` to stdout: a block of numbered lines over and over, then a last line that
-/// names the total.
-fn flood(bytes: u64) -> Value {
-    let mut block = Vec::with_capacity(1 << 20);
-    let mut line = 0u64;
-    while block.len() + 18 <= 1 << 20 {
-        block.extend_from_slice(format!("line {line:012}\n").as_bytes());
-        line += 1;
+/// Write [`toolbox_tests::Flood`]'s `bytes` to stdout, `write` at a time, each in one
+/// system call.
+fn flood(bytes: u64, write: u64) -> Value {
+    let flood = toolbox_tests::Flood::new(bytes);
+    // Straight to fd 1, not through std's line buffering.
+    // SAFETY: fd 1 is open for the whole run; ManuallyDrop keeps it from being closed.
+    let mut out = std::mem::ManuallyDrop::new(unsafe {
+        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(1)
+    });
+    let mut at = 0;
+    while at < bytes {
+        let to = (at + write.max(1)).min(bytes);
+        out.write_all(&flood.range(at, to)).expect("write");
+        at = to;
     }
-    let end = format!("THE-END total={bytes}\n");
-    let body = bytes.saturating_sub(end.len() as u64);
-    let mut out = std::io::stdout().lock();
-    let mut written = 0u64;
-    while written < body {
-        let take = (body - written).min(block.len() as u64) as usize;
-        out.write_all(&block[..take]).expect("write");
-        written += take as u64;
-    }
-    out.write_all(end.as_bytes()).expect("write");
-    out.flush().expect("flush");
     std::process::exit(0);
 }
 
