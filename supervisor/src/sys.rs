@@ -477,22 +477,10 @@ pub fn pipe_size(fd: BorrowedFd<'_>) -> usize {
     usize::try_from(size).unwrap_or(0)
 }
 
-/// How many bytes wait to be read on a socket (SIOCINQ), 0 if that cannot be read.
-pub fn queued(fd: RawFd) -> usize {
+/// How many bytes wait to be read on a pipe or a socket (FIONREAD, SIOCINQ).
+pub fn queued(fd: BorrowedFd<'_>) -> std::io::Result<usize> {
     let mut queued: libc::c_int = 0;
     // SAFETY: FIONREAD (SIOCINQ) writes one int, ours.
-    let ret = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
-    if ret < 0 {
-        0
-    } else {
-        usize::try_from(queued).unwrap_or(0)
-    }
-}
-
-/// How many bytes a pipe holds (FIONREAD).
-pub fn pipe_queued(fd: BorrowedFd<'_>) -> std::io::Result<usize> {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: FIONREAD on a pipe writes one int, ours.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut queued) } < 0 {
         return Err(std::io::Error::last_os_error());
     }

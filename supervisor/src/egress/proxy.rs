@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 
 use nix::sys::socket::Shutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -652,7 +652,7 @@ async fn pass(
         return copy(from, to, connection, total).await;
     };
     crate::sys::set_pipe_size(&pipe_w, PIPE as i32);
-    let capacity = crate::sys::pipe_size(std::os::fd::AsFd::as_fd(&pipe_w)).max(4096);
+    let capacity = crate::sys::pipe_size(pipe_w.as_fd()).max(4096);
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     let would_block = |e: &std::io::Error| e.kind() == std::io::ErrorKind::WouldBlock;
     // The pipe fills from one socket while it drains into the other: neither end waits
@@ -667,7 +667,7 @@ async fn pass(
             let spliced = from.try_io(Interest::READABLE, || {
                 match splice(from, None, &pipe_w, None, capacity - held, flags) {
                     Err(nix::errno::Errno::EAGAIN)
-                        if held > 0 && crate::sys::queued(from.as_raw_fd()) > 0 =>
+                        if held > 0 && crate::sys::queued(from.as_fd()).unwrap_or(0) > 0 =>
                     {
                         Ok(None)
                     }

@@ -119,7 +119,7 @@ impl Intake {
                 {
                     Ok(ready) => ready?,
                     Err(_) => {
-                        if sys::pipe_queued(pipe.as_fd()).map_or(true, |held| held > keep) {
+                        if sys::queued(pipe.as_fd()).map_or(true, |held| held > keep) {
                             debug!("output is read from here on: the tool is stuck on a full pipe");
                             self.sink = Sink::Never;
                             match self.read_now(pipe) {
@@ -189,7 +189,7 @@ impl Intake {
 fn drop_beyond(pipe: BorrowedFd<'_>, keep: usize, sink: BorrowedFd<'_>) -> io::Result<u64> {
     let mut dropped = 0u64;
     for _ in 0..SPLICES_A_WAKE {
-        let held = sys::pipe_queued(pipe)?;
+        let held = sys::queued(pipe)?;
         if held <= keep {
             break;
         }
