@@ -301,7 +301,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Whether process `pid` is there and has not exited.
 /// The children of `parent` (only those named `comm`, if given), from `/proc`.
 pub fn children(parent: i32, comm: Option<&str>) -> std::collections::BTreeSet<i32> {
     let parent = parent.to_string();
@@ -320,8 +319,12 @@ pub fn children(parent: i32, comm: Option<&str>) -> std::collections::BTreeSet<i
         else {
             continue;
         };
+        // A zombie is not counted: it is gone but for its parent's wait.
+        let mut fields = rest.split_whitespace();
+        let (state, ppid) = (fields.next(), fields.next());
         if comm.is_none_or(|comm| comm == name)
-            && rest.split_whitespace().nth(1) == Some(parent.as_str())
+            && ppid == Some(parent.as_str())
+            && !matches!(state, Some("Z" | "X"))
         {
             found.insert(pid);
         }
@@ -329,6 +332,7 @@ pub fn children(parent: i32, comm: Option<&str>) -> std::collections::BTreeSet<i
     found
 }
 
+/// Whether process `pid` is there and has not exited.
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|stat| !stat.contains(") Z ") && !stat.contains(") X "))
