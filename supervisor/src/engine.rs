@@ -44,9 +44,6 @@ const KILL_WAIT: Duration = Duration::from_secs(2);
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 /// Read size for the output pipes.
 const READ_BUFFER: usize = 128 * 1024;
-/// The most read from a pipe in a last take of what it holds, not waiting for its end
-/// (something that outlived the job or the command may write on).
-const DRAIN_READS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -1222,16 +1219,8 @@ async fn supervise(
                     let _ = cgroup.kill_all();
                     // What is in the pipes now (a tail an intake left there, too) is the
                     // job's; nothing more is waited for.
-                    if let Some(pipe) = out.take() {
-                        out_in.drain_now(pipe, DRAIN_READS, |bytes| {
-                            pass_bytes(events, Stream::Stdout, &mut out_cap, bytes, plan.output_whole)
-                        });
-                    }
-                    if let Some(pipe) = err.take() {
-                        err_in.drain_now(pipe, DRAIN_READS, |bytes| {
-                            pass_bytes(events, Stream::Stderr, &mut err_cap, bytes, plan.output_whole)
-                        });
-                    }
+                    take_last(events, Stream::Stdout, &mut out, &mut out_in, &mut out_cap, plan);
+                    take_last(events, Stream::Stderr, &mut err, &mut err_in, &mut err_cap, plan);
                     status = None;
                 } else if !run.killed {
                     debug!("grace period over: SIGKILL to every process of the job");
@@ -1307,6 +1296,23 @@ fn pass(
     match took {
         Took::Read(_) => pass_bytes(events, stream, cap, &intake.buf, whole),
         Took::Dropped(bytes) => cap.skip(bytes),
+    }
+}
+
+/// The last take of a stream that something may still hold open: what its pipe holds now,
+/// through its cap; then it is no longer read.
+fn take_last(
+    events: &UnboundedSender<Event>,
+    stream: Stream,
+    pipe: &mut Option<&mut pipe::Receiver>,
+    intake: &mut Intake,
+    cap: &mut Capper,
+    plan: &JobPlan,
+) {
+    if let Some(pipe) = pipe.take() {
+        intake.drain_now(pipe, |bytes| {
+            pass_bytes(events, stream, cap, bytes, plan.output_whole)
+        });
     }
 }
 

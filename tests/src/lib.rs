@@ -257,7 +257,6 @@ pub struct Flood {
     block: Vec<u8>,
     end: Vec<u8>,
     body: u64,
-    pub total: u64,
 }
 
 impl Flood {
@@ -273,7 +272,6 @@ impl Flood {
             body: total.saturating_sub(end.len() as u64),
             block,
             end,
-            total,
         }
     }
 

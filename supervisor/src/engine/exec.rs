@@ -157,16 +157,8 @@ async fn supervise_exec(
                 if draining {
                     // Something it left running holds its pipes. What is in them now was
                     // written by its end (and maybe a little since): take that, then stop.
-                    if let Some(pipe) = out.take() {
-                        out_in.drain_now(pipe, DRAIN_READS, |bytes| {
-                            pass_bytes(events, Stream::Stdout, &mut out_cap, bytes, plan.output_whole)
-                        });
-                    }
-                    if let Some(pipe) = err.take() {
-                        err_in.drain_now(pipe, DRAIN_READS, |bytes| {
-                            pass_bytes(events, Stream::Stderr, &mut err_cap, bytes, plan.output_whole)
-                        });
-                    }
+                    take_last(events, Stream::Stdout, &mut out, &mut out_in, &mut out_cap, plan);
+                    take_last(events, Stream::Stderr, &mut err, &mut err_in, &mut err_cap, plan);
                 } else {
                     debug!("grace period over: SIGKILL to the exec'd command");
                     run.killed = true;

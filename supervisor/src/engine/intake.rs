@@ -39,6 +39,9 @@ const SPLICES_A_WAKE: usize = 32;
 /// doubles while the tool is quiet, up to [`STALL_CHECK_MOST`].
 const STALL_CHECK: Duration = Duration::from_millis(10);
 const STALL_CHECK_MOST: Duration = Duration::from_millis(160);
+/// The most read from a pipe in a last take of what it holds, not waiting for its end
+/// (something that outlived the job or the command may write on).
+const DRAIN_READS: usize = 64;
 
 /// One output stream's reading.
 #[derive(Debug)]
@@ -106,7 +109,7 @@ impl Intake {
         if self.direct {
             match self.read_now(pipe) {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => self.direct = false,
-                took => return took,
+                read => return read.map(Took::Read),
             }
         }
         if let (Sink::Unknown, Some(keep)) = (self.sink, keep) {
@@ -125,9 +128,9 @@ impl Intake {
                             match self.read_now(pipe) {
                                 // Emptied since: tokio's wait will do.
                                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                                took => {
+                                read => {
                                     self.direct = true;
-                                    return took;
+                                    return read.map(Took::Read);
                                 }
                             }
                         }
@@ -160,24 +163,19 @@ impl Intake {
 
     /// One read of what `pipe` holds now, straight from the descriptor, whatever tokio
     /// last saw of it; `WouldBlock` when it is empty.
-    pub(super) fn read_now(&mut self, pipe: &pipe::Receiver) -> io::Result<Took> {
+    fn read_now(&mut self, pipe: &pipe::Receiver) -> io::Result<usize> {
         self.buf.resize(READ_BUFFER, 0);
         let read = nix::unistd::read(pipe.as_fd(), &mut self.buf);
         self.buf.truncate(*read.as_ref().unwrap_or(&0));
-        Ok(Took::Read(read?))
+        Ok(read?)
     }
 
-    /// Take what `pipe` holds now, without waiting (at most `reads` reads): the end of a
-    /// stream that something may still hold open.
-    pub(super) fn drain_now(
-        &mut self,
-        pipe: &pipe::Receiver,
-        reads: usize,
-        mut take: impl FnMut(&[u8]),
-    ) {
-        for _ in 0..reads {
+    /// Take what `pipe` holds now, without waiting (at most [`DRAIN_READS`] reads): the
+    /// end of a stream that something may still hold open.
+    pub(super) fn drain_now(&mut self, pipe: &pipe::Receiver, mut take: impl FnMut(&[u8])) {
+        for _ in 0..DRAIN_READS {
             match self.read_now(pipe) {
-                Ok(Took::Read(n)) if n > 0 => take(&self.buf),
+                Ok(n) if n > 0 => take(&self.buf),
                 _ => return,
             }
         }
@@ -221,9 +219,9 @@ mod tests {
     use crate::output::Capper;
     use std::io::Write;
 
-    /// `total` bytes written `write` at a time into a 1 MiB pipe, taken under a 1 MiB cap:
-    /// what was streamed, the cap's end, and how many bytes were dropped unread.
-    async fn flood(total: usize, write: usize) -> (Vec<u8>, crate::output::Ending, u64) {
+    /// `total` bytes written `write` at a time into a 1 MiB pipe, taken under a 1 MiB cap,
+    /// checked against the stream; how many bytes were dropped unread.
+    async fn flood(total: usize, write: usize) -> u64 {
         let stream: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
         let (read, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
         sys::set_pipe_size(&read, 1 << 20);
@@ -261,7 +259,7 @@ mod tests {
         let end = cap.finish();
         assert_eq!(end.tail, stream[total - (1 << 19)..]);
         assert_eq!(end.dropped, (total - (1 << 20)) as u64);
-        (live, end, unread)
+        unread
     }
 
     #[tokio::test]
@@ -270,7 +268,7 @@ mod tests {
             sys::pipe_wakes_every_write(),
             "this kernel does not wake a pipe's reader at every write"
         );
-        let (_, _, unread) = flood(8 << 20, 8 << 10).await;
+        let unread = flood(8 << 20, 8 << 10).await;
         // At most the head, one read across its end and the tail were read.
         assert!(
             unread >= ((8 << 20) - (1 << 20) - READ_BUFFER) as u64,
@@ -282,7 +280,7 @@ mod tests {
     async fn a_tool_stuck_mid_write_on_a_full_pipe_is_read() {
         // A 2 MiB write does not fit beside the tail left in the pipe, and its writer is
         // not woken ever again unless the stream is read.
-        let (_, _, _) = tokio::time::timeout(Duration::from_secs(60), flood(8 << 20, 2 << 20))
+        tokio::time::timeout(Duration::from_secs(60), flood(8 << 20, 2 << 20))
             .await
             .expect("the flood never ended: its writer waits on a full pipe");
     }
