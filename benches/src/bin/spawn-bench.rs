@@ -7,7 +7,9 @@
 //!   (`head -c 1G /dev/zero | cat`); the throughput ratio and toolbox's peak RSS.
 //!
 //! - `daemon`: `toolbox serve` — 500 `/bin/true` jobs at concurrency 8 against 500
-//!   bubblewrap runs 8 at a time (jobs/s, ratio, and the machine's CPU a job); one job's
+//!   bubblewrap runs 8 at a time (jobs/s, ratio, and the machine's CPU a job), and against
+//!   the floor: the same jail with nothing else around it, made by this process with and
+//!   without a fresh cgroup per job (`src/floor.rs`); one job's
 //!   latency through the socket, warm and cold, against bare `/bin/true` and bubblewrap; the
 //!   daemon's RSS idle and under 8 concurrent 1 GiB floods.
 //!
@@ -26,6 +28,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use toolbox_benches::floor::Floor;
 
 struct Options {
     runs: usize,
@@ -520,6 +524,9 @@ fn machine_busy() -> f64 {
     ticks as f64 / hz as f64
 }
 
+/// One run of a contender in a throughput round.
+type Job<'a> = Box<dyn Fn() + Sync + 'a>;
+
 fn daemon(options: &Options) {
     let ws = workspace();
     // With a pool of prepared jails, as for 8 slots on 2 CPUs.
@@ -534,50 +541,82 @@ fn daemon(options: &Options) {
 
     let jobs = 500;
     println!("\ndaemon throughput: {jobs} /bin/true jobs, 8 at a time, 3 interleaved rounds");
+    // The floor: the same jail made by a resident process with nothing else around it
+    // (src/floor.rs), with and without a fresh cgroup per job.
+    let floors: Vec<(&str, Floor)> = [("floor", true), ("floor without cgroups", false)]
+        .into_iter()
+        .filter_map(|(name, cgroups)| match Floor::new(&ws, cgroups) {
+            Ok(floor) => Some((name, floor)),
+            Err(error) => {
+                println!("  no {name} here: {error}");
+                None
+            }
+        })
+        .collect();
     // On 2 CPUs the rate is the machine's CPU a job: that is measured too (busy CPU over
     // the round, the clients' included), the steadier figure of the two.
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let (mut our_cpu, mut their_cpu) = (Vec::new(), Vec::new());
-    for round in 1..=3 {
-        let (daemon_rate, daemon_cpu) = throughput(jobs, 8, || {
+    let mut contenders: Vec<(&str, Job)> = vec![(
+        "toolbox serve",
+        Box::new(|| {
             daemon_job(&daemon.socket, &body);
-        });
-        ours.push(daemon_rate);
-        our_cpu.push(daemon_cpu);
-        let line = match &bwrap {
-            Some(argv) => {
-                let (rate, cpu) = throughput(jobs, 8, || {
-                    run_once(argv);
-                });
-                theirs.push(rate);
-                their_cpu.push(cpu);
-                format!(
-                    "bubblewrap {rate:.0} jobs/s, {cpu:.2} ms; ratio {:.2}",
-                    daemon_rate / rate
-                )
-            }
-            None => "no bubblewrap baseline".into(),
-        };
-        println!(
-            "  round {round}: toolbox serve {daemon_rate:.0} jobs/s, {daemon_cpu:.2} ms of the machine's CPU a job; {line}"
-        );
+        }),
+    )];
+    if let Some(argv) = &bwrap {
+        contenders.push((
+            "bubblewrap",
+            Box::new(move || {
+                run_once(argv);
+            }),
+        ));
     }
-    let median = |v: &mut Vec<f64>| {
+    for (name, floor) in &floors {
+        contenders.push((name, Box::new(|| floor.job())));
+    }
+    let mut rates = vec![Vec::new(); contenders.len()];
+    let mut cpus = vec![Vec::new(); contenders.len()];
+    for round in 1..=3 {
+        let mut line = Vec::new();
+        for (k, (name, job)) in contenders.iter().enumerate() {
+            let (rate, cpu) = throughput(jobs, 8, job);
+            rates[k].push(rate);
+            cpus[k].push(cpu);
+            line.push(format!("{name} {rate:.0} jobs/s, {cpu:.2} ms"));
+        }
+        if bwrap.is_some() {
+            let ratios: Vec<String> = contenders
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != 1)
+                .map(|(k, (name, _))| {
+                    format!("{name} {:.2}", rates[k][round - 1] / rates[1][round - 1])
+                })
+                .collect();
+            line.push(format!("÷ bubblewrap's rate: {}", ratios.join(", ")));
+        }
+        println!("  round {round}: {}", line.join("; "));
+    }
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    if !theirs.is_empty() {
-        let (a, b) = (median(&mut ours), median(&mut theirs));
-        println!(
-            "  median: toolbox serve {a:.0} jobs/s, bubblewrap -P8 {b:.0} jobs/s; ratio {:.2} (above 1: the daemon is faster)",
-            a / b
-        );
-        let (a, b) = (median(&mut our_cpu), median(&mut their_cpu));
-        println!(
-            "  machine CPU a job, median: toolbox serve {a:.2} ms, bubblewrap {b:.2} ms; bubblewrap's / ours {:.2}",
-            b / a
-        );
+    if bwrap.is_some() {
+        for (k, (name, _)) in contenders.iter().enumerate().filter(|(k, _)| *k != 1) {
+            let ratios: Vec<f64> = rates[k].iter().zip(&rates[1]).map(|(a, b)| a / b).collect();
+            println!(
+                "  {name}: median {:.0} jobs/s, {:.2} ms of the machine's CPU a job; ÷ bubblewrap -P8 ({:.0} jobs/s, {:.2} ms): median of rounds {:.2} (rounds {:.2} .. {:.2})",
+                median(&rates[k]),
+                median(&cpus[k]),
+                median(&rates[1]),
+                median(&cpus[1]),
+                median(&ratios),
+                ratios.iter().copied().fold(f64::INFINITY, f64::min),
+                ratios.iter().copied().fold(0.0, f64::max),
+            );
+        }
     }
+    drop(contenders);
+    drop(floors);
 
     // One job at a time: through the socket with the pool (warm) and without (a second
     // daemon, `--warm 0`), against bare /bin/true and bubblewrap, interleaved.
