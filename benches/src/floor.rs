@@ -743,3 +743,48 @@ fn remove_cgroup(dir: &Path) {
     }
     panic!("{}: still busy after 1 s", dir.display());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The benchmark's floor builds its jail here, and leaves neither a cgroup nor its root
+    /// directory behind.
+    #[test]
+    fn a_floor_job_runs_and_leaves_nothing() {
+        // SAFETY: geteuid only reads the caller's id.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "the floor needs root, and CI runs as root"
+            );
+            eprintln!("SKIPPED: the floor builds a real jail and needs root");
+            return;
+        }
+        let workspace = std::env::temp_dir().join(format!("floor-test-{}", std::process::id()));
+        std::fs::create_dir_all(&workspace).expect("workspace");
+        for cgroups in [true, false] {
+            let floor = Floor::new(&workspace, cgroups).expect("a floor here");
+            assert_eq!(floor.cgroups.is_empty(), !cgroups);
+            floor.job();
+            floor.job();
+            for hierarchy in &floor.cgroups {
+                let left: Vec<_> = std::fs::read_dir(&hierarchy.parent)
+                    .expect("the cgroup's parent")
+                    .filter_map(|entry| entry.ok())
+                    .filter(|entry| {
+                        let name = entry.file_name();
+                        let prefix = format!("toolbox-floor-{}-", std::process::id());
+                        name.to_string_lossy().starts_with(&prefix)
+                    })
+                    .map(|entry| entry.path())
+                    .collect();
+                assert!(left.is_empty(), "cgroups left behind: {left:?}");
+            }
+            let root = PathBuf::from(std::ffi::OsStr::from_bytes(floor.root.as_bytes()));
+            drop(floor);
+            assert!(!root.exists(), "{} left behind", root.display());
+        }
+        std::fs::remove_dir(&workspace).expect("remove the workspace");
+    }
+}
