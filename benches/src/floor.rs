@@ -64,11 +64,8 @@ pub struct Floor {
     workspace: CString,
     cgroups: Vec<Hierarchy>,
     filter: Vec<libc::sock_filter>,
-    /// Landlock: the access rights handled, and (path in the jail, rights allowed).
-    handled: u64,
+    /// Landlock's rules: (path in the jail, rights allowed); every right of ABI 1 handled.
     rules: Vec<(CString, u64)>,
-    argv: [CString; 1],
-    envp: [CString; 1],
     jobs: AtomicUsize,
 }
 
@@ -85,6 +82,12 @@ const FAILED_LANDLOCK: i32 = 18;
 const FAILED_SECCOMP: i32 = 19;
 const FAILED_EXEC: i32 = 20;
 
+/// The system directories a jail sees read-only (or as the host's symlinks), in the floor's
+/// root and in the bubblewrap baseline's.
+pub const SYSTEM_DIRS: [&str; 7] = [
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
+
 fn cstring(path: impl AsRef<Path>) -> CString {
     CString::new(path.as_ref().as_os_str().as_bytes()).expect("a path without NUL")
 }
@@ -93,12 +96,9 @@ impl Floor {
     /// The floor for jobs in `workspace`; with cgroups when `cgroups` (an error when this
     /// host's hierarchies cannot take a job cgroup beneath this process's own).
     pub fn new(workspace: &Path, cgroups: bool) -> Result<Floor, String> {
-        let root = std::env::temp_dir().join(format!("toolbox-floor-{}", std::process::id()));
-        std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+        let cgroups = if cgroups { hierarchies()? } else { Vec::new() };
         let mut steps = Vec::new();
-        for dir in [
-            "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
-        ] {
+        for dir in SYSTEM_DIRS {
             let here = &dir[1..];
             match std::fs::symlink_metadata(dir) {
                 Ok(meta) if meta.file_type().is_symlink() => {
@@ -173,16 +173,15 @@ impl Floor {
         rules.push((cstring("/dev"), READ | LL_WRITE_FILE));
         rules.push((cstring("/tmp"), LL_ALL));
         rules.push((cstring(workspace), LL_ALL));
+        let root = std::env::temp_dir().join(format!("toolbox-floor-{}", std::process::id()));
+        std::fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
         Ok(Floor {
             root: cstring(&root),
             steps,
             workspace: cstring(workspace),
-            cgroups: if cgroups { hierarchies()? } else { Vec::new() },
+            cgroups,
             filter: filter(),
-            handled: LL_ALL,
             rules,
-            argv: [cstring("/bin/true")],
-            envp: [cstring("PATH=/usr/bin:/bin")],
             jobs: AtomicUsize::new(0),
         })
     }
@@ -211,16 +210,9 @@ impl Floor {
             }
             joins.push(cstring(dir.join(hierarchy.join)));
         }
-        let argv = [self.argv[0].as_ptr(), std::ptr::null()];
-        let envp = [self.envp[0].as_ptr(), std::ptr::null()];
-        let rules: Vec<(*const libc::c_char, u64)> =
-            self.rules.iter().map(|(p, a)| (p.as_ptr(), *a)).collect();
         let prepared = Prepared {
             floor: self,
             joins: &joins,
-            argv: &argv,
-            envp: &envp,
-            rules: &rules,
         };
         // SAFETY: a fork-like clone (no shared memory, SIGCHLD on exit); the child runs
         // only `pid1`, which makes system calls on what was prepared above and exits.
@@ -264,9 +256,6 @@ impl Drop for Floor {
 struct Prepared<'a> {
     floor: &'a Floor,
     joins: &'a [CString],
-    argv: &'a [*const libc::c_char; 2],
-    envp: &'a [*const libc::c_char; 2],
-    rules: &'a [(*const libc::c_char, u64)],
 }
 
 impl Prepared<'_> {
@@ -374,7 +363,9 @@ impl Prepared<'_> {
             {
                 return FAILED_SECCOMP;
             }
-            libc::execve(self.argv[0], self.argv.as_ptr(), self.envp.as_ptr());
+            let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
+            let envp = [c"PATH=/usr/bin:/bin".as_ptr(), std::ptr::null()];
+            libc::execve(argv[0], argv.as_ptr(), envp.as_ptr());
             FAILED_EXEC
         }
     }
@@ -392,7 +383,7 @@ impl Prepared<'_> {
         // SAFETY: Landlock's system calls on structures laid out as the kernel's.
         unsafe {
             let attr = RulesetAttr {
-                handled_access_fs: self.floor.handled,
+                handled_access_fs: LL_ALL,
             };
             let ruleset = libc::syscall(
                 libc::SYS_landlock_create_ruleset,
@@ -403,8 +394,8 @@ impl Prepared<'_> {
             if ruleset < 0 {
                 return false;
             }
-            for (path, access) in self.rules {
-                let fd = libc::open(*path, libc::O_PATH | libc::O_CLOEXEC);
+            for (path, access) in &self.floor.rules {
+                let fd = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
                 if fd < 0 {
                     return false;
                 }

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use toolbox_benches::floor::Floor;
+use toolbox_benches::floor::{Floor, SYSTEM_DIRS};
 
 struct Options {
     runs: usize,
@@ -147,9 +147,7 @@ fn bwrap_argv(ws: &Path) -> Option<Vec<String>> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    for dir in [
-        "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
-    ] {
+    for dir in SYSTEM_DIRS {
         match std::fs::symlink_metadata(dir) {
             Ok(meta) if meta.file_type().is_symlink() => {
                 let target = std::fs::read_link(dir).expect("readlink");

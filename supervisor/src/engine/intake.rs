@@ -5,7 +5,8 @@
 //! the pipe until more comes or the tool closes it. A flood costs its reader a `FIONREAD`
 //! and a `splice` per wake, and the pages it frees go back to the writer's pipe: on our VMs
 //! a 1 GiB flood through `toolbox run` went from 3.2 – 3.7 GB/s to 4.9 – 5.3 GB/s that way
-//! (three alternated runs), the bare `head | cat` pipe's own rate. The reader must follow
+//! (three alternated runs), about the bare `head | cat` pipe's rate in those runs (it
+//! swings from 3 to 7 GB/s with where its two ends run). The reader must follow
 //! the writer closely: splicing only once 256 KiB more than the tail were there took 0.50
 //! – 0.65 s a GiB in C against 0.19 – 0.34 s for this, and an earlier try that spliced all
 //! the pipe held away (no tail) 0.35 – 0.78 s.
